@@ -1,0 +1,2 @@
+pub mod phase;
+pub use phase::{Phase, Side};

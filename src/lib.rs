@@ -1,0 +1,8 @@
+//! kiln: OS images from composable flavours, built by an ordinary user.
+//! DESIGN.md (shared with the team) is the contract; the module layout follows its §9.
+
+pub mod build;
+pub mod cli;
+pub mod disk;
+pub mod flavour;
+pub mod sandbox;
