@@ -1,1 +1,1 @@
-//! placeholder
+//! Assembling disks without root (DESIGN §5).
