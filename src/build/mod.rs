@@ -1,1 +1,243 @@
-//! placeholder
+//! The pipeline of DESIGN §2, one named step after another.
+
+pub mod cache;
+pub mod config;
+pub mod hooks;
+pub mod image_root;
+pub mod mirror;
+pub mod outputs;
+pub mod plan;
+pub mod progress;
+pub mod tools;
+pub mod workdir;
+
+use crate::cli::{DiskImageArgs, Vars};
+use crate::flavour::Phase;
+use crate::sandbox::{namespace, signals, Interrupted};
+use anyhow::{bail, Context, Result};
+use cache::{Lookup, TreeCache};
+use config::Config;
+use hooks::Runner;
+use plan::Plan;
+use progress::Progress;
+use std::path::{Path, PathBuf};
+use workdir::WorkDir;
+
+/// Exit code for a build stopped by SIGINT/SIGTERM.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+pub fn disk_image_create(args: DiskImageArgs) -> Result<i32> {
+    let vars = Vars::load(std::env::vars())?;
+    let config = Config::from_args(args, vars)?;
+    let plan = Plan::make(config)?;
+    if plan.config.dry_run {
+        print!("{}", plan.describe());
+        return Ok(0);
+    }
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    outputs::check_destination(&plan.config)?;
+    signals::install();
+    let mut work = WorkDir::create(&plan.maps)?;
+    work.temp_outputs = outputs::temp_names(&plan.config);
+    let code = namespace::enter(&plan.maps, || worker(&plan, &work))?;
+    drop(work);
+    Ok(if signals::interrupted() && code != 0 { EXIT_INTERRUPTED } else { code })
+}
+
+/// Inside the namespace: run the pipeline, then remove the build tree (only
+/// here can kiln delete files that belong to subordinate ids).
+fn worker(plan: &Plan, work: &WorkDir) -> i32 {
+    let mut progress = Progress::new(plan.config.trace);
+    let result = pipeline(plan, work, &mut progress);
+    progress.finish();
+    if let Err(e) = std::fs::remove_dir_all(&work.path) {
+        eprintln!("kiln: removing {}: {e}", work.path.display());
+    }
+    match result {
+        Ok(()) => {
+            eprint!("{}", progress.table());
+            0
+        }
+        Err(e) if e.is::<Interrupted>() || signals::interrupted() => {
+            eprintln!("kiln: interrupted; the build directory and partial outputs were removed");
+            EXIT_INTERRUPTED
+        }
+        Err(e) => {
+            eprintln!("kiln: error: {e:#}");
+            1
+        }
+    }
+}
+
+fn pipeline(plan: &Plan, work: &WorkDir, progress: &mut Progress) -> Result<()> {
+    let c = &plan.config;
+    let root = work.root();
+    for d in [work.hooks(), work.image(), work.home()] {
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let apt_cache = apt_cache_dir(c);
+    std::fs::create_dir_all(&apt_cache).with_context(|| format!("creating {}", apt_cache.display()))?;
+    let uuids = DiskIds::fresh()?;
+    let mut runner = Runner { plan, work, env: hook_env(plan, work, &apt_cache, &uuids), apt_cache, image_block_device: None };
+    runner.stage_hooks()?;
+
+    make_root(plan, &runner, &root, progress)?;
+    image_root::prepare(&root)?;
+    for phase in [Phase::ExtraData, Phase::PreInstall, Phase::Install, Phase::PostInstall, Phase::PostRoot] {
+        run_phase(&runner, phase, progress)?;
+    }
+    image_root::install_first_boot(&work.hooks(), &root)?;
+
+    let disk = if plan.needs_disk {
+        progress.step("block-device", &format!("layout {}", plan.layout));
+        let size = match c.image_size {
+            Some(s) => s,
+            None => crate::disk::size_for_tree(&root)?,
+        };
+        let fs = crate::disk::FsType::parse(&c.fs_type)?;
+        let mut d = crate::disk::plan_disk(&plan.layout, fs, size, &c.root_label, c.mkfs_options.clone())?;
+        d.root_uuid = uuids.root.clone();
+        d.esp_uuid = uuids.esp.clone();
+        let raw = work.image().join("disk.raw");
+        crate::disk::lay_out(&raw, &d)?;
+        runner.image_block_device = Some(raw.clone());
+        Some((d, raw))
+    } else {
+        None
+    };
+    for phase in [Phase::BlockDevice, Phase::PreFinalise, Phase::Finalise, Phase::Cleanup] {
+        run_phase(&runner, phase, progress)?;
+    }
+    image_root::tidy(&root)?;
+
+    if let Some((d, raw)) = &disk {
+        progress.step("assemble", "filesystems");
+        crate::disk::build_filesystems(raw, &root, d)?;
+        if plan.resolved.has("bootloader") {
+            progress.step("assemble", "bootloader");
+            crate::disk::install_bootloader(raw, &root, d)?;
+        }
+    }
+    progress.step("outputs", &c.formats.join(","));
+    outputs::write_all(plan, &root, disk.as_ref().map(|(_, r)| r.as_path()), &work.temp_outputs)?;
+    Ok(())
+}
+
+fn run_phase(runner: &Runner, phase: Phase, progress: &mut Progress) -> Result<()> {
+    runner.install_packages(phase, true, progress)?;
+    runner.run_phase(phase, progress)?;
+    runner.install_packages(phase, false, progress)
+}
+
+/// root: from the base-tree cache when every input matches, else the OS
+/// flavour's root.d (which then fills the cache).
+fn make_root(plan: &Plan, runner: &Runner, root: &Path, progress: &mut Progress) -> Result<()> {
+    let c = &plan.config;
+    let cache = TreeCache::new(&c.cache_dir);
+    let key = &plan.cache_key;
+    let _lock = if c.use_cache { Some(cache.lock(key)?) } else { None };
+    if c.use_cache {
+        match cache.lookup(key)? {
+            Lookup::Hit(archive) => {
+                progress.step("root.d (cached)", &format!("base tree {}", &key[..12]));
+                return cache.restore(&archive, root, &plan.tools);
+            }
+            Lookup::Corrupt(why) => progress.say(&format!("warning: cached base tree {} was corrupt ({why}); discarded, rebuilding", &key[..12])),
+            Lookup::Miss => {}
+        }
+    }
+    if c.offline {
+        bail!(
+            "--offline: no cached base tree for this configuration (key {}) in {}; run the same build once without --offline",
+            &key[..12],
+            c.cache_dir.display()
+        );
+    }
+    std::fs::create_dir_all(root)?;
+    runner.run_phase(Phase::Root, progress)?;
+    if std::fs::read_dir(root).map(|mut d| d.next().is_none()).unwrap_or(true) {
+        bail!("no root.d hook created the image root (flavours: {})", plan.resolved.names().join(" "));
+    }
+    if c.use_cache {
+        progress.step("root.d (caching)", &format!("base tree {}", &key[..12]));
+        cache.store(key, root, &plan.tools)?;
+    }
+    Ok(())
+}
+
+fn apt_cache_dir(c: &Config) -> PathBuf {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{}\n{}\n{}", c.mirror, c.release, c.arch).as_bytes());
+    let tag: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    c.cache_dir.join("apt").join(format!("{}-{}-{tag}", c.release, c.arch))
+}
+
+/// Filesystem ids chosen before the image exists, so finalise.d can write fstab
+/// and grub.cfg that name them.
+pub struct DiskIds {
+    pub root: String,
+    pub esp: String,
+}
+
+impl DiskIds {
+    fn fresh() -> Result<DiskIds> {
+        let root = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?.trim().to_string();
+        let other = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
+        let hex: String = other.chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect::<String>().to_uppercase();
+        Ok(DiskIds { root, esp: format!("{}-{}", &hex[..4], &hex[4..8]) })
+    }
+}
+
+fn hook_env(plan: &Plan, work: &WorkDir, apt_cache: &Path, ids: &DiskIds) -> Vec<(String, String)> {
+    let c = &plan.config;
+    let mut env: Vec<(String, String)> = Vec::new();
+    if !c.clear_env {
+        for (k, v) in c.vars.for_hooks() {
+            env.push((k.into(), v.into()));
+        }
+        for k in ["http_proxy", "https_proxy", "no_proxy", "SOURCE_DATE_EPOCH"] {
+            if let Some(v) = c.vars.get(k) {
+                env.push((k.into(), v.into()));
+            }
+        }
+    }
+    let elements: Vec<String> = plan.resolved.names();
+    let yaml = serde_json::Value::Object(
+        plan.resolved.flavours.iter().map(|f| (f.name.clone(), serde_json::Value::String(f.dir.display().to_string()))).collect(),
+    );
+    let paths: Vec<String> = plan.resolved.flavours.iter().filter_map(|f| f.dir.parent().map(|p| p.display().to_string())).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let name = c.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let fixed = [
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+        ("LANG", "C.UTF-8".into()),
+        ("DEBIAN_FRONTEND", "noninteractive".into()),
+        ("IMAGE_NAME", name),
+        ("IMAGE_ELEMENT", elements.join(" ")),
+        ("IMAGE_ELEMENT_YAML", yaml.to_string()),
+        ("ELEMENTS_PATH", paths.join(":")),
+        ("ARCH", c.arch.clone()),
+        ("DISTRO_NAME", plan.distro.clone()),
+        ("DIB_RELEASE", c.release.clone()),
+        ("DIB_DISTRIBUTION_MIRROR", c.mirror.clone()),
+        ("DIB_INIT_SYSTEM", "systemd".into()),
+        ("DIB_ROOT_LABEL", c.root_label.clone()),
+        ("DIB_DEBUG_TRACE", if c.trace { "1" } else { "0" }.into()),
+        ("FS_TYPE", c.fs_type.clone()),
+        ("TMP_BUILD_DIR", work.path.display().to_string()),
+        ("TMP_IMAGE_DIR", work.image().display().to_string()),
+        ("KILN_PACKAGES", plan.bootstrap_packages.join(" ")),
+        ("KILN_APT_CACHE", apt_cache.display().to_string()),
+        ("KILN_ROOT_UUID", ids.root.clone()),
+        ("KILN_ESP_UUID", if plan.layout == "gpt" || plan.layout == "efi" { ids.esp.clone() } else { String::new() }),
+        ("KILN_ROOT_FSTYPE", c.fs_type.clone()),
+        ("KILN_BLOCK_DEVICE_LAYOUT", plan.layout.clone()),
+        ("KILN_USER_HOME", std::env::var("HOME").unwrap_or_default()),
+    ];
+    for (k, v) in fixed {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v));
+    }
+    env
+}

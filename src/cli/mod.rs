@@ -1,1 +1,128 @@
-//! placeholder
+//! The command line shared by the front ends: diskimage-builder's options (so
+//! callers such as nodepool-builder run kiln unchanged) plus kiln's long options.
+
+pub mod defaults;
+
+pub use defaults::Vars;
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// Build a disk image from flavours, as an ordinary user (no sudo).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "disk-image-create", version, after_help = ENV_HELP)]
+pub struct DiskImageArgs {
+    /// Output name: writes NAME.qcow2 (or NAME.<format> for each -t); required.
+    #[arg(short = 'o', value_name = "NAME")]
+    pub output: Option<PathBuf>,
+
+    /// Output formats, comma separated: qcow2 (default), raw, vhd, vmdk, tar, tgz, squashfs.
+    #[arg(short = 't', value_name = "FMT[,FMT…]")]
+    pub types: Option<String>,
+
+    /// Image architecture (amd64; x86_64 is accepted). Default: ARCH, else amd64.
+    #[arg(short = 'a', value_name = "ARCH")]
+    pub arch: Option<String>,
+
+    /// Trace hooks: run them with `set -x` (DIB_DEBUG_TRACE=1) and show kiln's own steps.
+    #[arg(short = 'x')]
+    pub trace: bool,
+
+    /// Do not compress qcow2 output.
+    #[arg(short = 'u')]
+    pub uncompressed: bool,
+
+    /// Clear the environment: hooks get only kiln's variables, no DIB_* from the caller.
+    #[arg(short = 'c')]
+    pub clear_env: bool,
+
+    /// Do not add the `base` flavour.
+    #[arg(short = 'n')]
+    pub no_base: bool,
+
+    /// Extra packages to install, comma separated (may repeat).
+    #[arg(short = 'p', value_name = "PKG[,PKG…]")]
+    pub packages: Vec<String>,
+
+    /// Write NAME.FMT.sha256 and NAME.FMT.md5 beside each output.
+    #[arg(long)]
+    pub checksum: bool,
+
+    /// Image size, e.g. 2G, 1536M, or a number of GiB as diskimage-builder takes it
+    /// (DIB_IMAGE_SIZE). Default: the content plus a margin.
+    #[arg(long, value_name = "SIZE")]
+    pub image_size: Option<String>,
+
+    /// Cache directory for base trees and package downloads (DIB_IMAGE_CACHE;
+    /// default ~/.cache/kiln).
+    #[arg(long, value_name = "DIR")]
+    pub image_cache: Option<PathBuf>,
+
+    /// Build on disk in $TMPDIR, never in a tmpfs (kiln's default; accepted for compatibility).
+    #[arg(long)]
+    pub no_tmpfs: bool,
+
+    /// Use a tmpfs for the build only with at least this many GiB of free memory (accepted
+    /// for compatibility; kiln builds on disk).
+    #[arg(long, value_name = "GIB")]
+    pub min_tmpfs: Option<u32>,
+
+    /// Extra options for `qemu-img convert`, e.g. "compat=1.1".
+    #[arg(long, value_name = "OPTS")]
+    pub qemu_img_options: Option<String>,
+
+    /// Extra options for the root filesystem's mkfs.
+    #[arg(long, value_name = "OPTS")]
+    pub mkfs_options: Option<String>,
+
+    /// Build from the caches only; fail naming what is missing instead of downloading.
+    #[arg(long)]
+    pub offline: bool,
+
+    /// Root filesystem label (DIB_ROOT_LABEL; default cloudimg-rootfs).
+    #[arg(long, value_name = "LABEL")]
+    pub root_label: Option<String>,
+
+    /// Distribution mirror (DIB_DISTRIBUTION_MIRROR; default: the host's apt sources).
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+
+    /// Resolve flavours, check inputs and host tools, print the plan; build nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Ignore and do not write the base-tree cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// A seccomp profile (OCI runtime-spec or Docker JSON) instead of kiln's default.
+    #[arg(long, value_name = "FILE")]
+    pub seccomp_profile: Option<PathBuf>,
+
+    /// Flavours to build from (diskimage-builder elements work unchanged).
+    #[arg(value_name = "FLAVOUR", required = true)]
+    pub flavours: Vec<String>,
+}
+
+pub const ENV_HELP: &str = "\
+Environment (flags win over environment, environment over ~/.config/kiln/defaults,
+that over /etc/kiln/defaults):
+  ELEMENTS_PATH, KILN_FLAVOURS_PATH  colon-separated flavour directories searched
+                                     before the built-in ones
+  DIB_RELEASE                        distribution release (default bookworm)
+  DIB_DISTRIBUTION_MIRROR            mirror URL (default: from the host's apt sources)
+  DIB_IMAGE_SIZE, DIB_IMAGE_CACHE, DIB_ROOT_LABEL, FS_TYPE, ARCH
+  DIB_*                              passed to every hook
+Rootless: kiln maps root onto your /etc/subuid and /etc/subgid range with
+newuidmap/newgidmap (package uidmap); no sudo is ever asked for.";
+
+impl DiskImageArgs {
+    pub fn package_list(&self) -> Vec<String> {
+        self.packages
+            .iter()
+            .flat_map(|p| p.split([',', ' ']))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}

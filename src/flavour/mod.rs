@@ -1,2 +1,18 @@
+//! Flavours (DESIGN §3): finding them, expanding dependencies, and collecting
+//! their hooks, environment and packages into a plan. Nothing here runs code.
+
+pub mod environment;
+pub mod error;
+pub mod hooks;
+pub mod packages;
 pub mod phase;
+pub mod resolve;
+pub mod search;
+
+pub use environment::{environment_files, EnvFile};
+pub use error::FlavourError;
+pub use hooks::{collect_hooks, DataFile, Hook, HookSet};
+pub use packages::{collect_packages, PackageRequest, Target};
 pub use phase::{Phase, Side};
+pub use resolve::{resolve, Flavour, Resolved};
+pub use search::{Found, SearchPath};

@@ -1,0 +1,144 @@
+//! The base-tree cache (DESIGN §8): the tree after root.d, stored as a zstd tar
+//! under the image cache, keyed by a hash of everything that made it.
+//!
+//! An archive, not a directory: the files inside belong to subordinate ids, and a
+//! directory of them could not be removed by the user with `rm -rf ~/.cache`.
+//! Entries are written to a temporary name and renamed; a manifest holds the
+//! archive's size and SHA-256, checked before every restore.
+
+use super::tools::{self, Tools};
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub struct TreeCache {
+    dir: PathBuf,
+}
+
+pub enum Lookup {
+    Hit(PathBuf),
+    Miss,
+    /// Present but failed verification: discarded, with the reason.
+    Corrupt(String),
+}
+
+impl TreeCache {
+    pub fn new(cache_dir: &Path) -> TreeCache {
+        TreeCache { dir: cache_dir.join("trees") }
+    }
+
+    fn archive(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.tar.zst"))
+    }
+
+    fn manifest(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.json"))
+    }
+
+    /// Held while building an entry so two builds of one key don't both write it.
+    pub fn lock(&self, key: &str) -> Result<std::fs::File> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let path = self.dir.join(format!("{key}.lock"));
+        let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: plain flock on an fd we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            bail!("locking {}", path.display());
+        }
+        Ok(f)
+    }
+
+    pub fn lookup(&self, key: &str) -> Result<Lookup> {
+        let (archive, manifest) = (self.archive(key), self.manifest(key));
+        if !manifest.exists() {
+            return Ok(Lookup::Miss);
+        }
+        let verdict = (|| -> Result<Option<String>> {
+            let text = std::fs::read_to_string(&manifest)?;
+            let m: serde_json::Value = serde_json::from_str(&text).context("manifest is not JSON")?;
+            let want = m["sha256"].as_str().context("manifest has no sha256")?.to_string();
+            let size = m["size"].as_u64().context("manifest has no size")?;
+            let meta = match std::fs::metadata(&archive) {
+                Ok(m) => m,
+                Err(_) => return Ok(Some("archive missing".into())),
+            };
+            if meta.len() != size {
+                return Ok(Some(format!("archive is {} bytes, manifest says {size}", meta.len())));
+            }
+            let got = sha256_file(&archive)?;
+            Ok((got != want).then(|| "archive checksum mismatch".to_string()))
+        })();
+        match verdict {
+            Ok(None) => Ok(Lookup::Hit(archive)),
+            Ok(Some(why)) => {
+                self.discard(key);
+                Ok(Lookup::Corrupt(why))
+            }
+            Err(e) => {
+                self.discard(key);
+                Ok(Lookup::Corrupt(format!("{e:#}")))
+            }
+        }
+    }
+
+    pub fn discard(&self, key: &str) {
+        let _ = std::fs::remove_file(self.manifest(key));
+        let _ = std::fs::remove_file(self.archive(key));
+    }
+
+    /// Archives `tree` under `key`. Must run inside the namespace (the tree's
+    /// files belong to subordinate ids and tar records them as the image sees them).
+    pub fn store(&self, key: &str, tree: &Path, tools: &Tools) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!(".{key}.tar.zst.{}", std::process::id()));
+        let result = (|| -> Result<()> {
+            let mut cmd = tools.command("tar")?;
+            cmd.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "-I"])
+                .arg(format!("{} -T0 -3 -q", tools.path("zstd")?.display()))
+                .arg("-cf")
+                .arg(&tmp)
+                .arg("-C")
+                .arg(tree)
+                .arg(".");
+            tools::run(&mut cmd)?;
+            let size = std::fs::metadata(&tmp)?.len();
+            let sha = sha256_file(&tmp)?;
+            std::fs::rename(&tmp, self.archive(key))?;
+            let manifest = serde_json::json!({ "sha256": sha, "size": size, "kiln": env!("CARGO_PKG_VERSION") });
+            let mtmp = self.dir.join(format!(".{key}.json.{}", std::process::id()));
+            std::fs::write(&mtmp, manifest.to_string())?;
+            std::fs::rename(&mtmp, self.manifest(key))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.context("storing the base tree in the cache")
+    }
+
+    pub fn restore(&self, archive: &Path, tree: &Path, tools: &Tools) -> Result<()> {
+        std::fs::create_dir_all(tree)?;
+        let mut cmd = tools.command("tar")?;
+        cmd.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "-p", "-I"])
+            .arg(format!("{} -q", tools.path("zstd")?.display()))
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(tree);
+        tools::run(&mut cmd).context("restoring the base tree from the cache")
+    }
+}
+
+fn sha256_file(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

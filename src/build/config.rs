@@ -1,0 +1,183 @@
+//! One build's settings, after layering defaults, environment and flags.
+
+use super::mirror;
+use crate::cli::{DiskImageArgs, Vars};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub vars: Vars,
+    /// Output path without extension.
+    pub output: PathBuf,
+    pub formats: Vec<String>,
+    pub arch: String,
+    pub release: String,
+    pub mirror: String,
+    pub flavours: Vec<String>,
+    pub user_flavour_path: Vec<String>,
+    pub builtin_flavours: PathBuf,
+    pub packages: Vec<String>,
+    pub image_size: Option<u64>,
+    pub fs_type: String,
+    pub root_label: String,
+    pub cache_dir: PathBuf,
+    pub use_cache: bool,
+    pub trace: bool,
+    pub compress: bool,
+    pub clear_env: bool,
+    pub checksum: bool,
+    pub offline: bool,
+    pub dry_run: bool,
+    pub qemu_img_options: String,
+    pub mkfs_options: Vec<String>,
+    pub seccomp_profile: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn from_args(a: DiskImageArgs, vars: Vars) -> Result<Config> {
+        let output = a
+            .output
+            .clone()
+            .or_else(|| vars.get("IMAGE_NAME").map(PathBuf::from))
+            .context("no output name: give -o NAME (writes NAME.qcow2)")?;
+        let formats: Vec<String> = a
+            .types
+            .clone()
+            .unwrap_or_else(|| "qcow2".into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let arch = normalise_arch(a.arch.as_deref().or(vars.get("ARCH")).unwrap_or("amd64"))?;
+        let release = vars.get("DIB_RELEASE").unwrap_or("bookworm").to_string();
+        let mirror = match a.mirror.as_deref().or(vars.get("DIB_DISTRIBUTION_MIRROR")) {
+            Some(m) => m.trim_end_matches('/').to_string(),
+            None => mirror::from_host_apt()?,
+        };
+        mirror::check(&mirror)?;
+        let mut flavours = Vec::new();
+        if !a.no_base {
+            flavours.push("base".to_string());
+        }
+        flavours.extend(a.flavours.iter().cloned());
+        let mut user_flavour_path = Vec::new();
+        for var in ["KILN_FLAVOURS_PATH", "ELEMENTS_PATH"] {
+            if let Some(v) = vars.get(var) {
+                user_flavour_path.extend(v.split(':').filter(|s| !s.is_empty()).map(str::to_string));
+            }
+        }
+        let image_size = match a.image_size.as_deref().or(vars.get("DIB_IMAGE_SIZE")) {
+            Some(s) => Some(parse_size(s)?),
+            None => None,
+        };
+        let cache_dir = match a.image_cache.clone().or_else(|| vars.get("DIB_IMAGE_CACHE").map(PathBuf::from)) {
+            Some(d) => d,
+            None => default_cache_dir()?,
+        };
+        let mkfs = a.mkfs_options.clone().or_else(|| vars.get("MKFS_OPTS").map(str::to_string)).unwrap_or_default();
+        let cfg = Config {
+            output,
+            formats,
+            arch,
+            release,
+            mirror,
+            flavours,
+            user_flavour_path,
+            builtin_flavours: builtin_flavours()?,
+            packages: a.package_list(),
+            image_size,
+            fs_type: vars.get("FS_TYPE").unwrap_or("ext4").to_string(),
+            root_label: a.root_label.clone().or_else(|| vars.get("DIB_ROOT_LABEL").map(str::to_string)).unwrap_or_else(|| "cloudimg-rootfs".into()),
+            cache_dir,
+            use_cache: !a.no_cache,
+            trace: a.trace,
+            compress: !a.uncompressed,
+            clear_env: a.clear_env,
+            checksum: a.checksum || vars.get("DIB_CHECKSUM").is_some_and(|v| v != "0"),
+            offline: a.offline || vars.get("DIB_OFFLINE").is_some_and(|v| v != "0"),
+            dry_run: a.dry_run,
+            qemu_img_options: a.qemu_img_options.clone().unwrap_or_default(),
+            mkfs_options: mkfs.split_whitespace().map(str::to_string).collect(),
+            seccomp_profile: a.seccomp_profile.clone(),
+            vars,
+        };
+        Ok(cfg)
+    }
+
+    /// NAME.FMT
+    pub fn output_path(&self, format: &str) -> PathBuf {
+        let mut s = self.output.as_os_str().to_owned();
+        s.push(".");
+        s.push(format);
+        PathBuf::from(s)
+    }
+}
+
+fn normalise_arch(a: &str) -> Result<String> {
+    Ok(match a {
+        "amd64" | "x86_64" => "amd64".into(),
+        "arm64" | "aarch64" => "arm64".into(),
+        other => bail!("architecture `{other}` is not supported: kiln builds amd64 (x86_64) and arm64 (aarch64)"),
+    })
+}
+
+/// diskimage-builder takes DIB_IMAGE_SIZE as GiB (possibly fractional); kiln also
+/// takes K/M/G/T suffixes.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1 << 30),
+    };
+    let n: f64 = num.parse().map_err(|_| anyhow::anyhow!("image size `{s}` is not a size: use e.g. 2G, 1536M or 2 (GiB)"))?;
+    if !(n > 0.0) {
+        bail!("image size `{s}` must be positive");
+    }
+    Ok((n * mult as f64).ceil() as u64)
+}
+
+fn default_cache_dir() -> Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return Ok(Path::new(&x).join("kiln"));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set: give --image-cache DIR")?;
+    Ok(Path::new(&home).join(".cache/kiln"))
+}
+
+/// Built-in flavours: KILN_BUILTIN_FLAVOURS, else beside the installed binary
+/// (../share/kiln/flavours), else the source tree this binary was built from.
+pub fn builtin_flavours() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_BUILTIN_FLAVOURS") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(prefix) = exe.parent().and_then(Path::parent) {
+            let p = prefix.join("share/kiln/flavours");
+            if p.is_dir() {
+                return Ok(p);
+            }
+        }
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("flavours");
+    if src.is_dir() {
+        return Ok(src);
+    }
+    bail!("built-in flavours not found: set KILN_BUILTIN_FLAVOURS to kiln's flavours/ directory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_as_diskimage_builder_and_with_suffixes() {
+        assert_eq!(parse_size("2").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5").unwrap(), 3 << 29);
+        assert_eq!(parse_size("1536M").unwrap(), 1536 << 20);
+        assert!(parse_size("big").unwrap_err().to_string().contains("not a size"));
+    }
+}

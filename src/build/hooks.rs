@@ -1,0 +1,168 @@
+//! Running one phase's hooks in the sandbox (DESIGN §3–4).
+
+use super::plan::Plan;
+use super::progress::Progress;
+use super::workdir::WorkDir;
+use crate::flavour::{Hook, Phase, Side};
+use crate::sandbox::{self, Bind, View};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Inside the image the hooks directory is here (diskimage-builder's path).
+pub const IN_TARGET: &str = "/tmp/in_target.d";
+pub const APT_ARCHIVES: &str = "/var/cache/apt/archives";
+
+/// sourcing environment.d, then the hook; `$1` is the hook, `$2` the env dir.
+const WRAPPER: &str = r#"for f in "$2"/*; do [ -f "$f" ] && . "$f"; done
+if [ "${DIB_DEBUG_TRACE:-0}" -gt 0 ]; then export SHELLOPTS; set -x; fi
+exec "$1""#;
+
+pub struct Runner<'a> {
+    pub plan: &'a Plan,
+    pub work: &'a WorkDir,
+    /// Variables every hook gets, in addition to the per-phase ones.
+    pub env: Vec<(String, String)>,
+    pub apt_cache: PathBuf,
+    pub image_block_device: Option<PathBuf>,
+}
+
+impl Runner<'_> {
+    /// Copies every hook, data file and environment.d file into the build's
+    /// hooks directory, which is /tmp/in_target.d inside the image.
+    pub fn stage_hooks(&self) -> Result<()> {
+        let dst = self.work.hooks();
+        std::fs::create_dir_all(dst.join("environment.d"))?;
+        for phase in Phase::ALL {
+            let dir = dst.join(phase.dir_name());
+            std::fs::create_dir_all(&dir)?;
+            for h in self.plan.hooks.phase(phase) {
+                copy_any(&h.path, &dir.join(&h.name))?;
+            }
+        }
+        for d in &self.plan.hooks.data_files {
+            copy_any(&d.path, &dst.join(d.phase.dir_name()).join(&d.name))?;
+        }
+        for e in &self.plan.env_files {
+            copy_any(&e.path, &dst.join("environment.d").join(&e.name))?;
+        }
+        Ok(())
+    }
+
+    pub fn run_phase(&self, phase: Phase, progress: &mut Progress) -> Result<()> {
+        for hook in self.plan.hooks.phase(phase) {
+            self.run_hook(phase, hook, progress)?;
+        }
+        Ok(())
+    }
+
+    fn run_hook(&self, phase: Phase, hook: &Hook, progress: &mut Progress) -> Result<()> {
+        progress.step(&format!("{phase}/{}", hook.name), &format!("(flavour {})", hook.flavour));
+        let (argv, env_dir) = match phase.side() {
+            Side::Inside => (
+                format!("{IN_TARGET}/{}/{}", phase.dir_name(), hook.name),
+                format!("{IN_TARGET}/environment.d"),
+            ),
+            Side::Host => (
+                self.work.hooks().join(phase.dir_name()).join(&hook.name).display().to_string(),
+                self.work.hooks().join("environment.d").display().to_string(),
+            ),
+        };
+        let code = self.exec(phase, vec!["/bin/bash".into(), "-c".into(), WRAPPER.into(), "kiln-hook".into(), argv, env_dir], progress)?;
+        if code.0 != 0 {
+            bail!(
+                "flavour {}, hook {phase}/{}: exit {}\n  file: {}\n  last output:\n    {}",
+                hook.flavour,
+                hook.name,
+                code.0,
+                hook.path.display(),
+                code.1.join("\n    ")
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs a command in the phase's sandbox view; returns (exit code, output tail).
+    pub fn exec(&self, phase: Phase, argv: Vec<String>, progress: &mut Progress) -> Result<(i32, Vec<String>)> {
+        let side = phase.side();
+        let mut env = self.env.clone();
+        let root = self.work.root();
+        let mut binds = Vec::new();
+        let (view, cwd) = match side {
+            Side::Inside => {
+                env.push(("TMP_HOOKS_PATH".into(), IN_TARGET.into()));
+                env.push(("HOME".into(), "/root".into()));
+                binds.push(Bind { src: self.work.hooks(), inside: IN_TARGET.into(), writable: false });
+                binds.push(Bind { src: self.apt_cache.clone(), inside: APT_ARCHIVES.into(), writable: true });
+                if let Some(resolv) = host_resolv_conf() {
+                    binds.push(Bind { src: resolv, inside: "/etc/resolv.conf".into(), writable: false });
+                }
+                (View::Image(root.clone()), PathBuf::from("/"))
+            }
+            Side::Host => {
+                env.push(("TMP_HOOKS_PATH".into(), self.work.hooks().display().to_string()));
+                env.push(("TARGET_ROOT".into(), root.display().to_string()));
+                env.push(("HOME".into(), self.work.home().display().to_string()));
+                if let (Phase::BlockDevice, Some(dev)) = (phase, &self.image_block_device) {
+                    env.push(("IMAGE_BLOCK_DEVICE".into(), dev.display().to_string()));
+                }
+                (View::Host, self.work.path.clone())
+            }
+        };
+        let job = sandbox::Job {
+            argv,
+            env,
+            cwd,
+            view,
+            binds,
+            // Bootstrapping mounts /proc and /dev into the new tree; nothing else may mount.
+            sys_admin: phase == Phase::Root,
+            seccomp: Some(&self.plan.seccomp),
+        };
+        let out = sandbox::run(&job, &mut |l| progress.output(l))?;
+        Ok((out.code, out.tail))
+    }
+
+    /// diskimage-builder's package-installs for a phase the bootstrap could not
+    /// take: apt inside the image, before the phase's hooks (and removals after).
+    pub fn install_packages(&self, phase: Phase, install: bool, progress: &mut Progress) -> Result<()> {
+        let Some((inst, uninst)) = self.plan.phase_packages.get(&phase) else { return Ok(()) };
+        let list = if install { inst } else { uninst };
+        if list.is_empty() {
+            return Ok(());
+        }
+        let verb = if install { "install" } else { "purge" };
+        progress.step(&format!("{phase}/packages"), &format!("apt-get {verb} {}", list.join(" ")));
+        let script = format!(
+            "export DEBIAN_FRONTEND=noninteractive; apt-get -q -y {} {verb} {}",
+            if install { "--no-install-recommends" } else { "--auto-remove" },
+            list.join(" ")
+        );
+        let run_phase = if phase.side() == Side::Inside { phase } else { Phase::Install };
+        let (code, tail) = self.exec(run_phase, vec!["/bin/sh".into(), "-c".into(), script], progress)?;
+        if code != 0 {
+            bail!("packages for {phase}: apt-get {verb} failed (exit {code}):\n    {}", tail.join("\n    "));
+        }
+        Ok(())
+    }
+}
+
+/// The host's resolver configuration, as a regular file path (it is often a
+/// symlink into /run).
+fn host_resolv_conf() -> Option<PathBuf> {
+    let p = std::fs::canonicalize("/etc/resolv.conf").ok()?;
+    p.is_file().then_some(p)
+}
+
+fn copy_any(src: &Path, dst: &Path) -> Result<()> {
+    let meta = std::fs::metadata(src).with_context(|| format!("reading {}", src.display()))?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(dst)?;
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            copy_any(&e.path(), &dst.join(e.file_name()))?;
+        }
+    } else {
+        std::fs::copy(src, dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    }
+    Ok(())
+}

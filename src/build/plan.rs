@@ -1,0 +1,229 @@
+//! plan: every input is read and checked here, before the first byte is
+//! downloaded (DESIGN §2).
+
+use super::config::Config;
+use super::tools::{self, Tools};
+use crate::flavour::{self, EnvFile, HookSet, PackageRequest, Phase, Resolved, SearchPath};
+use crate::sandbox::{seccomp::Profile, IdMaps};
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+pub const FORMATS: [&str; 7] = ["qcow2", "raw", "vhd", "vmdk", "tar", "tgz", "squashfs"];
+/// Formats made from the tree; the rest need an assembled disk.
+pub const TREE_FORMATS: [&str; 3] = ["tar", "tgz", "squashfs"];
+
+pub struct Plan {
+    pub config: Config,
+    pub resolved: Resolved,
+    pub hooks: HookSet,
+    pub env_files: Vec<EnvFile>,
+    /// Installed by the bootstrap itself (one package-manager run is the fastest).
+    pub bootstrap_packages: Vec<String>,
+    /// Phase → (install, uninstall) for the packages the bootstrap cannot take.
+    pub phase_packages: BTreeMap<Phase, (Vec<String>, Vec<String>)>,
+    pub tools: Tools,
+    /// "gpt", "mbr", "efi" or "none" (a bare filesystem).
+    pub layout: String,
+    pub needs_disk: bool,
+    pub warnings: Vec<String>,
+    pub cache_key: String,
+    pub seccomp: Profile,
+    pub maps: IdMaps,
+    pub distro: String,
+}
+
+impl Plan {
+    pub fn make(config: Config) -> Result<Plan> {
+        for f in &config.formats {
+            if !FORMATS.contains(&f.as_str()) {
+                bail!("unknown output format `{f}` in -t: kiln writes {}", FORMATS.join(", "));
+            }
+        }
+        let search = SearchPath::new(&config.user_flavour_path, config.builtin_flavours.clone());
+        let resolved = flavour::resolve(&search, &config.flavours).map_err(|e| anyhow!("{e}"))?;
+        let hooks = flavour::collect_hooks(&resolved).map_err(|e| anyhow!("{e}"))?;
+        let env_files = flavour::environment_files(&resolved).map_err(|e| anyhow!("{e}"))?;
+        let os = resolved.provider_of("operating-system").map(|f| f.name.clone()).unwrap_or_default();
+        let distro = if os.starts_with("debian") { "debian".to_string() } else { os.clone() };
+        let lookup = |k: &str| config.vars.get(k).map(str::to_string);
+        let target = flavour::Target { distro: &distro, release: &config.release, arch: &config.arch, family: "debian", env: &lookup };
+        let packages = flavour::collect_packages(&resolved, &target).map_err(|e| anyhow!("{e}"))?;
+        let (bootstrap_packages, phase_packages) = split_packages(&packages, &config.packages);
+
+        let layout = layout_of(&resolved, &config)?;
+        let needs_disk = config.formats.iter().any(|f| !TREE_FORMATS.contains(&f.as_str()));
+        let tools = Tools::find(&needed_tools(&resolved, &config, &layout, needs_disk)?)?;
+        if needs_disk {
+            crate::disk::FsType::parse(&config.fs_type)?;
+        }
+        let seccomp = match &config.seccomp_profile {
+            Some(p) => Profile::from_file(p).map_err(|e| anyhow!("{e}"))?,
+            None => Profile::from_str(DEFAULT_PROFILE, "seccomp/default.json (built in)").map_err(|e| anyhow!("{e}"))?,
+        };
+        let maps = IdMaps::for_caller()?;
+        let mut warnings = hooks.warnings.clone();
+        warnings.extend(maps.single_id_warning());
+        let cache_key = cache_key(&config, &distro, &hooks, &env_files, &bootstrap_packages)?;
+        Ok(Plan {
+            config,
+            resolved,
+            hooks,
+            env_files,
+            bootstrap_packages,
+            phase_packages,
+            tools,
+            layout,
+            needs_disk,
+            warnings,
+            cache_key,
+            seccomp,
+            maps,
+            distro,
+        })
+    }
+
+    /// The `--dry-run` report.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let c = &self.config;
+        let _ = writeln!(s, "flavours: {}", self.resolved.names().join(" "));
+        for f in &self.resolved.flavours {
+            let _ = writeln!(s, "  {:<20} {}", f.name, f.dir.display());
+        }
+        for n in &self.resolved.notes {
+            let _ = writeln!(s, "note: {n}");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        let _ = writeln!(s, "distribution: {} {} {} from {}", self.distro, c.release, c.arch, c.mirror);
+        let _ = writeln!(s, "bootstrap packages: {}", self.bootstrap_packages.join(" "));
+        for (phase, (inst, uninst)) in &self.phase_packages {
+            let _ = writeln!(s, "{phase} packages: install [{}] uninstall [{}]", inst.join(" "), uninst.join(" "));
+        }
+        for phase in Phase::ALL {
+            let hooks = self.hooks.phase(phase);
+            if hooks.is_empty() {
+                continue;
+            }
+            let _ = writeln!(s, "{phase}:");
+            for h in hooks {
+                let _ = writeln!(s, "  {:<32} ({})", h.name, h.flavour);
+            }
+        }
+        let outs: Vec<String> = c.formats.iter().map(|f| c.output_path(f).display().to_string()).collect();
+        let _ = writeln!(s, "disk layout: {}", self.layout);
+        let _ = writeln!(s, "outputs: {}", outs.join(" "));
+        let _ = writeln!(s, "base-tree cache key: {}", &self.cache_key[..16]);
+        s
+    }
+}
+
+pub const DEFAULT_PROFILE: &str = include_str!("../../seccomp/default.json");
+
+fn split_packages(reqs: &[PackageRequest], extra: &[String]) -> (Vec<String>, BTreeMap<Phase, (Vec<String>, Vec<String>)>) {
+    let mut boot: Vec<String> = extra.to_vec();
+    let mut later: BTreeMap<Phase, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for r in reqs {
+        let early = matches!(r.phase, Phase::PreInstall | Phase::Install);
+        if early && !r.uninstall {
+            boot.push(r.name.clone());
+        } else {
+            let e = later.entry(r.phase).or_default();
+            if r.uninstall { e.1.push(r.name.clone()) } else { e.0.push(r.name.clone()) }
+        }
+    }
+    boot.sort();
+    boot.dedup();
+    (boot, later)
+}
+
+fn layout_of(resolved: &Resolved, config: &Config) -> Result<String> {
+    if let Some(l) = config.vars.get("KILN_BLOCK_DEVICE_LAYOUT") {
+        return Ok(l.to_string());
+    }
+    Ok(match resolved.provider_of("block-device") {
+        Some(f) => f.name.strip_prefix("block-device-").unwrap_or("gpt").to_string(),
+        None => "none".to_string(),
+    })
+}
+
+/// Host tools: kiln's own, plus each flavour's `host-tools` file (kiln's
+/// addition: one tool per line, `a|b` for alternatives).
+fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: bool) -> Result<Vec<&'static str>> {
+    let mut t: Vec<&'static str> = vec!["bash", "tar", "zstd"];
+    for f in &resolved.flavours {
+        let path = f.dir.join("host-tools");
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let alts: Vec<&str> = line.split('|').map(str::trim).collect();
+            let known: Vec<&'static str> = alts
+                .iter()
+                .map(|a| tools::PACKAGES.iter().find(|(n, _)| n == a).map(|(n, _)| *n))
+                .collect::<Option<_>>()
+                .with_context(|| format!("flavour `{}`, {} line {}: unknown host tool in `{line}`", f.name, path.display(), i + 1))?;
+            let pick = known.iter().copied().find(|a| which::which(a).is_ok()).unwrap_or(known[0]);
+            t.push(pick);
+        }
+    }
+    if needs_disk {
+        t.push(match config.fs_type.as_str() {
+            "xfs" => "mkfs.xfs",
+            "btrfs" => "mkfs.btrfs",
+            "vfat" => "mkfs.vfat",
+            _ => "mkfs.ext4",
+        });
+        if config.formats.iter().any(|f| matches!(f.as_str(), "qcow2" | "vhd" | "vmdk")) {
+            t.push("qemu-img");
+        }
+        if layout == "gpt" || layout == "efi" {
+            t.extend(["mkfs.vfat", "mcopy", "mmd"]);
+        }
+        if resolved.has("bootloader") {
+            t.push("grub-mkimage");
+        }
+    }
+    if config.formats.iter().any(|f| f == "squashfs") {
+        t.push("mksquashfs");
+    }
+    if config.formats.iter().any(|f| f == "tgz") {
+        t.push("gzip");
+    }
+    if config.checksum {
+        t.extend(["sha256sum", "md5sum"]);
+    }
+    t.sort();
+    t.dedup();
+    Ok(t)
+}
+
+/// Everything that made the base tree: a change to any of it is a miss.
+fn cache_key(config: &Config, distro: &str, hooks: &HookSet, env_files: &[EnvFile], packages: &[String]) -> Result<String> {
+    let mut h = Sha256::new();
+    let mut field = |name: &str, value: &[u8]| {
+        h.update(name.as_bytes());
+        h.update((value.len() as u64).to_le_bytes());
+        h.update(value);
+    };
+    field("kiln", env!("CARGO_PKG_VERSION").as_bytes());
+    field("distro", distro.as_bytes());
+    field("release", config.release.as_bytes());
+    field("arch", config.arch.as_bytes());
+    field("mirror", config.mirror.as_bytes());
+    field("packages", packages.join("\n").as_bytes());
+    for hook in hooks.phase(Phase::Root) {
+        let body = std::fs::read(&hook.path).with_context(|| format!("reading {}", hook.path.display()))?;
+        field(&format!("root.d/{}", hook.name), &body);
+    }
+    for e in env_files {
+        let body = std::fs::read(&e.path).with_context(|| format!("reading {}", e.path.display()))?;
+        field(&format!("environment.d/{}", e.name), &body);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

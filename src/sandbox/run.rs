@@ -1,0 +1,233 @@
+//! Running one program (a hook, a bootstrapper) in a fresh mount and PID
+//! namespace inside kiln's user namespace:
+//!
+//!   worker ─fork─► A: unshare(mount, pid, ipc) ─fork─► B: PID 1, mounts, reaper ─fork─► C: exec
+//!
+//! When C exits, B exits, and the kernel kills whatever C left running: a hook's
+//! processes never outlive it. A and B die with their parent (PDEATHSIG), so
+//! killing A tears the whole thing down.
+
+use super::caps;
+use super::mounts::{self, Bind, View};
+use super::seccomp::{Filter, Profile};
+use super::signals;
+use super::syscall::Linux;
+use anyhow::{anyhow, Context, Result};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+pub struct Job<'a> {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub view: View,
+    pub binds: Vec<Bind>,
+    /// Keep CAP_SYS_ADMIN of kiln's namespace (bootstrapping needs to mount).
+    pub sys_admin: bool,
+    pub seccomp: Option<&'a Profile>,
+}
+
+pub struct Outcome {
+    /// Exit code, or 128 + signal number.
+    pub code: i32,
+    /// The last lines of output, for error messages.
+    pub tail: Vec<String>,
+}
+
+const TAIL: usize = 25;
+
+/// Runs the job; `line` sees each line of its combined stdout/stderr.
+pub fn run(job: &Job, line: &mut dyn FnMut(&str)) -> Result<Outcome> {
+    let keep = caps::kept(job.sys_admin);
+    let filter = match job.seccomp {
+        Some(p) => Some(p.compile(&caps::names(&keep)).map_err(|e| anyhow!("{e}"))?),
+        None => None,
+    };
+    let argv = cstrings(job.argv.iter().map(String::as_str))?;
+    let envp = cstrings(job.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().iter().map(String::as_str))?;
+    let cwd = CString::new(job.cwd.as_os_str().as_encoded_bytes()).context("cwd contains NUL")?;
+    let (rd, wr) = nix::unistd::pipe().context("pipe")?;
+
+    // SAFETY: kiln is single-threaded when it runs jobs; the child only calls
+    // async-signal-safe functions and allocation-free code paths until exec.
+    let a = match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            drop(rd);
+            let code = stage_a(job, &keep, filter.as_ref(), &argv, &envp, &cwd, wr);
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(wr);
+    let mut tail = VecDeque::new();
+    let read_result = pump(rd, a, &mut tail, line);
+    let code = wait_code(a);
+    read_result?;
+    if signals::interrupted() {
+        anyhow::bail!(super::Interrupted);
+    }
+    Ok(Outcome { code, tail: tail.into() })
+}
+
+fn cstrings<'s>(it: impl Iterator<Item = &'s str>) -> Result<Vec<CString>> {
+    it.map(|s| CString::new(s).with_context(|| format!("argument contains NUL: {s:?}"))).collect()
+}
+
+fn pump(rd: OwnedFd, a: Pid, tail: &mut VecDeque<String>, line: &mut dyn FnMut(&str)) -> Result<()> {
+    let mut file = std::fs::File::from(rd);
+    let mut buf = [0u8; 8192];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut killed = false;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                    let text = String::from_utf8_lossy(&pending[..pos]).into_owned();
+                    pending.drain(..=pos);
+                    emit(text, tail, line);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading hook output"),
+        }
+        if signals::interrupted() && !killed {
+            let _ = kill(a, Signal::SIGKILL);
+            killed = true;
+        }
+    }
+    if !pending.is_empty() {
+        emit(String::from_utf8_lossy(&pending).into_owned(), tail, line);
+    }
+    Ok(())
+}
+
+fn emit(text: String, tail: &mut VecDeque<String>, line: &mut dyn FnMut(&str)) {
+    line(&text);
+    if tail.len() == TAIL {
+        tail.pop_front();
+    }
+    tail.push_back(text);
+}
+
+fn wait_code(pid: Pid) -> i32 {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, c)) => return c,
+            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {
+                if signals::interrupted() {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+            Err(_) => return 255,
+        }
+    }
+}
+
+fn die_with_parent() {
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+}
+
+fn stage_a(job: &Job, keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
+    signals::reset_defaults();
+    die_with_parent();
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC) {
+        return report(&out, &format!("unshare(mount, pid, ipc): {}", e.desc()));
+    }
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let code = stage_b(job, keep, filter, argv, envp, cwd, out);
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(out);
+            wait_code(child)
+        }
+        Err(e) => report(&out, &format!("fork: {}", e.desc())),
+    }
+}
+
+/// PID 1 of the job's namespace.
+fn stage_b(job: &Job, keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
+    die_with_parent();
+    if let Err(e) = mounts::set_up(&Linux, &job.view, &job.binds) {
+        return report(&out, &e.to_string());
+    }
+    let c = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let code = stage_c(keep, filter, argv, envp, cwd, out);
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return report(&out, &format!("fork: {}", e.desc())),
+    };
+    drop(out);
+    // Reap everything re-parented to us until the job itself exits.
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == c => return code,
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == c => return 128 + sig as i32,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return 255,
+        }
+    }
+}
+
+fn stage_c(keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
+    // A new session: no controlling terminal, so no TIOCSTI into the caller's.
+    let _ = nix::unistd::setsid();
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+    if null < 0 {
+        return report(&out, "cannot open /dev/null");
+    }
+    unsafe {
+        libc::dup2(null, 0);
+        libc::dup2(out.as_raw_fd(), 1);
+        libc::dup2(out.as_raw_fd(), 2);
+    }
+    std::mem::forget(out);
+    // Only stdio crosses into the hook.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let stderr = unsafe { OwnedFd::from_raw_fd(2) };
+    if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
+        return report(&stderr, &format!("chdir {}: {}", cwd.to_string_lossy(), nix::errno::Errno::last().desc()));
+    }
+    if let Err(e) = caps::restrict(keep) {
+        return report(&stderr, &format!("dropping capabilities: {e}"));
+    }
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return report(&stderr, "prctl(PR_SET_NO_NEW_PRIVS) failed");
+    }
+    if let Some(f) = filter {
+        if let Err(e) = f.load() {
+            return report(&stderr, &format!("loading the seccomp filter: {e}"));
+        }
+    }
+    let mut argp: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argp.push(std::ptr::null());
+    let mut envpp: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    envpp.push(std::ptr::null());
+    unsafe { libc::execve(argp[0], argp.as_ptr(), envpp.as_ptr()) };
+    let err = nix::errno::Errno::last();
+    report(&stderr, &format!("cannot run {}: {}", argv[0].to_string_lossy(), err.desc()));
+    if err == nix::errno::Errno::ENOENT { 127 } else { 126 }
+}
+
+/// Child-side failure: one line on the job's output, then a distinctive status.
+fn report(out: &OwnedFd, msg: &str) -> i32 {
+    let text = format!("kiln sandbox: {msg}\n");
+    let _ = nix::unistd::write(out, text.as_bytes());
+    125
+}
