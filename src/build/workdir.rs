@@ -18,6 +18,9 @@ impl WorkDir {
         let base = std::env::var_os("TMPDIR").filter(|t| !t.is_empty()).map(PathBuf::from).unwrap_or_else(|| "/var/tmp".into());
         let template = base.join("kiln.XXXXXX");
         let path = nix::unistd::mkdtemp(&template).with_context(|| format!("creating a build directory in {}", base.display()))?;
+        // Traversable but not listable: apt drops to `_apt` (a subordinate id) and
+        // must reach its download directory inside the tree.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
         Ok(WorkDir { path, maps: maps.clone(), temp_outputs: Vec::new() })
     }
 

@@ -208,42 +208,38 @@ pub fn plan_disk(
         TableKind::None => String::new(),
     };
 
+    // Only used by the GPT layouts, whose overhead the minimum check above covers.
+    let gpt_root = size.saturating_sub(layout.overhead());
+    let mbr_type = format!("{MBR_TYPE_LINUX:#04x}");
+    let (first, specs): (u64, Vec<(PartRole, u64, &str, &str)>) = match layout {
+        // diskimage-builder's order (ESP, BSP, root) keeps root last, where growpart
+        // and cloud-init expect the partition they may enlarge.
+        Layout::Gpt => (
+            ALIGN,
+            vec![
+                (PartRole::Esp, ESP_SIZE, GPT_TYPE_ESP, "ESP"),
+                (PartRole::BiosBoot, BIOS_BOOT_SIZE, GPT_TYPE_BIOS_BOOT, "BSP"),
+                (PartRole::Root, gpt_root, GPT_TYPE_ROOT_X86_64, "root"),
+            ],
+        ),
+        Layout::Efi => (
+            ALIGN,
+            vec![(PartRole::Esp, ESP_SIZE, GPT_TYPE_ESP, "ESP"), (PartRole::Root, gpt_root, GPT_TYPE_ROOT_X86_64, "root")],
+        ),
+        Layout::Mbr => (ALIGN, vec![(PartRole::Root, size - ALIGN, &mbr_type, "root")]),
+        Layout::None => (0, vec![(PartRole::Root, size, "", "root")]),
+    };
     let mut partitions = Vec::new();
-    let mut next = ALIGN;
-    let mut add = |role, size: u64, type_id: &str, name: &str| -> Result<()> {
-        let number = partitions.len() as u32 + 1;
+    let mut start = first;
+    for (i, (role, size, type_id, name)) in specs.into_iter().enumerate() {
+        let number = i as u32 + 1;
         let uuid = match layout.table() {
             TableKind::Gpt => random_uuid()?,
-            _ => format!("{disk_id}-{number:02x}"),
+            TableKind::Mbr => format!("{disk_id}-{number:02x}"),
+            TableKind::None => String::new(),
         };
-        partitions.push(Partition {
-            number,
-            role,
-            start: next,
-            size,
-            type_id: type_id.into(),
-            uuid,
-            name: name.into(),
-        });
-        next += size;
-        Ok(())
-    };
-    match layout {
-        Layout::Gpt | Layout::Efi => {
-            // diskimage-builder's order (ESP, BSP, root) keeps root last, where growpart
-            // and cloud-init expect the partition they may enlarge.
-            add(PartRole::Esp, ESP_SIZE, GPT_TYPE_ESP, "ESP")?;
-            if layout == Layout::Gpt {
-                add(PartRole::BiosBoot, BIOS_BOOT_SIZE, GPT_TYPE_BIOS_BOOT, "BSP")?;
-            }
-            let root = size - ALIGN - (ESP_SIZE + if layout == Layout::Gpt { BIOS_BOOT_SIZE } else { 0 }) - ALIGN;
-            add(PartRole::Root, root, GPT_TYPE_ROOT_X86_64, "root")?;
-        }
-        Layout::Mbr => add(PartRole::Root, size - ALIGN, &format!("{MBR_TYPE_LINUX:#04x}"), "root")?,
-        Layout::None => {
-            next = 0;
-            add(PartRole::Root, size, "", "root")?;
-        }
+        partitions.push(Partition { number, role, start, size, type_id: type_id.into(), uuid, name: name.into() });
+        start += size;
     }
 
     Ok(DiskPlan {
@@ -297,9 +293,11 @@ pub fn size_for_content(content: u64, layout: &str) -> Result<u64> {
     Ok(round_up(content + content / 4 + 256 * MIB, MIB) + layout.overhead())
 }
 
-/// [`size_for_content`] of the tree's [`content_size`].
-pub fn size_for_tree(tree: &Path, layout: &str) -> Result<u64> {
-    size_for_content(content_size(tree)?, layout)
+/// The default image size for the tree: [`size_for_content`] of its [`content_size`]
+/// with the largest layout's overhead (gpt, 67 MiB), so the size fits whichever layout
+/// the plan uses; the few MiB more for mbr or none end up as free space in the root.
+pub fn size_for_tree(tree: &Path) -> Result<u64> {
+    size_for_content(content_size(tree)?, Layout::Gpt.as_str())
 }
 
 /// Fails with a clear message when `size` (a user's `--image-size`) cannot hold

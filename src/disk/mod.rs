@@ -1,1 +1,82 @@
-//! Assembling disks without root (DESIGN §5).
+//! Assembling disks without root (DESIGN §5): no loop device, no mount, no helper.
+//!
+//! The pipeline calls, in this order:
+//!
+//! 1. [`plan_disk`] at plan time (sizes from [`size_for_tree`] / [`check_image_size`]
+//!    once the tree exists), and exports [`DiskPlan::hook_env`] to hooks, so fstab and
+//!    grub.cfg can name the filesystems by UUID before the filesystems exist;
+//! 2. [`lay_out`]: the sparse raw file with its partition table, before block-device.d;
+//! 3. [`build_filesystems`]: the ESP from `tree/boot/efi`, the root from the rest,
+//!    each written at its partition's offset;
+//! 4. [`install_bootloader`]: GRUB for BIOS and/or UEFI from the image's own modules;
+//! 5. [`convert`] per disk format, [`tree_archive`] per archive format,
+//!    [`write_checksums`] with `--checksum`.
+//!
+//! Everything runs inside kiln's user namespace as mapped root, and runs host tools
+//! only: mke2fs / mkfs.btrfs / mkfs.vfat, mtools, grub-mkimage, qemu-img, tar,
+//! mksquashfs. [`host_tools`] lists those a build needs, for the plan's check.
+
+mod convert;
+mod esp;
+mod fs;
+mod gpt;
+mod grub;
+mod layout;
+mod mbr;
+mod sparse;
+mod table;
+mod tool;
+
+#[cfg(test)]
+mod boot_test;
+
+pub use convert::{convert, tree_archive, write_checksums, Format};
+pub use fs::{build_filesystems, FsType};
+pub use grub::install_bootloader;
+pub use layout::{
+    check_image_size, content_size, format_human, format_size, parse_image_size, plan_disk, size_for_content,
+    size_for_tree, DiskPlan, Layout, PartRole, Partition, TableKind, GIB, MIB,
+};
+pub use table::lay_out;
+pub use tool::HostTool;
+
+use tool::tool as host_tool;
+
+/// The host tools a build with this layout, root filesystem and output formats runs,
+/// each with its Debian package, so the plan can report every missing one at once.
+pub fn host_tools(layout: Layout, fs_type: FsType, formats: &[Format]) -> Vec<HostTool> {
+    let mut tools = fs_type.tools();
+    if layout.table() != TableKind::None {
+        tools.push(host_tool("grub-mkimage", "grub-common"));
+    }
+    if matches!(layout, Layout::Gpt | Layout::Efi) {
+        tools.push(host_tool("mkfs.vfat", "dosfstools"));
+        tools.push(host_tool("mcopy", "mtools"));
+    }
+    for f in formats {
+        tools.extend(f.tools());
+    }
+    let mut seen = Vec::new();
+    tools.retain(|t| {
+        let new = !seen.contains(&t.name);
+        seen.push(t.name);
+        new
+    });
+    tools
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_tools_follow_layout_and_formats() {
+        let names = |l, f, fmts: &[Format]| host_tools(l, f, fmts).iter().map(|t| t.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(Layout::Gpt, FsType::Ext4, &[Format::Qcow2, Format::Vmdk]),
+            vec!["mke2fs", "grub-mkimage", "mkfs.vfat", "mcopy", "qemu-img"]
+        );
+        assert_eq!(names(Layout::None, FsType::Ext4, &[Format::Raw]), vec!["mke2fs"]);
+        assert_eq!(names(Layout::Mbr, FsType::Btrfs, &[Format::Tgz]), vec!["mkfs.btrfs", "grub-mkimage", "tar", "gzip"]);
+    }
+}

@@ -102,6 +102,9 @@ fn mount_proc(sys: &dyn Syscall, dir: &Path) -> Result<(), MountError> {
         .step(|| format!("mount proc on {}", dir.display()))?;
     for entry in PROC_READONLY {
         let p = dir.join(entry);
+        if !sys.exists(&p) {
+            continue;
+        }
         sys.mount(Some(&p), &p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
             .step(|| format!("bind {}", p.display()))?;
         sys.make_readonly(&p).step(|| format!("make {} read-only", p.display()))?;

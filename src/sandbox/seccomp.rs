@@ -24,15 +24,33 @@ pub const DEFAULT_PROFILE: &str = include_str!("../../seccomp/default.json");
 #[derive(Debug)]
 pub enum SeccompError {
     /// The profile file could not be read.
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The profile is not JSON.
-    Json { origin: String, line: usize, column: usize, source: serde_json::Error },
+    Json {
+        origin: String,
+        line: usize,
+        column: usize,
+        source: serde_json::Error,
+    },
     /// The profile is JSON but not a profile; `at` is a path such as `syscalls[3].action`.
-    Invalid { origin: String, at: String, message: String },
+    Invalid {
+        origin: String,
+        at: String,
+        message: String,
+    },
     /// libseccomp refused part of the profile.
-    Compile { origin: String, at: String, source: libseccomp::error::SeccompError },
+    Compile {
+        origin: String,
+        at: String,
+        source: libseccomp::error::SeccompError,
+    },
     /// The kernel refused the filter.
-    Load { source: libseccomp::error::SeccompError },
+    Load {
+        source: libseccomp::error::SeccompError,
+    },
     /// The compiled filter could not be written out.
     Export { source: std::io::Error },
 }
@@ -41,19 +59,38 @@ impl fmt::Display for SeccompError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Read { path, source } => {
-                write!(f, "cannot read seccomp profile {}: {source}", path.display())
+                write!(
+                    f,
+                    "cannot read seccomp profile {}: {source}",
+                    path.display()
+                )
             }
-            Self::Json { origin, line, column, source } => {
+            Self::Json {
+                origin,
+                line,
+                column,
+                source,
+            } => {
                 // serde_json appends the position itself; say it once, our way.
                 let text = source.to_string();
                 let what = text.trim_end_matches(&format!(" at line {line} column {column}"));
-                write!(f, "seccomp profile {origin}: line {line}, column {column}: invalid JSON: {what}")
+                write!(
+                    f,
+                    "seccomp profile {origin}: line {line}, column {column}: invalid JSON: {what}"
+                )
             }
-            Self::Invalid { origin, at, message } => {
+            Self::Invalid {
+                origin,
+                at,
+                message,
+            } => {
                 write!(f, "seccomp profile {origin}: {at}: {message}")
             }
             Self::Compile { origin, at, source } => {
-                write!(f, "seccomp profile {origin}: {at}: libseccomp refused it: {source}")
+                write!(
+                    f,
+                    "seccomp profile {origin}: {at}: libseccomp refused it: {source}"
+                )
             }
             Self::Load { source } => write!(
                 f,
@@ -107,8 +144,10 @@ struct Conditions {
 
 impl Profile {
     pub fn from_file(path: &Path) -> Result<Profile, SeccompError> {
-        let json = std::fs::read_to_string(path)
-            .map_err(|source| SeccompError::Read { path: path.to_path_buf(), source })?;
+        let json = std::fs::read_to_string(path).map_err(|source| SeccompError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_str(&json, &path.display().to_string())
     }
 
@@ -141,7 +180,8 @@ impl Profile {
             ScmpFilterContext::new(self.default_action).map_err(self.refused("defaultAction"))?;
         // kiln sets PR_SET_NO_NEW_PRIVS itself, at a point of its choosing; libseccomp
         // must not set it as a side effect of loading.
-        ctx.set_ctl_nnp(false).map_err(self.refused("no_new_privs attribute"))?;
+        ctx.set_ctl_nnp(false)
+            .map_err(self.refused("no_new_privs attribute"))?;
         // Speed (a binary tree instead of a list of ~350 compares) and real kernel
         // errnos in messages; an older libseccomp without them enforces the same policy.
         let _ = ctx.set_ctl_optimize(2);
@@ -169,18 +209,23 @@ impl Profile {
                 continue;
             }
             let conds: Vec<ScmpArgCompare> = entry.args.iter().map(|&(_, c)| c).collect();
-            let repeated =
-                (1..entry.args.len()).any(|i| entry.args[..i].iter().any(|a| a.0 == entry.args[i].0));
+            let repeated = (1..entry.args.len())
+                .any(|i| entry.args[..i].iter().any(|a| a.0 == entry.args[i].0));
             // libseccomp cannot AND two comparisons of the same argument. Like runc,
             // such an entry becomes one rule per comparison, i.e. their OR.
-            let rules: Vec<&[ScmpArgCompare]> =
-                if repeated { conds.chunks(1).collect() } else { vec![&conds[..]] };
+            let rules: Vec<&[ScmpArgCompare]> = if repeated {
+                conds.chunks(1).collect()
+            } else {
+                vec![&conds[..]]
+            };
             for name in &entry.names {
                 // Profiles list syscalls that exist only on some architectures or
                 // kernels: a name libseccomp cannot resolve is skipped, as OCI runtimes
                 // do. Names absent from one of the filter's arches resolve to pseudo
                 // numbers that libseccomp leaves out for that arch.
-                let Ok(syscall) = ScmpSyscall::from_name(name) else { continue };
+                let Ok(syscall) = ScmpSyscall::from_name(name) else {
+                    continue;
+                };
                 for rule in &rules {
                     ctx.add_rule_conditional(entry.action, syscall, rule)
                         .map_err(self.refused(&format!("{} ({name})", entry.at)))?;
@@ -194,7 +239,11 @@ impl Profile {
         &'a self,
         at: &'a str,
     ) -> impl FnOnce(libseccomp::error::SeccompError) -> SeccompError + 'a {
-        move |source| SeccompError::Compile { origin: self.origin.clone(), at: at.to_string(), source }
+        move |source| SeccompError::Compile {
+            origin: self.origin.clone(),
+            at: at.to_string(),
+            source,
+        }
     }
 }
 
@@ -202,7 +251,8 @@ impl Entry {
     fn applies(&self, kept: &HashSet<String>) -> bool {
         self.includes.caps.iter().all(|c| kept.contains(c))
             && !self.excludes.caps.iter().any(|c| kept.contains(c))
-            && (self.includes.arches.is_empty() || self.includes.arches.iter().any(|a| is_native(a)))
+            && (self.includes.arches.is_empty()
+                || self.includes.arches.iter().any(|a| is_native(a)))
             && !self.excludes.arches.iter().any(|a| is_native(a))
     }
 }
@@ -216,7 +266,9 @@ impl Filter {
     /// `PR_SET_NO_NEW_PRIVS` (or CAP_SYS_ADMIN). It allocates, which is fine in
     /// the forked child that calls it just before `exec`.
     pub fn load(&self) -> Result<(), SeccompError> {
-        self.0.load().map_err(|source| SeccompError::Load { source })
+        self.0
+            .load()
+            .map_err(|source| SeccompError::Load { source })
     }
 
     /// Number of BPF instructions in the filter.
@@ -239,10 +291,16 @@ impl Filter {
         }
         // SAFETY: fd is a fresh descriptor that nothing else owns.
         let mut file = unsafe { File::from_raw_fd(fd) };
-        let written = if pfc { self.0.export_pfc(&file) } else { self.0.export_bpf(&file) };
+        let written = if pfc {
+            self.0.export_pfc(&file)
+        } else {
+            self.0.export_bpf(&file)
+        };
         written.map_err(|e| err(std::io::Error::other(e)))?;
         let mut out = Vec::new();
-        file.rewind().and_then(|_| file.read_to_end(&mut out)).map_err(err)?;
+        file.rewind()
+            .and_then(|_| file.read_to_end(&mut out))
+            .map_err(err)?;
         Ok(out)
     }
 }
@@ -252,7 +310,10 @@ impl Filter {
 /// the kernel never reports a foreign arch, so leaving it out changes nothing.
 fn runs_here(arch: ScmpArch) -> bool {
     if cfg!(target_arch = "x86_64") {
-        matches!(arch, ScmpArch::X8664 | ScmpArch::X86 | ScmpArch::X32 | ScmpArch::Native)
+        matches!(
+            arch,
+            ScmpArch::X8664 | ScmpArch::X86 | ScmpArch::X32 | ScmpArch::Native
+        )
     } else if cfg!(target_arch = "aarch64") {
         matches!(arch, ScmpArch::Aarch64 | ScmpArch::Arm | ScmpArch::Native)
     } else {
@@ -275,7 +336,11 @@ fn is_native(name: &str) -> bool {
 
 fn cap_name(name: &str) -> String {
     let upper = name.trim().to_ascii_uppercase();
-    if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") }
+    if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    }
 }
 
 // ---- parsing: errors are (where, what), turned into SeccompError::Invalid ----
@@ -292,7 +357,8 @@ fn field<'v>(obj: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
 }
 
 fn object<'v>(v: &'v Value, at: &str) -> Result<&'v Map<String, Value>, Bad> {
-    v.as_object().map_or_else(|| bad(at, "expected an object"), Ok)
+    v.as_object()
+        .map_or_else(|| bad(at, "expected an object"), Ok)
 }
 
 fn string<'v>(v: &'v Value, at: &str) -> Result<&'v str, Bad> {
@@ -300,12 +366,17 @@ fn string<'v>(v: &'v Value, at: &str) -> Result<&'v str, Bad> {
 }
 
 fn uint(v: &Value, at: &str) -> Result<u64, Bad> {
-    v.as_u64().map_or_else(|| bad(at, format!("expected an unsigned integer, found {v}")), Ok)
+    v.as_u64().map_or_else(
+        || bad(at, format!("expected an unsigned integer, found {v}")),
+        Ok,
+    )
 }
 
 fn strings(v: Option<&Value>, at: &str) -> Result<Vec<String>, Bad> {
     let Some(v) = v else { return Ok(Vec::new()) };
-    let items = v.as_array().map_or_else(|| bad(at, "expected an array of strings"), Ok)?;
+    let items = v
+        .as_array()
+        .map_or_else(|| bad(at, "expected an array of strings"), Ok)?;
     items
         .iter()
         .enumerate()
@@ -316,29 +387,46 @@ fn strings(v: Option<&Value>, at: &str) -> Result<Vec<String>, Bad> {
 fn array<'v>(v: Option<&'v Value>, at: &str) -> Result<&'v [Value], Bad> {
     match v {
         None => Ok(&[]),
-        Some(v) => v.as_array().map_or_else(|| bad(at, "expected an array"), |a| Ok(a.as_slice())),
+        Some(v) => v
+            .as_array()
+            .map_or_else(|| bad(at, "expected an array"), |a| Ok(a.as_slice())),
     }
 }
 
 fn parse_profile(v: &Value, origin: &str) -> Result<Profile, Bad> {
     let top = object(v, "top level")?;
     let Some(action) = field(top, "defaultAction") else {
-        return bad("top level", "\"defaultAction\" is missing (expected an OCI linux.seccomp object)");
+        return bad(
+            "top level",
+            "\"defaultAction\" is missing (expected an OCI linux.seccomp object)",
+        );
     };
-    let errno = field(top, "defaultErrnoRet").map(|v| uint(v, "defaultErrnoRet")).transpose()?;
+    let errno = field(top, "defaultErrnoRet")
+        .map(|v| errno_ret(v, "defaultErrnoRet"))
+        .transpose()?;
     let default_action = parse_action(string(action, "defaultAction")?, errno, "defaultAction")?;
 
     let mut arches = Vec::new();
-    for (i, name) in strings(field(top, "architectures"), "architectures")?.iter().enumerate() {
+    for (i, name) in strings(field(top, "architectures"), "architectures")?
+        .iter()
+        .enumerate()
+    {
         arches.push(parse_arch(name, &format!("architectures[{i}]"))?);
     }
     // Docker's archMap: each main arch with its compat arches; runs_here() keeps ours.
     for (i, m) in array(field(top, "archMap"), "archMap")?.iter().enumerate() {
         let at = format!("archMap[{i}]");
         let m = object(m, &at)?;
-        let main = field(m, "architecture").map_or_else(|| bad(&at, "\"architecture\" is missing"), Ok)?;
-        arches.push(parse_arch(string(main, &at)?, &format!("{at}.architecture"))?);
-        let subs = strings(field(m, "subArchitectures"), &format!("{at}.subArchitectures"))?;
+        let main =
+            field(m, "architecture").map_or_else(|| bad(&at, "\"architecture\" is missing"), Ok)?;
+        arches.push(parse_arch(
+            string(main, &at)?,
+            &format!("{at}.architecture"),
+        )?);
+        let subs = strings(
+            field(m, "subArchitectures"),
+            &format!("{at}.subArchitectures"),
+        )?;
         for (j, name) in subs.iter().enumerate() {
             arches.push(parse_arch(name, &format!("{at}.subArchitectures[{j}]"))?);
         }
@@ -350,7 +438,13 @@ fn parse_profile(v: &Value, origin: &str) -> Result<Profile, Bad> {
         .enumerate()
         .map(|(i, e)| parse_entry(e, &format!("syscalls[{i}]")))
         .collect::<Result<_, _>>()?;
-    Ok(Profile { origin: origin.to_string(), default_action, arches, flags, entries })
+    Ok(Profile {
+        origin: origin.to_string(),
+        default_action,
+        arches,
+        flags,
+        entries,
+    })
 }
 
 fn parse_entry(v: &Value, at: &str) -> Result<Entry, Bad> {
@@ -362,8 +456,12 @@ fn parse_entry(v: &Value, at: &str) -> Result<Entry, Bad> {
         (None, None) => return bad(at, "\"names\" is missing"),
     };
     let action_at = format!("{at}.action");
-    let Some(action) = field(e, "action") else { return bad(at, "\"action\" is missing") };
-    let errno = field(e, "errnoRet").map(|v| uint(v, &format!("{at}.errnoRet"))).transpose()?;
+    let Some(action) = field(e, "action") else {
+        return bad(at, "\"action\" is missing");
+    };
+    let errno = field(e, "errnoRet")
+        .map(|v| errno_ret(v, &format!("{at}.errnoRet")))
+        .transpose()?;
     let action = parse_action(string(action, &action_at)?, errno, &action_at)?;
     let args = array(field(e, "args"), &format!("{at}.args"))?
         .iter()
@@ -381,51 +479,69 @@ fn parse_entry(v: &Value, at: &str) -> Result<Entry, Bad> {
 }
 
 fn parse_conditions(v: Option<&Value>, at: &str) -> Result<Conditions, Bad> {
-    let Some(v) = v else { return Ok(Conditions::default()) };
+    let Some(v) = v else {
+        return Ok(Conditions::default());
+    };
     let c = object(v, at)?;
     Ok(Conditions {
-        caps: strings(field(c, "caps"), &format!("{at}.caps"))?.iter().map(|c| cap_name(c)).collect(),
+        caps: strings(field(c, "caps"), &format!("{at}.caps"))?
+            .iter()
+            .map(|c| cap_name(c))
+            .collect(),
         arches: strings(field(c, "arches"), &format!("{at}.arches"))?,
     })
 }
 
-fn parse_action(name: &str, errno_ret: Option<u64>, at: &str) -> Result<ScmpAction, Bad> {
-    // OCI: errnoRet defaults to EPERM. The kernel returns it as -errno, so it must be
-    // one libc recognises as an error.
-    let errno = || match errno_ret {
-        None => Ok(libc::EPERM),
-        Some(n) if n <= 4095 => Ok(n as i32),
-        Some(n) => bad(at, format!("errnoRet {n} is not an errno (0..=4095)")),
-    };
+/// The kernel hands the value back as -errno, so it must be one libc sees as an error.
+fn errno_ret(v: &Value, at: &str) -> Result<i32, Bad> {
+    match uint(v, at)? {
+        n @ 0..=4095 => Ok(n as i32),
+        n => bad(at, format!("{n} is not an errno (0..=4095)")),
+    }
+}
+
+fn parse_action(name: &str, errno: Option<i32>, at: &str) -> Result<ScmpAction, Bad> {
+    // OCI: errnoRet defaults to EPERM.
+    let errno = errno.unwrap_or(libc::EPERM);
     Ok(match name {
         "SCMP_ACT_ALLOW" => ScmpAction::Allow,
-        "SCMP_ACT_ERRNO" => ScmpAction::Errno(errno()?),
+        "SCMP_ACT_ERRNO" => ScmpAction::Errno(errno),
         "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => ScmpAction::KillThread,
         "SCMP_ACT_KILL_PROCESS" => ScmpAction::KillProcess,
         "SCMP_ACT_TRAP" => ScmpAction::Trap,
         "SCMP_ACT_LOG" => ScmpAction::Log,
-        "SCMP_ACT_TRACE" => ScmpAction::Trace(errno()? as u16),
+        "SCMP_ACT_TRACE" => ScmpAction::Trace(errno as u16),
         "SCMP_ACT_NOTIFY" => {
-            return bad(at, "SCMP_ACT_NOTIFY needs a seccomp agent (listenerPath); kiln runs none")
+            return bad(
+                at,
+                "SCMP_ACT_NOTIFY needs a seccomp agent (listenerPath); kiln runs none",
+            )
         }
         other => return bad(at, format!("unknown action {other:?}")),
     })
 }
 
 fn parse_arch(name: &str, at: &str) -> Result<ScmpArch, Bad> {
-    name.parse().map_or_else(|_| bad(at, format!("unknown architecture {name:?}")), Ok)
+    name.parse()
+        .map_or_else(|_| bad(at, format!("unknown architecture {name:?}")), Ok)
 }
 
 fn parse_arg(v: &Value, at: &str) -> Result<(u32, ScmpArgCompare), Bad> {
     let a = object(v, at)?;
-    let get = |key: &str| field(a, key).map_or_else(|| bad(at, format!("\"{key}\" is missing")), Ok);
+    let get =
+        |key: &str| field(a, key).map_or_else(|| bad(at, format!("\"{key}\" is missing")), Ok);
     let index = uint(get("index")?, &format!("{at}.index"))?;
     if index > 5 {
-        return bad(&format!("{at}.index"), format!("argument index {index} is not 0..=5"));
+        return bad(
+            &format!("{at}.index"),
+            format!("argument index {index} is not 0..=5"),
+        );
     }
     let index = index as u32;
     let value = uint(get("value")?, &format!("{at}.value"))?;
-    let value_two = field(a, "valueTwo").map(|v| uint(v, &format!("{at}.valueTwo"))).transpose()?;
+    let value_two = field(a, "valueTwo")
+        .map(|v| uint(v, &format!("{at}.valueTwo")))
+        .transpose()?;
     let op_at = format!("{at}.op");
     let (op, datum) = match string(get("op")?, &op_at)? {
         "SCMP_CMP_NE" => (ScmpCompareOp::NotEqual, value),
@@ -475,7 +591,9 @@ mod tests {
                         }
                     }
                     if probe() == -1 {
-                        std::io::Error::last_os_error().raw_os_error().unwrap_or(252)
+                        std::io::Error::last_os_error()
+                            .raw_os_error()
+                            .unwrap_or(252)
                     } else {
                         0
                     }
@@ -503,9 +621,16 @@ mod tests {
     #[test]
     fn default_profile_parses_and_compiles_with_and_without_sys_admin() {
         let profile = default_profile();
-        let hooks = profile.compile(&caps(&["CAP_CHOWN", "CAP_SYS_CHROOT"])).expect("compile");
-        let host = profile.compile(&caps(&["CAP_SYS_ADMIN", "sys_chroot"])).expect("compile");
-        let (h, s) = (hooks.export_bpf_len().unwrap(), host.export_bpf_len().unwrap());
+        let hooks = profile
+            .compile(&caps(&["CAP_CHOWN", "CAP_SYS_CHROOT"]))
+            .expect("compile");
+        let host = profile
+            .compile(&caps(&["CAP_SYS_ADMIN", "sys_chroot"]))
+            .expect("compile");
+        let (h, s) = (
+            hooks.export_bpf_len().unwrap(),
+            host.export_bpf_len().unwrap(),
+        );
         assert!(h > 100 && s > 100, "{h} {s}");
         assert_ne!(h, s, "CAP_SYS_ADMIN must change the filter");
         assert!(Profile::builtin().is_ok());
@@ -514,7 +639,11 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn only_this_machines_abis_are_in_the_filter() {
-        let pfc = default_profile().compile(&[]).unwrap().export_pfc().unwrap();
+        let pfc = default_profile()
+            .compile(&[])
+            .unwrap()
+            .export_pfc()
+            .unwrap();
         assert!(pfc.contains("filter for arch x86_64"), "{pfc}");
         assert!(pfc.contains("filter for arch x86 "), "{pfc}");
         assert!(!pfc.contains("aarch64"), "{pfc}");
@@ -529,7 +658,10 @@ mod tests {
         let err = Profile::from_file(&path).unwrap_err();
         assert!(matches!(err, SeccompError::Json { line: 4, .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("broken.json") && msg.contains("line 4"), "{msg}");
+        assert!(
+            msg.contains("broken.json") && msg.contains("line 4"),
+            "{msg}"
+        );
 
         let missing = Profile::from_file(&dir.path().join("nope.json")).unwrap_err();
         assert!(missing.to_string().contains("nope.json"), "{missing}");
@@ -541,17 +673,26 @@ mod tests {
             {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
             {"names": ["write"], "action": "SCMP_ACT_BOGUS"}]}"#;
         let msg = Profile::from_str(json, "p.json").unwrap_err().to_string();
-        assert!(msg.contains("p.json") && msg.contains("syscalls[1]"), "{msg}");
+        assert!(
+            msg.contains("p.json") && msg.contains("syscalls[1]"),
+            "{msg}"
+        );
         assert!(msg.contains("SCMP_ACT_BOGUS"), "{msg}");
 
         let json = r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"],
             "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_SOMETIMES"}]}]}"#;
         let msg = Profile::from_str(json, "p.json").unwrap_err().to_string();
-        assert!(msg.contains("syscalls[0].args[0].op") && msg.contains("SCMP_CMP_SOMETIMES"), "{msg}");
+        assert!(
+            msg.contains("syscalls[0].args[0].op") && msg.contains("SCMP_CMP_SOMETIMES"),
+            "{msg}"
+        );
 
         let json = r#"{"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_PDP11"]}"#;
         let msg = Profile::from_str(json, "p.json").unwrap_err().to_string();
-        assert!(msg.contains("architectures[0]") && msg.contains("PDP11"), "{msg}");
+        assert!(
+            msg.contains("architectures[0]") && msg.contains("PDP11"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -577,27 +718,47 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unnecessary_cast)] // ioctl numbers are u32 on 32-bit targets
     fn default_filter_denies_and_allows() {
         let profile = default_profile();
-        let filter = profile.compile(&caps(&["CAP_CHOWN", "CAP_SYS_CHROOT", "CAP_SETUID"])).unwrap();
+        let filter = profile
+            .compile(&caps(&["CAP_CHOWN", "CAP_SYS_CHROOT", "CAP_SETUID"]))
+            .unwrap();
         let f = Some(&filter);
-        let sys = |nr: libc::c_long, a: [u64; 4]| move || unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3]) };
+        let sys = |nr: libc::c_long, a: [u64; 4]| {
+            move || unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3]) }
+        };
 
         // KEYCTL_GET_KEYRING_ID of KEY_SPEC_SESSION_KEYRING, which works unfiltered.
-        assert_eq!(run(f, sys(libc::SYS_keyctl, [0, (-3i64) as u64, 0, 0])), libc::EPERM);
+        assert_eq!(
+            run(f, sys(libc::SYS_keyctl, [0, (-3i64) as u64, 0, 0])),
+            libc::EPERM
+        );
         assert_eq!(run(f, sys(libc::SYS_add_key, [0; 4])), libc::EPERM);
         assert_eq!(run(f, sys(libc::SYS_init_module, [0; 4])), libc::EPERM);
-        assert_eq!(run(f, sys(libc::SYS_finit_module, [u64::MAX, 0, 0, 0])), libc::EPERM);
+        assert_eq!(
+            run(f, sys(libc::SYS_finit_module, [u64::MAX, 0, 0, 0])),
+            libc::EPERM
+        );
         assert_eq!(run(f, sys(libc::SYS_kexec_load, [0; 4])), libc::EPERM);
         // A bad magic gives EINVAL unfiltered; the filter must answer first.
         assert_eq!(run(f, sys(libc::SYS_reboot, [0; 4])), libc::EPERM);
         assert_eq!(run(f, sys(libc::SYS_ptrace, [0; 4])), libc::EPERM);
-        assert_eq!(run(f, sys(libc::SYS_open_by_handle_at, [0; 4])), libc::EPERM);
+        assert_eq!(
+            run(f, sys(libc::SYS_open_by_handle_at, [0; 4])),
+            libc::EPERM
+        );
         assert_eq!(run(f, sys(libc::SYS_clock_settime, [0; 4])), libc::EPERM);
 
         // Unlisted syscalls give ENOSYS (EBADF / EINVAL unfiltered).
-        assert_eq!(run(None, sys(libc::SYS_pidfd_getfd, [u64::MAX, 0, 0, 0])), libc::EBADF);
-        assert_eq!(run(f, sys(libc::SYS_pidfd_getfd, [u64::MAX, 0, 0, 0])), libc::ENOSYS);
+        assert_eq!(
+            run(None, sys(libc::SYS_pidfd_getfd, [u64::MAX, 0, 0, 0])),
+            libc::EBADF
+        );
+        assert_eq!(
+            run(f, sys(libc::SYS_pidfd_getfd, [u64::MAX, 0, 0, 0])),
+            libc::ENOSYS
+        );
         assert_eq!(run(f, sys(libc::SYS_clone3, [0; 4])), libc::ENOSYS);
 
         // TIOCSTI/TIOCLINUX compared on 32 bits: high bits, which the kernel drops,
@@ -611,7 +772,10 @@ mod tests {
         // Every other ioctl still works.
         let fionread = libc::FIONREAD as u64;
         assert_eq!(run(f, || ioctl_on_pipe(fionread)), 0);
-        assert_eq!(run(f, || ioctl_on_pipe(libc::TCGETS as u64)), run(None, || ioctl_on_pipe(libc::TCGETS as u64)));
+        assert_eq!(
+            run(f, || ioctl_on_pipe(libc::TCGETS as u64)),
+            run(None, || ioctl_on_pipe(libc::TCGETS as u64))
+        );
 
         assert_eq!(run(f, || unsafe { libc::getpid() } as libc::c_long), 0);
         // fork goes through clone without namespace flags.
@@ -643,10 +807,15 @@ mod tests {
 
     #[test]
     fn keeping_sys_admin_allows_namespaces() {
-        let filter = default_profile().compile(&caps(&["CAP_SYS_ADMIN", "CAP_SYS_CHROOT"])).unwrap();
+        let filter = default_profile()
+            .compile(&caps(&["CAP_SYS_ADMIN", "CAP_SYS_CHROOT"]))
+            .unwrap();
         let newuser = || unsafe { libc::unshare(libc::CLONE_NEWUSER) } as libc::c_long;
         // Whatever the kernel itself says (it may forbid user namespaces), the filter adds nothing.
         assert_eq!(run(Some(&filter), newuser), run(None, newuser));
-        assert_eq!(run(Some(&filter), || ioctl_on_pipe(TIOCSTI | (1 << 32))), libc::EPERM);
+        assert_eq!(
+            run(Some(&filter), || ioctl_on_pipe(TIOCSTI | (1 << 32))),
+            libc::EPERM
+        );
     }
 }

@@ -18,6 +18,8 @@ pub trait Syscall {
     /// An empty regular file to bind a device node onto.
     fn touch(&self, file: &Path) -> Result<(), Errno>;
     fn symlink(&self, target: &str, link: &Path) -> Result<(), Errno>;
+    /// Kernels built without some procfs entries (no CONFIG_MAGIC_SYSRQ) lack them.
+    fn exists(&self, path: &Path) -> bool;
 }
 
 pub struct Linux;
@@ -85,6 +87,10 @@ impl Syscall for Linux {
             r => r.map_err(io_errno),
         }
     }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
 }
 
 /// Records calls instead of making them: what the unit tests observe.
@@ -129,6 +135,9 @@ impl Syscall for Recorder {
     }
     fn symlink(&self, target: &str, link: &Path) -> Result<(), Errno> {
         self.log(format!("symlink {target} {}", p(link)))
+    }
+    fn exists(&self, _path: &Path) -> bool {
+        true
     }
 }
 

@@ -1,0 +1,249 @@
+//! Step 4: output formats and checksums.
+
+use super::sparse;
+use super::tool::{run, tool, HostTool};
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Output formats (`-t`). Disk formats are converted from the raw disk; archive
+/// formats are made from the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Qcow2,
+    Raw,
+    Vhd,
+    Vmdk,
+    Tar,
+    Tgz,
+    Squashfs,
+}
+
+const VALID: &str = "qcow2, raw, vhd, vmdk, tar, tgz, squashfs";
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Format> {
+        Ok(match s.trim() {
+            "qcow2" => Format::Qcow2,
+            "raw" => Format::Raw,
+            "vhd" | "vpc" => Format::Vhd,
+            "vmdk" => Format::Vmdk,
+            "tar" => Format::Tar,
+            "tgz" | "tar.gz" => Format::Tgz,
+            "squashfs" | "squash" => Format::Squashfs,
+            other => bail!("unknown image type {other:?}: valid types are {VALID}"),
+        })
+    }
+
+    /// Parses `-t qcow2,raw`: comma separated, duplicates dropped, order kept.
+    pub fn parse_list(s: &str) -> Result<Vec<Format>> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let f = Format::parse(part)?;
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        if out.is_empty() {
+            bail!("no image type given: valid types are {VALID}");
+        }
+        Ok(out)
+    }
+
+    /// The output file's extension (`NAME.qcow2`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Qcow2 => "qcow2",
+            Format::Raw => "raw",
+            Format::Vhd => "vhd",
+            Format::Vmdk => "vmdk",
+            Format::Tar => "tar",
+            Format::Tgz => "tgz",
+            Format::Squashfs => "squashfs",
+        }
+    }
+
+    /// Made from the raw disk by [`convert`]; otherwise from the tree by [`tree_archive`].
+    pub fn is_disk(self) -> bool {
+        matches!(self, Format::Qcow2 | Format::Raw | Format::Vhd | Format::Vmdk)
+    }
+
+    /// Host tools making this format runs.
+    pub fn tools(self) -> Vec<HostTool> {
+        match self {
+            Format::Raw => vec![],
+            Format::Qcow2 | Format::Vhd | Format::Vmdk => vec![tool("qemu-img", "qemu-utils")],
+            Format::Tar => vec![tool("tar", "tar")],
+            Format::Tgz => vec![tool("tar", "tar"), tool("gzip", "gzip")],
+            Format::Squashfs => vec![tool("mksquashfs", "squashfs-tools")],
+        }
+    }
+}
+
+/// Converts the raw disk into `format` at `out_tmp` (the caller renames it into place
+/// once every output is complete). `compress` applies to qcow2 (`-u` turns it off);
+/// `qemu_img_options` is `--qemu-img-options`, passed as `qemu-img convert -o`.
+pub fn convert(raw: &Path, format: Format, out_tmp: &Path, compress: bool, qemu_img_options: &str) -> Result<()> {
+    let (name, defaults): (&str, &[&str]) = match format {
+        Format::Raw => {
+            let src = File::open(raw).with_context(|| format!("cannot open {}", raw.display()))?;
+            let dst = File::create(out_tmp).with_context(|| format!("cannot create {}", out_tmp.display()))?;
+            return sparse::copy_file(&src, &dst).with_context(|| format!("cannot copy {} to {}", raw.display(), out_tmp.display()));
+        }
+        Format::Qcow2 => ("qcow2", &[]),
+        // force_size keeps the virtual size exact instead of rounding it to a CHS
+        // geometry (clouds reject VHDs whose size is not a whole MiB).
+        Format::Vhd => ("vpc", &["force_size=on"]),
+        // The variant VMware's OVF tooling and vSphere imports expect.
+        Format::Vmdk => ("vmdk", &["subformat=streamOptimized"]),
+        Format::Tar | Format::Tgz | Format::Squashfs => {
+            bail!("{} is made from the image tree (tree_archive), not from the disk", format.extension())
+        }
+    };
+    let options = merge_options(defaults, qemu_img_options);
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-f", "raw", "-O", name]);
+    if compress && format == Format::Qcow2 {
+        cmd.arg("-c");
+    }
+    if !options.is_empty() {
+        cmd.arg("-o").arg(options);
+    }
+    cmd.arg(raw).arg(out_tmp);
+    run(&mut cmd).with_context(|| format!("cannot convert the disk to {}", format.extension()))?;
+    Ok(())
+}
+
+/// Our defaults, minus any key the user sets: qemu-img rejects a repeated option.
+fn merge_options(defaults: &[&str], user: &str) -> String {
+    let user: Vec<&str> = user.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let key = |o: &str| o.split('=').next().unwrap_or("").to_string();
+    let mut all: Vec<String> = defaults
+        .iter()
+        .filter(|d| !user.iter().any(|u| key(u) == key(d)))
+        .map(|d| d.to_string())
+        .collect();
+    all.extend(user.iter().map(|u| u.to_string()));
+    all.join(",")
+}
+
+/// Archives the tree: tar (numeric owners, all xattrs so file capabilities survive),
+/// gzip'd tar, or squashfs.
+pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
+    let mut cmd = match format {
+        Format::Tar | Format::Tgz => {
+            let mut c = Command::new("tar");
+            c.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"]).arg(tree);
+            c.arg(if format == Format::Tgz { "-czf" } else { "-cf" }).arg(out).arg(".");
+            c
+        }
+        Format::Squashfs => {
+            let mut c = Command::new("mksquashfs");
+            c.arg(tree).arg(out).args(["-noappend", "-comp", "xz", "-no-progress"]);
+            c
+        }
+        _ => bail!("{} is a disk format: use convert", format.extension()),
+    };
+    run(&mut cmd).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
+}
+
+/// Writes `PATH.sha256` and `PATH.md5` in `sha256sum`/`md5sum` format, naming the file
+/// by its base name so `sha256sum -c` works next to it.
+pub fn write_checksums(path: &Path) -> Result<()> {
+    let base = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let line = format!("{hex}  {}\n", base.to_string_lossy());
+    write_beside(path, "sha256", line.as_bytes())?;
+
+    // md5 only for compatibility with diskimage-builder's outputs: the tool is enough.
+    let out = run(Command::new("md5sum").arg("--").arg(base).current_dir(&dir))?;
+    write_beside(path, "md5", &out.stdout)
+}
+
+fn write_beside(path: &Path, ext: &str, data: &[u8]) -> Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{ext}"));
+    let target = PathBuf::from(name);
+    let mut tmp = target.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(data).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &target).with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_lists_parse_and_reject_unknown() {
+        assert_eq!(Format::parse_list("qcow2,raw").unwrap(), vec![Format::Qcow2, Format::Raw]);
+        assert_eq!(Format::parse_list(" tar , qcow2,tar").unwrap(), vec![Format::Tar, Format::Qcow2]);
+        assert_eq!(Format::parse("vhd").unwrap(), Format::Vhd);
+        let err = Format::parse_list("qcow2,iso").unwrap_err().to_string();
+        assert!(err.contains("\"iso\"") && err.contains(VALID), "{err}");
+        assert!(Format::parse_list(" , ").is_err());
+        assert!(Format::Vmdk.is_disk() && !Format::Squashfs.is_disk());
+    }
+
+    #[test]
+    fn user_options_replace_defaults() {
+        assert_eq!(merge_options(&["subformat=streamOptimized"], ""), "subformat=streamOptimized");
+        assert_eq!(merge_options(&["subformat=streamOptimized"], "subformat=monolithicSparse"), "subformat=monolithicSparse");
+        assert_eq!(merge_options(&[], "compat=0.10, cluster_size=2M"), "compat=0.10,cluster_size=2M");
+    }
+
+    #[test]
+    fn checksums_in_sha256sum_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("image.qcow2");
+        std::fs::write(&f, b"abc").unwrap();
+        write_checksums(&f).unwrap();
+        let sha = std::fs::read_to_string(dir.path().join("image.qcow2.sha256")).unwrap();
+        assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  image.qcow2\n");
+        let md5 = std::fs::read_to_string(dir.path().join("image.qcow2.md5")).unwrap();
+        assert_eq!(md5, "900150983cd24fb0d6963f7d28e17f72  image.qcow2\n");
+    }
+
+    #[test]
+    fn raw_copy_and_qcow2_convert() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        let f = File::create(&raw).unwrap();
+        f.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"kiln", 4 << 20).unwrap();
+        let out = dir.path().join("copy.raw");
+        convert(&raw, Format::Raw, &out, true, "").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&raw).unwrap());
+        if which::which("qemu-img").is_err() {
+            return;
+        }
+        let q = dir.path().join("disk.qcow2");
+        convert(&raw, Format::Qcow2, &q, true, "compat=1.1").unwrap();
+        let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&q).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(v["format"], "qcow2");
+        assert_eq!(v["virtual-size"], 8 << 20);
+        assert!(convert(&raw, Format::Tar, &q, true, "").is_err());
+    }
+}

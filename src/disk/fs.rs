@@ -1,0 +1,335 @@
+//! Step 2 of assembly: filesystems built from the finished tree, written straight into
+//! their partitions' byte ranges. No mount, no loop device: each mkfs populates the
+//! filesystem from a directory, and runs inside kiln's user namespace so owners and
+//! modes come out as the tree has them.
+
+use super::esp;
+use super::layout::{DiskPlan, Partition, MIB};
+use super::sparse;
+use super::table;
+use super::tool::{run, tool, HostTool, ScratchDir};
+use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Root filesystem types: those whose mkfs can populate from a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsType {
+    Ext4,
+    Ext3,
+    Ext2,
+    Btrfs,
+    /// Only for images without a partition table: FAT keeps no owners, modes or
+    /// symlinks, so it cannot hold a Linux root.
+    Vfat,
+}
+
+const SUPPORTED: &str = "ext4, ext3, ext2, btrfs, vfat";
+
+impl FsType {
+    /// Parses `FS_TYPE` / `--fs-type`.
+    pub fn parse(s: &str) -> Result<FsType> {
+        Ok(match s.trim() {
+            "ext4" => FsType::Ext4,
+            "ext3" => FsType::Ext3,
+            "ext2" => FsType::Ext2,
+            "btrfs" => FsType::Btrfs,
+            "vfat" | "fat" | "fat32" => FsType::Vfat,
+            "xfs" => bail!(
+                "FS_TYPE xfs is not supported: mkfs.xfs can only populate a filesystem from a \
+                 protofile, which loses extended attributes (file capabilities), hard links and \
+                 timestamps; supported: {SUPPORTED}"
+            ),
+            other => bail!("unknown FS_TYPE {other:?}: supported: {SUPPORTED}"),
+        })
+    }
+
+    /// The name mount, fstab and mkfs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Ext4 => "ext4",
+            FsType::Ext3 => "ext3",
+            FsType::Ext2 => "ext2",
+            FsType::Btrfs => "btrfs",
+            FsType::Vfat => "vfat",
+        }
+    }
+
+    /// The GRUB module that reads it.
+    pub fn grub_module(self) -> &'static str {
+        match self {
+            FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => "ext2",
+            FsType::Btrfs => "btrfs",
+            FsType::Vfat => "fat",
+        }
+    }
+
+    /// The smallest root filesystem worth making.
+    pub fn min_size(self) -> u64 {
+        match self {
+            // mkfs.btrfs refuses devices below ~109 MiB with its default profiles.
+            FsType::Btrfs => 128 * MIB,
+            _ => 32 * MIB,
+        }
+    }
+
+    pub fn check_label(self, label: &str) -> Result<()> {
+        let max = match self {
+            FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => 16,
+            FsType::Btrfs => 255,
+            FsType::Vfat => 11,
+        };
+        if label.len() > max {
+            bail!("root label {label:?} is longer than {max} bytes, the limit of {}", self.as_str());
+        }
+        if self == FsType::Vfat && !label.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            bail!("vfat label {label:?} must be printable ASCII");
+        }
+        Ok(())
+    }
+
+    /// Host tools that building this root filesystem runs.
+    pub fn tools(self) -> Vec<HostTool> {
+        match self {
+            FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => vec![tool("mke2fs", "e2fsprogs")],
+            FsType::Btrfs => vec![tool("mkfs.btrfs", "btrfs-progs")],
+            FsType::Vfat => vec![tool("mkfs.vfat", "dosfstools"), tool("mcopy", "mtools")],
+        }
+    }
+}
+
+/// Step 2: the ESP (if any) from `tree/boot/efi`, then the root filesystem from the
+/// rest of the tree, each at its partition's offset in `raw`. `tree/boot/efi` ends up
+/// as an empty mount point in the root filesystem.
+pub fn build_filesystems(raw: &Path, tree: &Path, plan: &DiskPlan) -> Result<()> {
+    table::verify(raw, plan)?;
+    let root = plan.root()?;
+    if let Some(p) = plan.partition(super::layout::PartRole::Esp) {
+        esp::make(raw, p, &plan.esp_uuid, &tree.join("boot/efi")).context("cannot build the ESP")?;
+        let _hidden = EmptyMountPoint::hide(&tree.join("boot/efi"))?;
+        make_root(raw, tree, root, plan)
+    } else {
+        make_root(raw, tree, root, plan)
+    }
+    .with_context(|| format!("cannot build the {} root filesystem", plan.fs_type.as_str()))
+}
+
+fn make_root(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Result<()> {
+    match plan.fs_type {
+        FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => mke2fs(raw, tree, part, plan),
+        FsType::Btrfs => btrfs(raw, tree, part, plan),
+        FsType::Vfat => {
+            esp::format(raw, part, &plan.root_uuid, &plan.root_label, &plan.mkfs_options)?;
+            esp::copy_tree(raw, part, tree)
+        }
+    }
+}
+
+fn mke2fs(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Result<()> {
+    // mke2fs keeps only the last -E, so the user's extended options join our offset.
+    let (user_extended, rest) = split_option(&plan.mkfs_options, "-E");
+    let mut extended = format!("offset={}", part.start);
+    for e in user_extended {
+        extended.push(',');
+        extended.push_str(&e);
+    }
+    let mut cmd = Command::new("mke2fs");
+    cmd.args(["-t", plan.fs_type.as_str(), "-F", "-q"])
+        .arg("-L")
+        .arg(&plan.root_label)
+        .arg("-U")
+        .arg(&plan.root_uuid)
+        .arg("-E")
+        .arg(extended);
+    if plan.fs_type == FsType::Ext4 {
+        // The image's own e2fsck (initramfs, boot-time fsck) and GRUB must understand
+        // every feature. Newer hosts' defaults add features older guests reject:
+        // orphan_file (e2fsprogs 1.47; bullseye's e2fsck refuses it) and
+        // metadata_csum_seed (GRUB before 2.12 cannot read it). -O accumulates, so a
+        // user's --mkfs-options can switch them back on.
+        let mut off = String::from("^metadata_csum_seed");
+        if mke2fs_knows_orphan_file() {
+            off.push_str(",^orphan_file");
+        }
+        cmd.arg("-O").arg(off);
+    }
+    cmd.args(&rest)
+        .arg("-d")
+        .arg(tree)
+        .arg(raw)
+        .arg(format!("{}k", part.size / 1024));
+    run(&mut cmd)?;
+    Ok(())
+}
+
+/// orphan_file exists from e2fsprogs 1.47.0; naming an unknown feature is an error.
+fn mke2fs_knows_orphan_file() -> bool {
+    let Ok(out) = Command::new("mke2fs").arg("-V").output() else { return false };
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let Some(version) = text.split_whitespace().nth(1) else { return false };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 47)
+}
+
+fn btrfs(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Result<()> {
+    // mkfs.btrfs cannot write at an offset: build in a scratch file of exactly the
+    // partition's size, then copy its data extents (only those) into place.
+    let scratch = ScratchDir::beside(raw, "btrfs")?;
+    let image = scratch.path().join("root.btrfs");
+    let file = File::create(&image).with_context(|| format!("cannot create {}", image.display()))?;
+    file.set_len(part.size).with_context(|| format!("cannot size {}", image.display()))?;
+    drop(file);
+    run(Command::new("mkfs.btrfs")
+        .args(["-q", "-f"])
+        .arg("-L")
+        .arg(&plan.root_label)
+        .arg("-U")
+        .arg(&plan.root_uuid)
+        .args(&plan.mkfs_options)
+        .arg("--rootdir")
+        .arg(tree)
+        .arg(&image))?;
+    let src = File::open(&image).with_context(|| format!("cannot open {}", image.display()))?;
+    let dst = File::options().write(true).open(raw).with_context(|| format!("cannot open {}", raw.display()))?;
+    sparse::copy_range(&src, &dst, part.start, part.size)
+}
+
+/// Splits `-X value` / `-Xvalue` occurrences of one option out of an option list.
+fn split_option(options: &[String], flag: &str) -> (Vec<String>, Vec<String>) {
+    let (mut values, mut rest) = (Vec::new(), Vec::new());
+    let mut it = options.iter();
+    while let Some(o) = it.next() {
+        if o == flag {
+            if let Some(v) = it.next() {
+                values.push(v.clone());
+            }
+        } else if let Some(v) = o.strip_prefix(flag) {
+            values.push(v.to_string());
+        } else {
+            rest.push(o.clone());
+        }
+    }
+    (values, rest)
+}
+
+/// While alive, `dir` (the ESP's mount point in the tree) is an empty directory with
+/// the original's owner and mode; its content waits in a sibling and is put back on
+/// drop, also when mkfs fails. mkfs -d has no exclude option, and the ESP's files
+/// belong on the ESP only.
+struct EmptyMountPoint {
+    dir: PathBuf,
+    aside: Option<PathBuf>,
+}
+
+impl EmptyMountPoint {
+    fn hide(dir: &Path) -> Result<EmptyMountPoint> {
+        let meta = match std::fs::symlink_metadata(dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                    .with_context(|| format!("cannot chmod {}", dir.display()))?;
+                return Ok(EmptyMountPoint { dir: dir.into(), aside: None });
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
+        };
+        if !meta.is_dir() {
+            bail!("{} must be a directory (the ESP's mount point)", dir.display());
+        }
+        let empty = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?.next().is_none();
+        if empty {
+            return Ok(EmptyMountPoint { dir: dir.into(), aside: None });
+        }
+        let aside = dir.with_file_name(".kiln-esp-content");
+        std::fs::rename(dir, &aside).with_context(|| format!("cannot move {} aside", dir.display()))?;
+        let guard = EmptyMountPoint { dir: dir.into(), aside: Some(aside) };
+        std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid()))
+            .with_context(|| format!("cannot chown {}", dir.display()))?;
+        std::fs::set_permissions(dir, meta.permissions()).with_context(|| format!("cannot chmod {}", dir.display()))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for EmptyMountPoint {
+    fn drop(&mut self) {
+        if let Some(aside) = &self.aside {
+            let _ = std::fs::remove_dir(&self.dir);
+            let _ = std::fs::rename(aside, &self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_type_parsing_lists_supported_types() {
+        assert_eq!(FsType::parse("ext4").unwrap(), FsType::Ext4);
+        assert_eq!(FsType::parse("btrfs").unwrap(), FsType::Btrfs);
+        let err = FsType::parse("zfs").unwrap_err().to_string();
+        assert!(err.contains("ext4, ext3, ext2, btrfs, vfat"), "{err}");
+        let err = FsType::parse("xfs").unwrap_err().to_string();
+        assert!(err.contains("protofile"), "{err}");
+    }
+
+    #[test]
+    fn extended_options_are_split_out() {
+        let opts: Vec<String> = ["-i", "4096", "-E", "lazy_itable_init=0", "-Eroot_owner=0:0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (e, rest) = split_option(&opts, "-E");
+        assert_eq!(e, vec!["lazy_itable_init=0", "root_owner=0:0"]);
+        assert_eq!(rest, vec!["-i", "4096"]);
+    }
+
+    #[test]
+    fn esp_content_is_hidden_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let efi = dir.path().join("boot/efi");
+        std::fs::create_dir_all(efi.join("EFI/debian")).unwrap();
+        std::fs::write(efi.join("EFI/debian/grubx64.efi"), b"x").unwrap();
+        {
+            let _g = EmptyMountPoint::hide(&efi).unwrap();
+            assert!(std::fs::read_dir(&efi).unwrap().next().is_none());
+        }
+        assert!(efi.join("EFI/debian/grubx64.efi").exists());
+        assert!(!dir.path().join("boot/.kiln-esp-content").exists());
+    }
+
+    fn have(tool: &str) -> bool {
+        which::which(tool).is_ok()
+    }
+
+    #[test]
+    fn ext4_root_lands_at_its_partition_offset() {
+        if !have("mke2fs") || !have("dumpe2fs") {
+            eprintln!("e2fsprogs missing: skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"kiln\n").unwrap();
+        let raw = dir.path().join("disk.raw");
+        let plan = crate::disk::plan_disk("mbr", FsType::Ext4, 64 * MIB, "root", vec![]).unwrap();
+        crate::disk::lay_out(&raw, &plan).unwrap();
+        build_filesystems(&raw, &tree, &plan).unwrap();
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(format!("{}?offset={}", raw.display(), MIB))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&plan.root_uuid), "{text}");
+        assert!(!text.contains("metadata_csum_seed") && !text.contains("orphan_file"), "{text}");
+        // The partition table survived mkfs.
+        let file = File::open(&raw).unwrap();
+        assert_eq!(crate::disk::mbr::read_partitions(&file).unwrap(), vec![(MIB, 63 * MIB)]);
+    }
+}

@@ -1,0 +1,140 @@
+//! Bad input is reported at plan time — before anything is downloaded — naming the
+//! flavour and the file. Each case runs the real command as the test user.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const README: (&str, &str, bool) = ("README.md", "test flavour\n", false);
+const OS: (&str, &str, bool) = ("element-provides", "operating-system\n", false);
+
+/// Runs a dry build of `flavours` with the scratch's flavours first on the path;
+/// returns (success, stderr+stdout).
+fn plan(s: &Scratch, flavours: &[&str], extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["--dry-run", "-o"];
+    let out = s.join("out");
+    args.push(out.to_str().unwrap());
+    args.extend(extra);
+    args.extend(flavours);
+    let o = kiln("disk-image-create", &args)
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+    assert!(!text.contains("panicked"), "kiln panicked:\n{text}");
+    (o.status.success(), text)
+}
+
+fn fails_with(s: &Scratch, flavours: &[&str], needles: &[&str]) {
+    let (ok, text) = plan(s, flavours, &[]);
+    assert!(!ok, "expected a failure, got:\n{text}");
+    for n in needles {
+        assert!(text.contains(n), "error should mention {n:?}:\n{text}");
+    }
+}
+
+#[test]
+fn unknown_flavour_is_named() {
+    let s = Scratch::new("bad-unknown");
+    s.flavour("myos", &[README, OS, ("element-deps", "no-such-flavour\n", false)]);
+    fails_with(&s, &["-n", "myos"], &["no-such-flavour", "myos", "element-deps"]);
+}
+
+#[test]
+fn dependency_cycle_names_the_chain() {
+    let s = Scratch::new("bad-cycle");
+    s.flavour("a", &[README, OS, ("element-deps", "b\n", false)]);
+    s.flavour("b", &[README, ("element-deps", "a\n", false)]);
+    fails_with(&s, &["-n", "a"], &["cycle", "element-deps"]);
+}
+
+#[test]
+fn no_operating_system_flavour() {
+    let s = Scratch::new("bad-noos");
+    s.flavour("lonely", &[README]);
+    fails_with(&s, &["-n", "lonely"], &["operating-system"]);
+}
+
+#[test]
+fn two_operating_system_flavours() {
+    let s = Scratch::new("bad-twoos");
+    s.flavour("os1", &[README, OS]);
+    s.flavour("os2", &[README, OS]);
+    fails_with(&s, &["-n", "os1", "os2"], &["os1", "os2", "operating-system"]);
+}
+
+#[test]
+fn duplicate_hook_names_both_files() {
+    let s = Scratch::new("bad-dup");
+    s.flavour("one", &[README, OS, ("install.d/50-same", "#!/bin/sh\n", true)]);
+    s.flavour("two", &[README, ("install.d/50-same", "#!/bin/sh\n", true)]);
+    fails_with(&s, &["-n", "one", "two"], &["one/install.d/50-same", "two/install.d/50-same"]);
+}
+
+#[test]
+fn non_executable_hook_says_what_diskimage_builder_did_and_what_to_do() {
+    let s = Scratch::new("bad-noexec");
+    s.flavour("myos", &[README, OS, ("install.d/50-forgot", "#!/bin/sh\n", false)]);
+    fails_with(&s, &["-n", "myos"], &["myos/install.d/50-forgot", "diskimage-builder", "chmod +x"]);
+}
+
+#[test]
+fn missing_readme_names_the_directory() {
+    let s = Scratch::new("bad-readme");
+    s.flavour("bare", &[OS]);
+    fails_with(&s, &["-n", "bare"], &["bare", "README"]);
+}
+
+#[test]
+fn malformed_package_installs_names_file_and_line() {
+    let s = Scratch::new("bad-yaml");
+    s.flavour("myos", &[README, OS, ("package-installs.yaml", "vim:\n  phase: install.d\n bad: [\n", false)]);
+    fails_with(&s, &["-n", "myos"], &["myos", "package-installs.yaml", "line"]);
+}
+
+#[test]
+fn unknown_output_format_lists_the_valid_ones() {
+    let s = Scratch::new("bad-format");
+    s.flavour("myos", &[README, OS]);
+    let (ok, text) = plan(&s, &["-n", "myos"], &["-t", "qcow2,floppy"]);
+    assert!(!ok);
+    assert!(text.contains("floppy") && text.contains("qcow2, raw"), "{text}");
+}
+
+#[test]
+fn dotted_executable_is_a_warning_not_an_error() {
+    let s = Scratch::new("warn-dot");
+    s.flavour("myos", &[README, OS, ("install.d/50-setup.sh", "#!/bin/sh\n", true), ("install.d/60-real", "#!/bin/sh\n", true)]);
+    let (ok, text) = plan(&s, &["-n", "myos"], &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("warning") && text.contains("50-setup.sh"), "{text}");
+    assert!(text.contains("60-real"), "the plan lists the real hook:\n{text}");
+}
+
+#[test]
+fn dry_run_prints_phases_in_run_order_with_flavours() {
+    let s = Scratch::new("dry-run");
+    s.flavour("myos", &[README, OS, ("install.d/10-b", "#!/bin/sh\n", true), ("install.d/9-a", "#!/bin/sh\n", true), ("root.d/10-root", "#!/bin/sh\n", true)]);
+    let (ok, text) = plan(&s, &["-n", "myos"], &[]);
+    assert!(ok, "{text}");
+    let a = text.find("9-a").unwrap();
+    let b = text.find("10-b").unwrap();
+    assert!(a < b, "numeric order: 9-a before 10-b:\n{text}");
+    assert!(text.find("root.d:").unwrap() < text.find("install.d:").unwrap());
+    assert!(text.contains("(myos)"));
+}
+
+#[test]
+fn missing_output_directory_is_reported_before_the_build() {
+    let s = Scratch::new("bad-outdir");
+    s.flavour("myos", &[README, OS]);
+    let o = kiln("disk-image-create", &["-n", "-t", "tar", "-o", "/nonexistent-dir/x", "myos"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(text.contains("/nonexistent-dir") && text.contains("does not exist"), "{text}");
+    assert!(!Path::new("/nonexistent-dir").exists());
+}

@@ -1,0 +1,184 @@
+//! Shared by the integration tests: run the real commands as an unprivileged
+//! user (the product's promise is for ordinary users, and CI runs as root).
+
+#![allow(dead_code)]
+
+pub mod qemu;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The unprivileged user `contrib/setup --tests` creates.
+pub const TEST_USER: &str = "kilntest";
+
+pub struct Env {
+    /// Binaries and flavours copied where the test user can read them.
+    pub stage: PathBuf,
+    pub user: Option<User>,
+}
+
+#[derive(Clone)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    pub name: String,
+}
+
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let user = if nix::unistd::getuid().is_root() {
+            let u = nix::unistd::User::from_name(TEST_USER)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("user {TEST_USER} is missing: run `contrib/setup --tests` as root first"));
+            Some(User { uid: u.uid.as_raw(), gid: u.gid.as_raw(), home: u.dir, name: u.name })
+        } else {
+            None
+        };
+        let stage = PathBuf::from(format!("/var/tmp/kiln-tests-stage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&stage);
+        std::fs::create_dir_all(stage.join("bin")).unwrap();
+        for (name, path) in [
+            ("disk-image-create", env!("CARGO_BIN_EXE_disk-image-create")),
+            ("ramdisk-image-create", env!("CARGO_BIN_EXE_ramdisk-image-create")),
+            ("disk-image-get-kernel", env!("CARGO_BIN_EXE_disk-image-get-kernel")),
+        ] {
+            std::fs::copy(path, stage.join("bin").join(name)).unwrap();
+        }
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        copy_tree(&repo.join("flavours"), &stage.join("flavours"));
+        copy_tree(&repo.join("tests/flavours"), &stage.join("test-flavours"));
+        make_world_readable(&stage);
+        Env { stage, user }
+    })
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    let st = Command::new("cp").arg("-a").arg(src).arg(dst).status().unwrap();
+    assert!(st.success(), "copying {}", src.display());
+}
+
+fn make_world_readable(p: &Path) {
+    let st = Command::new("chmod").args(["-R", "a+rX"]).arg(p).status().unwrap();
+    assert!(st.success());
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A directory the test user owns, removed when dropped.
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let e = env();
+        let path = PathBuf::from(format!("/var/tmp/kiln-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        if let Some(u) = &e.user {
+            nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid))).unwrap();
+        }
+        Scratch { path }
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+
+    /// A flavour written by a test: `files` are (relative path, content, executable).
+    pub fn flavour(&self, name: &str, files: &[(&str, &str, bool)]) -> PathBuf {
+        let dir = self.path.join("flavours").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (rel, content, exec) in files {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+            let mode = if *exec { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        make_world_readable(&self.path.join("flavours"));
+        self.path.join("flavours")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A kiln command, run as the test user with a clean environment.
+pub fn kiln(bin: &str, args: &[&str]) -> Command {
+    let e = env();
+    let mut cmd = Command::new(e.stage.join("bin").join(bin));
+    cmd.args(args);
+    cmd.env_clear();
+    cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd.env("KILN_BUILTIN_FLAVOURS", e.stage.join("flavours"));
+    cmd.stdin(Stdio::null());
+    if let Some(u) = &e.user {
+        cmd.uid(u.uid).gid(u.gid);
+        cmd.env("HOME", &u.home).env("USER", &u.name).env("LOGNAME", &u.name);
+        cmd.current_dir(&u.home);
+    } else {
+        for k in ["HOME", "USER", "LOGNAME"] {
+            if let Ok(v) = std::env::var(k) {
+                cmd.env(k, v);
+            }
+        }
+    }
+    cmd
+}
+
+/// ELEMENTS_PATH for the repository's test flavours plus `extra`.
+pub fn test_flavours_path(extra: &[&Path]) -> String {
+    let mut v: Vec<String> = extra.iter().map(|p| p.display().to_string()).collect();
+    v.push(env().stage.join("test-flavours").display().to_string());
+    v.join(":")
+}
+
+pub fn output_text(o: &Output) -> String {
+    format!("status: {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Runs and insists on success, showing everything on failure.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let o = cmd.output().expect("running kiln");
+    assert!(o.status.success(), "kiln failed:\n{}", output_text(&o));
+    o
+}
+
+/// The flavours every heavy test builds on: one set, so they share one cached
+/// base tree (test flavours add hooks, not packages).
+pub const IMAGE_FLAVOURS: [&str; 3] = ["debian", "vm", "growroot"];
+
+/// Assertions that nothing of a build is left on the host.
+pub fn assert_no_leftovers(tmpdir: &Path, outdir: &Path, expected_outputs: &[&str]) {
+    // Build directories live in TMPDIR: it must be empty again.
+    let left: Vec<_> = std::fs::read_dir(tmpdir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "build directory left in {}: {left:?}", tmpdir.display());
+    // No mount of kiln's in any process's view.
+    let needle = tmpdir.display().to_string();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(mi) = std::fs::read_to_string(p.path().join("mountinfo")) {
+            assert!(!mi.contains(&needle), "a mount under {needle} is left in {}", p.path().display());
+        }
+        // No process of the build left: none has its cwd or root under the build dir.
+        for link in ["cwd", "root"] {
+            if let Ok(t) = std::fs::read_link(p.path().join(link)) {
+                assert!(!t.starts_with(tmpdir), "process {} is left in {}", p.path().display(), t.display());
+            }
+        }
+    }
+    let mut names: Vec<String> = std::fs::read_dir(outdir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.retain(|n| n != "tmp" && n != "flavours");
+    names.sort();
+    let mut want: Vec<String> = expected_outputs.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(names, want, "unexpected files in the output directory {}", outdir.display());
+}

@@ -1,0 +1,81 @@
+//! Nothing leaks: after a failing hook and after SIGINT during install.d, no
+//! mount, process, build directory or output file of kiln's is left.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn setup(name: &str) -> (Scratch, std::path::PathBuf) {
+    let s = Scratch::new(name);
+    let tmp = s.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    if let Some(u) = &env().user {
+        nix::unistd::chown(&tmp, Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid))).unwrap();
+    }
+    (s, tmp)
+}
+
+#[test]
+fn failing_hook_names_flavour_and_file_and_leaves_nothing() {
+    let (s, tmp) = setup("leak-fail");
+    let out = s.join("img");
+    let mut args = vec!["-t", "tar,qcow2", "-o", out.to_str().unwrap()];
+    args.extend(IMAGE_FLAVOURS);
+    args.push("fail-install");
+    let o = kiln("disk-image-create", &args).env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", &tmp).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(err.contains("flavour fail-install, hook install.d/60-fail: exit 3"), "{err}");
+    assert!(err.contains("about to fail on purpose"), "the hook's last output is shown:\n{err}");
+    assert_no_leftovers(&tmp, &s.path, &[]);
+}
+
+#[test]
+fn sigint_during_install_leaves_no_mounts_processes_or_files() {
+    let (s, tmp) = setup("leak-sigint");
+    let out = s.join("img");
+    let mut args = vec!["-t", "tar", "-o", out.to_str().unwrap()];
+    args.extend(IMAGE_FLAVOURS);
+    args.push("slow-install");
+    let mut cmd = kiln("disk-image-create", &args);
+    cmd.env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", &tmp);
+    // Its own process group, so the signal reaches it the way Ctrl-C does.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("slow hook started") {
+                nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).unwrap();
+            }
+        }
+        seen
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(900), "kiln did not stop after SIGINT");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let seen = reader.join().unwrap();
+    assert!(seen.contains("slow hook started"), "the slow hook never ran:\n{seen}");
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("interrupted"), "{seen}");
+    // No `sleep 1000` of the hook's survives.
+    let survivors: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| std::fs::read(p.path().join("cmdline")).map(|c| c == b"sleep\x001000\x00").unwrap_or(false))
+        .collect();
+    assert!(survivors.is_empty(), "hook processes outlived the build: {survivors:?}");
+    assert_no_leftovers(&tmp, &s.path, &[]);
+}
