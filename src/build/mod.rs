@@ -58,6 +58,10 @@ fn worker(plan: &Plan, work: &WorkDir) -> i32 {
     match result {
         Ok(()) => {
             eprint!("{}", progress.table());
+            // kiln's own memory, not its tools': the worker does all of kiln's work.
+            if let Ok(u) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+                eprintln!("kiln peak RSS: {:.1} MiB", u.max_rss() as f64 / 1024.0);
+            }
             0
         }
         Err(e) if e.is::<Interrupted>() || signals::interrupted() => {

@@ -1,0 +1,285 @@
+//! Boot tests: start an image under QEMU and watch its serial console.
+//!
+//! ```ignore
+//! let log = qemu::boot(&image, Firmware::Uefi, "qcow2", "login:", Duration::from_secs(300))?;
+//! ```
+//!
+//! TCG by default: /dev/kvm exists on the CI machines but guests hang under it.
+//! `KILN_TEST_KVM=1` switches to KVM where it works. OVMF is found at the Debian paths
+//! or `KILN_OVMF_CODE` / `KILN_OVMF_VARS`. The image is never written: the drive is
+//! opened with `snapshot=on` unless [`BootOptions::snapshot`] is turned off.
+
+#![allow(dead_code)]
+
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default.
+    Bios,
+    /// OVMF (edk2).
+    Uefi,
+}
+
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    pub firmware: Firmware,
+    /// QEMU's drive format: `qcow2`, `raw`, `vpc`, `vmdk`.
+    pub format: String,
+    pub memory_mib: u32,
+    /// Discard the guest's writes (default): tests can boot the same image again.
+    pub snapshot: bool,
+    /// Appended to QEMU's command line.
+    pub extra_args: Vec<String>,
+}
+
+impl BootOptions {
+    pub fn new(firmware: Firmware, format: &str) -> BootOptions {
+        BootOptions { firmware, format: format.into(), memory_mib: 1024, snapshot: true, extra_args: vec![] }
+    }
+}
+
+const OVMF_CODE: &[&str] = &[
+    "/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "/usr/share/OVMF/OVMF_CODE.fd",
+    "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+    "/usr/share/edk2/x64/OVMF_CODE.fd",
+];
+const OVMF_VARS: &[&str] = &[
+    "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    "/usr/share/OVMF/OVMF_VARS.fd",
+    "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+    "/usr/share/edk2/x64/OVMF_VARS.fd",
+];
+
+#[derive(Default)]
+struct Output {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+type Shared = Arc<(Mutex<Output>, Condvar)>;
+
+/// A running guest. Dropping it kills QEMU.
+pub struct Boot {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    console: Shared,
+    stderr: Shared,
+    cursor: usize,
+    started: Instant,
+    command: String,
+    // Held for the guest's lifetime: OVMF writes its variables there.
+    _vars: Option<tempfile::NamedTempFile>,
+}
+
+/// Boots `image` and waits until `expect` appears on the serial console; returns the
+/// console log. QEMU is killed either way.
+pub fn boot(image: &Path, firmware: Firmware, format: &str, expect: &str, timeout: Duration) -> Result<String> {
+    let mut guest = Boot::start(image, &BootOptions::new(firmware, format))?;
+    guest.wait_for(expect, timeout)?;
+    Ok(guest.console())
+}
+
+impl Boot {
+    pub fn start(image: &Path, opts: &BootOptions) -> Result<Boot> {
+        if !image.is_file() {
+            bail!("{} is not a file", image.display());
+        }
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", accel(), "-m", &opts.memory_mib.to_string()])
+            .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none"])
+            // A guest that reboots (kernel panic with panic=N, triple fault) ends the test.
+            .arg("-no-reboot");
+        let mut drive = format!("file={},if=virtio,format={}", drive_path(image)?, opts.format);
+        if opts.snapshot {
+            drive.push_str(",snapshot=on");
+        }
+        cmd.arg("-drive").arg(drive);
+        let vars = match opts.firmware {
+            Firmware::Bios => {
+                cmd.args(["-machine", "pc"]);
+                None
+            }
+            Firmware::Uefi => {
+                let code = find_firmware("KILN_OVMF_CODE", OVMF_CODE)?;
+                let template = find_firmware("KILN_OVMF_VARS", OVMF_VARS)?;
+                let vars = tempfile::Builder::new().prefix("kiln-ovmf-vars-").suffix(".fd").tempfile()?;
+                std::fs::copy(&template, vars.path())
+                    .with_context(|| format!("cannot copy {}", template.display()))?;
+                cmd.args(["-machine", "q35"])
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", drive_path(&code)?))
+                    .arg("-drive")
+                    .arg(format!("if=pflash,format=raw,unit=1,file={}", drive_path(vars.path())?));
+                Some(vars)
+            }
+        };
+        cmd.args(&opts.extra_args);
+        let command = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+        let console = Shared::default();
+        let stderr = Shared::default();
+        pump(child.stdout.take(), console.clone());
+        pump(child.stderr.take(), stderr.clone());
+        Ok(Boot {
+            stdin: child.stdin.take(),
+            child,
+            console,
+            stderr,
+            cursor: 0,
+            started: Instant::now(),
+            command,
+            _vars: vars,
+        })
+    }
+
+    /// Waits for `expect` on the console after the previous match; returns the time
+    /// since QEMU started. On timeout or QEMU's exit the error carries the console's
+    /// last lines.
+    pub fn wait_for(&mut self, expect: &str, timeout: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.console;
+        let mut out = lock.lock().map_err(|_| anyhow::anyhow!("console reader panicked"))?;
+        loop {
+            if let Some(at) = find(&out.bytes[self.cursor.min(out.bytes.len())..], expect.as_bytes()) {
+                self.cursor += at + expect.len();
+                return Ok(self.started.elapsed());
+            }
+            if out.closed {
+                let log = tail(&out.bytes, 40);
+                drop(out);
+                let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                bail!(
+                    "qemu exited ({status}) before {expect:?} appeared\ncommand: {}\nqemu: {}\nconsole:\n{log}",
+                    self.command,
+                    self.stderr_text()
+                );
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "{expect:?} did not appear within {}s\ncommand: {}\nqemu: {}\nconsole:\n{}",
+                    timeout.as_secs(),
+                    self.command,
+                    self.stderr_text(),
+                    tail(&out.bytes, 40)
+                );
+            }
+            out = cond
+                .wait_timeout(out, deadline - now)
+                .map_err(|_| anyhow::anyhow!("console reader panicked"))?
+                .0;
+        }
+    }
+
+    /// Types a line on the serial console (e.g. a user name at `login:`).
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("qemu's stdin is closed")?;
+        stdin.write_all(line.as_bytes())?;
+        stdin.write_all(b"\r")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// Everything the guest wrote to its serial console so far.
+    pub fn console(&self) -> String {
+        match self.console.0.lock() {
+            Ok(out) => String::from_utf8_lossy(&out.bytes).replace('\r', ""),
+            Err(_) => String::new(),
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn stderr_text(&self) -> String {
+        match self.stderr.0.lock() {
+            Ok(out) => tail(&out.bytes, 10),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// TCG unless `KILN_TEST_KVM=1` and /dev/kvm can be opened.
+fn accel() -> &'static str {
+    let wanted = std::env::var("KILN_TEST_KVM").map(|v| v == "1").unwrap_or(false);
+    let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if wanted && usable {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+fn find_firmware(var: &str, candidates: &[&str]) -> Result<PathBuf> {
+    if let Ok(p) = std::env::var(var) {
+        return Ok(PathBuf::from(p));
+    }
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .with_context(|| format!("no OVMF firmware at {candidates:?}: install the Debian package ovmf or set {var}"))
+}
+
+/// QEMU's -drive splits on commas; a path with one must double it.
+fn drive_path(p: &Path) -> Result<String> {
+    let s = p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))?;
+    Ok(s.replace(',', ",,"))
+}
+
+fn pump<R: Read + Send + 'static>(from: Option<R>, to: Shared) {
+    let Some(mut from) = from else {
+        if let Ok(mut out) = to.0.lock() {
+            out.closed = true;
+        }
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = from.read(&mut buf).unwrap_or(0);
+            let (lock, cond) = &*to;
+            let Ok(mut out) = lock.lock() else { return };
+            if n == 0 {
+                out.closed = true;
+                cond.notify_all();
+                return;
+            }
+            out.bytes.extend_from_slice(&buf[..n]);
+            cond.notify_all();
+        }
+    });
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn tail(bytes: &[u8], lines: usize) -> String {
+    let text = String::from_utf8_lossy(bytes).replace('\r', "");
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
