@@ -27,6 +27,7 @@ use workdir::WorkDir;
 pub const EXIT_INTERRUPTED: i32 = 130;
 
 pub fn disk_image_create(args: DiskImageArgs) -> Result<i32> {
+    add_sbin_to_path();
     let vars = Vars::load(std::env::vars())?;
     let config = Config::from_args(args, vars)?;
     let plan = Plan::make(config)?;
@@ -44,6 +45,19 @@ pub fn disk_image_create(args: DiskImageArgs) -> Result<i32> {
     let code = namespace::enter(&plan.maps, || worker(&plan, &work))?;
     drop(work);
     Ok(if signals::interrupted() && code != 0 { EXIT_INTERRUPTED } else { code })
+}
+
+/// mkfs and friends live in sbin, which an ordinary user's PATH often lacks.
+fn add_sbin_to_path() {
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    let mut parts: Vec<&str> = path.split(':').collect();
+    for d in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        if !parts.contains(&d) {
+            parts.push(d);
+        }
+    }
+    // SAFETY: kiln is single-threaded here, before any other work.
+    std::env::set_var("PATH", parts.join(":"));
 }
 
 /// Inside the namespace: run the pipeline, then remove the build tree (only
@@ -96,9 +110,13 @@ fn pipeline(plan: &Plan, work: &WorkDir, progress: &mut Progress) -> Result<()> 
 
     let disk = if plan.needs_disk {
         progress.step("block-device", &format!("layout {}", plan.layout));
+        let content = crate::disk::content_size(&root)?;
         let size = match c.image_size {
-            Some(s) => s,
-            None => crate::disk::size_for_tree(&root)?,
+            Some(s) => {
+                crate::disk::check_image_size(s, content, &plan.layout)?;
+                s
+            }
+            None => crate::disk::size_for_content(content, &plan.layout)?,
         };
         let fs = crate::disk::FsType::parse(&c.fs_type)?;
         let mut d = crate::disk::plan_disk(&plan.layout, fs, size, &c.root_label, c.mkfs_options.clone())?;
@@ -117,19 +135,31 @@ fn pipeline(plan: &Plan, work: &WorkDir, progress: &mut Progress) -> Result<()> 
     image_root::tidy(&root)?;
 
     if let Some((d, raw)) = &disk {
+        check_interrupted()?;
         progress.step("assemble", "filesystems");
         crate::disk::build_filesystems(raw, &root, d)?;
         if plan.resolved.has("bootloader") {
+            check_interrupted()?;
             progress.step("assemble", "bootloader");
             crate::disk::install_bootloader(raw, &root, d)?;
         }
     }
+    check_interrupted()?;
     progress.step("outputs", &c.formats.join(","));
     outputs::write_all(plan, &root, disk.as_ref().map(|(_, r)| r.as_path()), &work.temp_outputs)?;
     Ok(())
 }
 
+/// Between steps: stop promptly after SIGINT/SIGTERM.
+fn check_interrupted() -> Result<()> {
+    if signals::interrupted() {
+        bail!(Interrupted);
+    }
+    Ok(())
+}
+
 fn run_phase(runner: &Runner, phase: Phase, progress: &mut Progress) -> Result<()> {
+    check_interrupted()?;
     runner.install_packages(phase, true, progress)?;
     runner.run_phase(phase, progress)?;
     runner.install_packages(phase, false, progress)

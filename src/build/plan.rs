@@ -41,8 +41,13 @@ impl Plan {
                 bail!("unknown output format `{f}` in -t: kiln writes {}", FORMATS.join(", "));
             }
         }
+        if !config.formats.iter().all(|f| TREE_FORMATS.contains(&f.as_str())) {
+            crate::disk::FsType::parse(&config.fs_type).context("FS_TYPE")?;
+        }
         let search = SearchPath::new(&config.user_flavour_path, config.builtin_flavours.clone());
-        let resolved = flavour::resolve(&search, &config.flavours).map_err(|e| anyhow!("{e}"))?;
+        let layout_default = format!("block-device-{}", config.vars.get("DIB_BLOCK_DEVICE").unwrap_or("gpt"));
+        let defaults = [("block-device".to_string(), layout_default)];
+        let resolved = flavour::resolve_with_defaults(&search, &config.flavours, &defaults).map_err(|e| anyhow!("{e}"))?;
         let hooks = flavour::collect_hooks(&resolved).map_err(|e| anyhow!("{e}"))?;
         let env_files = flavour::environment_files(&resolved).map_err(|e| anyhow!("{e}"))?;
         let os = resolved.provider_of("operating-system").map(|f| f.name.clone()).unwrap_or_default();
@@ -55,9 +60,6 @@ impl Plan {
         let layout = layout_of(&resolved, &config)?;
         let needs_disk = config.formats.iter().any(|f| !TREE_FORMATS.contains(&f.as_str()));
         let tools = Tools::find(&needed_tools(&resolved, &config, &layout, needs_disk)?)?;
-        if needs_disk {
-            crate::disk::FsType::parse(&config.fs_type)?;
-        }
         let seccomp = match &config.seccomp_profile {
             Some(p) => Profile::from_file(p).map_err(|e| anyhow!("{e}"))?,
             None => Profile::from_str(DEFAULT_PROFILE, "seccomp/default.json (built in)").map_err(|e| anyhow!("{e}"))?,
@@ -141,19 +143,19 @@ fn split_packages(reqs: &[PackageRequest], extra: &[String]) -> (Vec<String>, BT
 }
 
 fn layout_of(resolved: &Resolved, config: &Config) -> Result<String> {
-    if let Some(l) = config.vars.get("KILN_BLOCK_DEVICE_LAYOUT") {
-        return Ok(l.to_string());
-    }
-    Ok(match resolved.provider_of("block-device") {
+    let layout = match resolved.provider_of("block-device") {
         Some(f) => f.name.strip_prefix("block-device-").unwrap_or("gpt").to_string(),
         None => "none".to_string(),
-    })
+    };
+    let layout = config.vars.get("KILN_BLOCK_DEVICE_LAYOUT").map(str::to_string).unwrap_or(layout);
+    crate::disk::Layout::parse(&layout).with_context(|| "block-device layout (KILN_BLOCK_DEVICE_LAYOUT / the block-device flavour)".to_string())?;
+    Ok(layout)
 }
 
-/// Host tools: kiln's own, plus each flavour's `host-tools` file (kiln's
-/// addition: one tool per line, `a|b` for alternatives).
-fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: bool) -> Result<Vec<&'static str>> {
-    let mut t: Vec<&'static str> = vec!["bash", "tar", "zstd"];
+/// Host tools: kiln's own, the disk assembly's, plus each flavour's `host-tools`
+/// file (kiln's addition: one tool per line, `a|b` for alternatives).
+fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: bool) -> Result<Vec<(&'static str, &'static str)>> {
+    let mut t: Vec<(&'static str, &'static str)> = ["bash", "tar", "zstd"].iter().map(|n| (*n, tools::package_of(n))).collect();
     for f in &resolved.flavours {
         let path = f.dir.join("host-tools");
         let Ok(text) = std::fs::read_to_string(&path) else { continue };
@@ -162,41 +164,27 @@ fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: 
             if line.is_empty() {
                 continue;
             }
-            let alts: Vec<&str> = line.split('|').map(str::trim).collect();
-            let known: Vec<&'static str> = alts
-                .iter()
-                .map(|a| tools::PACKAGES.iter().find(|(n, _)| n == a).map(|(n, _)| *n))
+            let known: Vec<&'static str> = line
+                .split('|')
+                .map(|a| tools::PACKAGES.iter().find(|(n, _)| *n == a.trim()).map(|(n, _)| *n))
                 .collect::<Option<_>>()
                 .with_context(|| format!("flavour `{}`, {} line {}: unknown host tool in `{line}`", f.name, path.display(), i + 1))?;
             let pick = known.iter().copied().find(|a| which::which(a).is_ok()).unwrap_or(known[0]);
-            t.push(pick);
+            t.push((pick, tools::package_of(pick)));
         }
     }
-    if needs_disk {
-        t.push(match config.fs_type.as_str() {
-            "xfs" => "mkfs.xfs",
-            "btrfs" => "mkfs.btrfs",
-            "vfat" => "mkfs.vfat",
-            _ => "mkfs.ext4",
-        });
-        if config.formats.iter().any(|f| matches!(f.as_str(), "qcow2" | "vhd" | "vmdk")) {
-            t.push("qemu-img");
+    let formats = config.formats.iter().map(|f| crate::disk::Format::parse(f)).collect::<Result<Vec<_>>>()?;
+    let fs = crate::disk::FsType::parse(&config.fs_type)?;
+    let layout = if needs_disk { crate::disk::Layout::parse(layout)? } else { crate::disk::Layout::None };
+    let disk_formats: Vec<_> = formats.iter().copied().filter(|f| needs_disk || !f.is_disk()).collect();
+    let fs_tools = if needs_disk { Vec::new() } else { fs.tools() };
+    for h in crate::disk::host_tools(layout, fs, &disk_formats) {
+        if !fs_tools.contains(&h) {
+            t.push((h.name, h.package));
         }
-        if layout == "gpt" || layout == "efi" {
-            t.extend(["mkfs.vfat", "mcopy", "mmd"]);
-        }
-        if resolved.has("bootloader") {
-            t.push("grub-mkimage");
-        }
-    }
-    if config.formats.iter().any(|f| f == "squashfs") {
-        t.push("mksquashfs");
-    }
-    if config.formats.iter().any(|f| f == "tgz") {
-        t.push("gzip");
     }
     if config.checksum {
-        t.extend(["sha256sum", "md5sum"]);
+        t.push(("md5sum", "coreutils"));
     }
     t.sort();
     t.dedup();

@@ -44,27 +44,27 @@ pub struct Tools {
 
 impl Tools {
     /// Finds all `needed` tools; one error lists every missing tool and the apt line.
-    pub fn find(needed: &[&str]) -> Result<Tools> {
+    pub fn find(needed: &[(&str, &str)]) -> Result<Tools> {
         let mut found = BTreeMap::new();
         let mut missing = Vec::new();
         // sbin is searched too: mkfs tools live there and an ordinary user's PATH often lacks it.
         let path = format!("{}:/usr/local/sbin:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default());
         let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-        for t in needed {
+        for (t, pkg) in needed {
             match which::which_in(t, Some(&path), &cwd) {
                 Ok(p) => {
                     found.insert(t.to_string(), p);
                 }
-                Err(_) => missing.push(*t),
+                Err(_) => missing.push((*t, *pkg)),
             }
         }
         if !missing.is_empty() {
-            let mut pkgs: Vec<&str> = missing.iter().map(|t| package_of(t)).collect();
+            let mut pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
             pkgs.sort();
             pkgs.dedup();
             bail!(
                 "host tools missing: {}\n  install them with: apt-get install {}",
-                missing.join(", "),
+                missing.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", "),
                 pkgs.join(" ")
             );
         }

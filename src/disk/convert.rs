@@ -68,7 +68,10 @@ impl Format {
 
     /// Made from the raw disk by [`convert`]; otherwise from the tree by [`tree_archive`].
     pub fn is_disk(self) -> bool {
-        matches!(self, Format::Qcow2 | Format::Raw | Format::Vhd | Format::Vmdk)
+        matches!(
+            self,
+            Format::Qcow2 | Format::Raw | Format::Vhd | Format::Vmdk
+        )
     }
 
     /// Host tools making this format runs.
@@ -86,12 +89,21 @@ impl Format {
 /// Converts the raw disk into `format` at `out_tmp` (the caller renames it into place
 /// once every output is complete). `compress` applies to qcow2 (`-u` turns it off);
 /// `qemu_img_options` is `--qemu-img-options`, passed as `qemu-img convert -o`.
-pub fn convert(raw: &Path, format: Format, out_tmp: &Path, compress: bool, qemu_img_options: &str) -> Result<()> {
+pub fn convert(
+    raw: &Path,
+    format: Format,
+    out_tmp: &Path,
+    compress: bool,
+    qemu_img_options: &str,
+) -> Result<()> {
     let (name, defaults): (&str, &[&str]) = match format {
         Format::Raw => {
             let src = File::open(raw).with_context(|| format!("cannot open {}", raw.display()))?;
-            let dst = File::create(out_tmp).with_context(|| format!("cannot create {}", out_tmp.display()))?;
-            return sparse::copy_file(&src, &dst).with_context(|| format!("cannot copy {} to {}", raw.display(), out_tmp.display()));
+            let dst = File::create(out_tmp)
+                .with_context(|| format!("cannot create {}", out_tmp.display()))?;
+            return sparse::copy_file(&src, &dst).with_context(|| {
+                format!("cannot copy {} to {}", raw.display(), out_tmp.display())
+            });
         }
         Format::Qcow2 => ("qcow2", &[]),
         // force_size keeps the virtual size exact instead of rounding it to a CHS
@@ -100,7 +112,10 @@ pub fn convert(raw: &Path, format: Format, out_tmp: &Path, compress: bool, qemu_
         // The variant VMware's OVF tooling and vSphere imports expect.
         Format::Vmdk => ("vmdk", &["subformat=streamOptimized"]),
         Format::Tar | Format::Tgz | Format::Squashfs => {
-            bail!("{} is made from the image tree (tree_archive), not from the disk", format.extension())
+            bail!(
+                "{} is made from the image tree (tree_archive), not from the disk",
+                format.extension()
+            )
         }
     };
     let options = merge_options(defaults, qemu_img_options);
@@ -119,7 +134,11 @@ pub fn convert(raw: &Path, format: Format, out_tmp: &Path, compress: bool, qemu_
 
 /// Our defaults, minus any key the user sets: qemu-img rejects a repeated option.
 fn merge_options(defaults: &[&str], user: &str) -> String {
-    let user: Vec<&str> = user.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let user: Vec<&str> = user
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     let key = |o: &str| o.split('=').next().unwrap_or("").to_string();
     let mut all: Vec<String> = defaults
         .iter()
@@ -136,13 +155,18 @@ pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
     let mut cmd = match format {
         Format::Tar | Format::Tgz => {
             let mut c = Command::new("tar");
-            c.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"]).arg(tree);
-            c.arg(if format == Format::Tgz { "-czf" } else { "-cf" }).arg(out).arg(".");
+            c.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
+                .arg(tree);
+            c.arg(if format == Format::Tgz { "-czf" } else { "-cf" })
+                .arg(out)
+                .arg(".");
             c
         }
         Format::Squashfs => {
             let mut c = Command::new("mksquashfs");
-            c.arg(tree).arg(out).args(["-noappend", "-comp", "xz", "-no-progress"]);
+            c.arg(tree)
+                .arg(out)
+                .args(["-noappend", "-comp", "xz", "-no-progress"]);
             c
         }
         _ => bail!("{} is a disk format: use convert", format.extension()),
@@ -154,7 +178,9 @@ pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
 /// Writes `PATH.sha256` and `PATH.md5` in `sha256sum`/`md5sum` format, naming the file
 /// by its base name so `sha256sum -c` works next to it.
 pub fn write_checksums(path: &Path) -> Result<()> {
-    let base = path.file_name().with_context(|| format!("{} has no file name", path.display()))?;
+    let base = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -164,13 +190,19 @@ pub fn write_checksums(path: &Path) -> Result<()> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
-    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let line = format!("{hex}  {}\n", base.to_string_lossy());
     write_beside(path, "sha256", line.as_bytes())?;
 
@@ -187,8 +219,10 @@ fn write_beside(path: &Path, ext: &str, data: &[u8]) -> Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(data).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))
+    f.write_all(data)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &target)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))
 }
 
 #[cfg(test)]
@@ -197,8 +231,14 @@ mod tests {
 
     #[test]
     fn format_lists_parse_and_reject_unknown() {
-        assert_eq!(Format::parse_list("qcow2,raw").unwrap(), vec![Format::Qcow2, Format::Raw]);
-        assert_eq!(Format::parse_list(" tar , qcow2,tar").unwrap(), vec![Format::Tar, Format::Qcow2]);
+        assert_eq!(
+            Format::parse_list("qcow2,raw").unwrap(),
+            vec![Format::Qcow2, Format::Raw]
+        );
+        assert_eq!(
+            Format::parse_list(" tar , qcow2,tar").unwrap(),
+            vec![Format::Tar, Format::Qcow2]
+        );
         assert_eq!(Format::parse("vhd").unwrap(), Format::Vhd);
         let err = Format::parse_list("qcow2,iso").unwrap_err().to_string();
         assert!(err.contains("\"iso\"") && err.contains(VALID), "{err}");
@@ -208,9 +248,18 @@ mod tests {
 
     #[test]
     fn user_options_replace_defaults() {
-        assert_eq!(merge_options(&["subformat=streamOptimized"], ""), "subformat=streamOptimized");
-        assert_eq!(merge_options(&["subformat=streamOptimized"], "subformat=monolithicSparse"), "subformat=monolithicSparse");
-        assert_eq!(merge_options(&[], "compat=0.10, cluster_size=2M"), "compat=0.10,cluster_size=2M");
+        assert_eq!(
+            merge_options(&["subformat=streamOptimized"], ""),
+            "subformat=streamOptimized"
+        );
+        assert_eq!(
+            merge_options(&["subformat=streamOptimized"], "subformat=monolithicSparse"),
+            "subformat=monolithicSparse"
+        );
+        assert_eq!(
+            merge_options(&[], "compat=0.10, cluster_size=2M"),
+            "compat=0.10,cluster_size=2M"
+        );
     }
 
     #[test]
@@ -220,7 +269,10 @@ mod tests {
         std::fs::write(&f, b"abc").unwrap();
         write_checksums(&f).unwrap();
         let sha = std::fs::read_to_string(dir.path().join("image.qcow2.sha256")).unwrap();
-        assert_eq!(sha, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  image.qcow2\n");
+        assert_eq!(
+            sha,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  image.qcow2\n"
+        );
         let md5 = std::fs::read_to_string(dir.path().join("image.qcow2.md5")).unwrap();
         assert_eq!(md5, "900150983cd24fb0d6963f7d28e17f72  image.qcow2\n");
     }
@@ -240,10 +292,53 @@ mod tests {
         }
         let q = dir.path().join("disk.qcow2");
         convert(&raw, Format::Qcow2, &q, true, "compat=1.1").unwrap();
-        let info = Command::new("qemu-img").args(["info", "--output=json"]).arg(&q).output().unwrap();
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&q)
+            .output()
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         assert_eq!(v["format"], "qcow2");
         assert_eq!(v["virtual-size"], 8 << 20);
         assert!(convert(&raw, Format::Tar, &q, true, "").is_err());
+
+        for (format, name) in [(Format::Vhd, "vpc"), (Format::Vmdk, "vmdk")] {
+            let out = dir.path().join(format!("disk.{}", format.extension()));
+            convert(&raw, format, &out, true, "").unwrap();
+            let info = Command::new("qemu-img")
+                .args(["info", "--output=json"])
+                .arg(&out)
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+            assert_eq!(v["format"], name);
+            // force_size keeps the VHD's virtual size exact.
+            assert_eq!(v["virtual-size"], 8 << 20, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn tree_archives_keep_numeric_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"kiln\n").unwrap();
+        let tar = dir.path().join("t.tar");
+        tree_archive(&tree, Format::Tar, &tar).unwrap();
+        let list = Command::new("tar")
+            .args(["-tvf"])
+            .arg(&tar)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&list.stdout).contains("./etc/hostname"));
+        let tgz = dir.path().join("t.tgz");
+        tree_archive(&tree, Format::Tgz, &tgz).unwrap();
+        assert_eq!(&std::fs::read(&tgz).unwrap()[..2], &[0x1f, 0x8b]);
+        if which::which("mksquashfs").is_ok() {
+            let sq = dir.path().join("t.squashfs");
+            tree_archive(&tree, Format::Squashfs, &sq).unwrap();
+            assert_eq!(&std::fs::read(&sq).unwrap()[..4], b"hsqs");
+        }
+        assert!(tree_archive(&tree, Format::Qcow2, &tar).is_err());
     }
 }

@@ -13,7 +13,13 @@ use std::process::Command;
 pub(crate) fn make(raw: &Path, part: &Partition, volume_id: &str, content: &Path) -> Result<()> {
     // FAT32 as the UEFI spec asks of a fixed disk's ESP; at 64 MiB that needs 512-byte
     // clusters to reach FAT32's minimum cluster count.
-    format(raw, part, volume_id, "ESP", &["-F".into(), "32".into(), "-s".into(), "1".into()])?;
+    format(
+        raw,
+        part,
+        volume_id,
+        "ESP",
+        &["-F".into(), "32".into(), "-s".into(), "1".into()],
+    )?;
     if content.is_dir() {
         copy_tree(raw, part, content)?;
     }
@@ -21,7 +27,13 @@ pub(crate) fn make(raw: &Path, part: &Partition, volume_id: &str, content: &Path
 }
 
 /// Formats the partition's byte range of `raw` as FAT.
-pub(crate) fn format(raw: &Path, part: &Partition, volume_id: &str, label: &str, extra: &[String]) -> Result<()> {
+pub(crate) fn format(
+    raw: &Path,
+    part: &Partition,
+    volume_id: &str,
+    label: &str,
+    extra: &[String],
+) -> Result<()> {
     let id: String = volume_id.chars().filter(|c| *c != '-').collect();
     run(Command::new("mkfs.vfat")
         .args(["-S", "512"])
@@ -53,7 +65,12 @@ pub(crate) fn copy_tree(raw: &Path, part: &Partition, dir: &Path) -> Result<()> 
 
 /// `mcopy` into the FAT at the partition's offset; existing files are overwritten and
 /// existing directories merged.
-pub(crate) fn copy_into(raw: &Path, part: &Partition, sources: &[PathBuf], dest: &str) -> Result<()> {
+pub(crate) fn copy_into(
+    raw: &Path,
+    part: &Partition,
+    sources: &[PathBuf],
+    dest: &str,
+) -> Result<()> {
     if sources.is_empty() {
         return Ok(());
     }
@@ -67,6 +84,11 @@ pub(crate) fn copy_into(raw: &Path, part: &Partition, sources: &[PathBuf], dest:
         .args(["-s", "-p", "-m", "-Q", "-D", "o"])
         .args(sources)
         .arg(dest))
-    .with_context(|| format!("cannot copy files into the FAT of partition {}", part.number))?;
+    .with_context(|| {
+        format!(
+            "cannot copy files into the FAT of partition {}",
+            part.number
+        )
+    })?;
     Ok(())
 }

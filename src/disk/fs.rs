@@ -82,7 +82,10 @@ impl FsType {
             FsType::Vfat => 11,
         };
         if label.len() > max {
-            bail!("root label {label:?} is longer than {max} bytes, the limit of {}", self.as_str());
+            bail!(
+                "root label {label:?} is longer than {max} bytes, the limit of {}",
+                self.as_str()
+            );
         }
         if self == FsType::Vfat && !label.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
             bail!("vfat label {label:?} must be printable ASCII");
@@ -107,7 +110,8 @@ pub fn build_filesystems(raw: &Path, tree: &Path, plan: &DiskPlan) -> Result<()>
     table::verify(raw, plan)?;
     let root = plan.root()?;
     if let Some(p) = plan.partition(super::layout::PartRole::Esp) {
-        esp::make(raw, p, &plan.esp_uuid, &tree.join("boot/efi")).context("cannot build the ESP")?;
+        esp::make(raw, p, &plan.esp_uuid, &tree.join("boot/efi"))
+            .context("cannot build the ESP")?;
         let _hidden = EmptyMountPoint::hide(&tree.join("boot/efi"))?;
         make_root(raw, tree, root, plan)
     } else {
@@ -121,7 +125,13 @@ fn make_root(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Resu
         FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => mke2fs(raw, tree, part, plan),
         FsType::Btrfs => btrfs(raw, tree, part, plan),
         FsType::Vfat => {
-            esp::format(raw, part, &plan.root_uuid, &plan.root_label, &plan.mkfs_options)?;
+            esp::format(
+                raw,
+                part,
+                &plan.root_uuid,
+                &plan.root_label,
+                &plan.mkfs_options,
+            )?;
             esp::copy_tree(raw, part, tree)
         }
     }
@@ -166,35 +176,69 @@ fn mke2fs(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Result<
 
 /// orphan_file exists from e2fsprogs 1.47.0; naming an unknown feature is an error.
 fn mke2fs_knows_orphan_file() -> bool {
-    let Ok(out) = Command::new("mke2fs").arg("-V").output() else { return false };
-    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    let Some(version) = text.split_whitespace().nth(1) else { return false };
+    let Ok(out) = Command::new("mke2fs").arg("-V").output() else {
+        return false;
+    };
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let Some(version) = text.split_whitespace().nth(1) else {
+        return false;
+    };
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (major, minor) >= (1, 47)
 }
 
 fn btrfs(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Result<()> {
-    // mkfs.btrfs cannot write at an offset: build in a scratch file of exactly the
-    // partition's size, then copy its data extents (only those) into place.
+    // mkfs.btrfs cannot write at an offset: build in a scratch file of the partition's
+    // size, then copy its data extents (only those) into place.
     let scratch = ScratchDir::beside(raw, "btrfs")?;
     let image = scratch.path().join("root.btrfs");
-    let file = File::create(&image).with_context(|| format!("cannot create {}", image.display()))?;
-    file.set_len(part.size).with_context(|| format!("cannot size {}", image.display()))?;
+    let mut len = mkfs_btrfs(&image, tree, part.size, plan, false)?;
+    if len > part.size {
+        // With --rootdir, mkfs.btrfs grows a file smaller than its own (generous, about
+        // 2.4 × content) estimate and makes the filesystem that big. Shrunk to what it
+        // allocated, the filesystem fits; it is smaller than its partition until
+        // someone runs `btrfs filesystem resize max /` (cloud-init's resizefs does).
+        len = mkfs_btrfs(&image, tree, part.size, plan, true)?;
+        if len > part.size {
+            bail!(
+                "the btrfs filesystem needs {} but the root partition has {}: use a larger --image-size",
+                super::layout::format_human(len),
+                super::layout::format_human(part.size)
+            );
+        }
+    }
+    let src = File::open(&image).with_context(|| format!("cannot open {}", image.display()))?;
+    let dst = File::options()
+        .write(true)
+        .open(raw)
+        .with_context(|| format!("cannot open {}", raw.display()))?;
+    sparse::copy_range(&src, &dst, part.start, part.size)
+}
+
+/// Runs mkfs.btrfs on a fresh `size`-byte file; returns the file's size afterwards.
+fn mkfs_btrfs(image: &Path, tree: &Path, size: u64, plan: &DiskPlan, shrink: bool) -> Result<u64> {
+    let file = File::create(image).with_context(|| format!("cannot create {}", image.display()))?;
+    file.set_len(size)
+        .with_context(|| format!("cannot size {}", image.display()))?;
     drop(file);
-    run(Command::new("mkfs.btrfs")
-        .args(["-q", "-f"])
+    let mut cmd = Command::new("mkfs.btrfs");
+    cmd.args(["-q", "-f"])
         .arg("-L")
         .arg(&plan.root_label)
         .arg("-U")
         .arg(&plan.root_uuid)
         .args(&plan.mkfs_options)
         .arg("--rootdir")
-        .arg(tree)
-        .arg(&image))?;
-    let src = File::open(&image).with_context(|| format!("cannot open {}", image.display()))?;
-    let dst = File::options().write(true).open(raw).with_context(|| format!("cannot open {}", raw.display()))?;
-    sparse::copy_range(&src, &dst, part.start, part.size)
+        .arg(tree);
+    if shrink {
+        cmd.arg("--shrink");
+    }
+    run(cmd.arg(image))?;
+    Ok(std::fs::metadata(image)
+        .with_context(|| format!("cannot stat {}", image.display()))?
+        .len())
 }
 
 /// Splits `-X value` / `-Xvalue` occurrences of one option out of an option list.
@@ -229,27 +273,45 @@ impl EmptyMountPoint {
         let meta = match std::fs::symlink_metadata(dir) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
                     .with_context(|| format!("cannot chmod {}", dir.display()))?;
-                return Ok(EmptyMountPoint { dir: dir.into(), aside: None });
+                return Ok(EmptyMountPoint {
+                    dir: dir.into(),
+                    aside: None,
+                });
             }
             Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
         };
         if !meta.is_dir() {
-            bail!("{} must be a directory (the ESP's mount point)", dir.display());
+            bail!(
+                "{} must be a directory (the ESP's mount point)",
+                dir.display()
+            );
         }
-        let empty = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?.next().is_none();
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .next()
+            .is_none();
         if empty {
-            return Ok(EmptyMountPoint { dir: dir.into(), aside: None });
+            return Ok(EmptyMountPoint {
+                dir: dir.into(),
+                aside: None,
+            });
         }
         let aside = dir.with_file_name(".kiln-esp-content");
-        std::fs::rename(dir, &aside).with_context(|| format!("cannot move {} aside", dir.display()))?;
-        let guard = EmptyMountPoint { dir: dir.into(), aside: Some(aside) };
+        std::fs::rename(dir, &aside)
+            .with_context(|| format!("cannot move {} aside", dir.display()))?;
+        let guard = EmptyMountPoint {
+            dir: dir.into(),
+            aside: Some(aside),
+        };
         std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid()))
             .with_context(|| format!("cannot chown {}", dir.display()))?;
-        std::fs::set_permissions(dir, meta.permissions()).with_context(|| format!("cannot chmod {}", dir.display()))?;
+        std::fs::set_permissions(dir, meta.permissions())
+            .with_context(|| format!("cannot chmod {}", dir.display()))?;
         Ok(guard)
     }
 }
@@ -307,6 +369,71 @@ mod tests {
     }
 
     #[test]
+    fn bare_filesystem_images_without_table() {
+        if !have("mke2fs") || !have("dumpe2fs") || !have("mcopy") {
+            eprintln!("e2fsprogs or mtools missing: skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"kiln\n").unwrap();
+
+        let raw = dir.path().join("root.ext4");
+        let plan = crate::disk::plan_disk("none", FsType::Ext4, 64 * MIB, "root", vec![]).unwrap();
+        crate::disk::lay_out(&raw, &plan).unwrap();
+        build_filesystems(&raw, &tree, &plan).unwrap();
+        crate::disk::install_bootloader(&raw, &tree, &plan).unwrap();
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&raw)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&plan.root_uuid));
+
+        let raw = dir.path().join("root.vfat");
+        let plan = crate::disk::plan_disk("none", FsType::Vfat, 64 * MIB, "KILN", vec![]).unwrap();
+        crate::disk::lay_out(&raw, &plan).unwrap();
+        build_filesystems(&raw, &tree, &plan).unwrap();
+        let out = Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&raw)
+            .arg("::/etc/hostname")
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"kiln\n");
+    }
+
+    #[test]
+    fn btrfs_root_lands_at_its_partition_offset() {
+        if !have("mkfs.btrfs") {
+            eprintln!("btrfs-progs missing: skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"kiln\n").unwrap();
+        let raw = dir.path().join("disk.raw");
+        let plan = crate::disk::plan_disk("efi", FsType::Btrfs, 256 * MIB, "root", vec![]).unwrap();
+        crate::disk::lay_out(&raw, &plan).unwrap();
+        build_filesystems(&raw, &tree, &plan).unwrap();
+        let root = plan.root().unwrap();
+        let file = File::open(&raw).unwrap();
+        let mut magic = [0u8; 8];
+        // The primary superblock is at 64 KiB; its magic at offset 0x40.
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, root.start + 0x10000 + 0x40)
+            .unwrap();
+        assert_eq!(&magic, b"_BHRfS_M");
+        assert_eq!(crate::disk::gpt::read_partitions(&file).unwrap().len(), 2);
+        assert!(
+            tree.join("boot/efi").is_dir(),
+            "the ESP's mount point must exist in the root"
+        );
+    }
+
+    #[test]
     fn ext4_root_lands_at_its_partition_offset() {
         if !have("mke2fs") || !have("dumpe2fs") {
             eprintln!("e2fsprogs missing: skipped");
@@ -327,9 +454,15 @@ mod tests {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains(&plan.root_uuid), "{text}");
-        assert!(!text.contains("metadata_csum_seed") && !text.contains("orphan_file"), "{text}");
+        assert!(
+            !text.contains("metadata_csum_seed") && !text.contains("orphan_file"),
+            "{text}"
+        );
         // The partition table survived mkfs.
         let file = File::open(&raw).unwrap();
-        assert_eq!(crate::disk::mbr::read_partitions(&file).unwrap(), vec![(MIB, 63 * MIB)]);
+        assert_eq!(
+            crate::disk::mbr::read_partitions(&file).unwrap(),
+            vec![(MIB, 63 * MIB)]
+        );
     }
 }

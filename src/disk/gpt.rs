@@ -18,23 +18,34 @@ const HEADER_SIZE: u32 = 92;
 /// must already be `plan.size` bytes long.
 pub(crate) fn write(file: &File, plan: &DiskPlan) -> Result<()> {
     ensure!(plan.table == TableKind::Gpt, "not a GPT plan");
-    ensure!(plan.size % SECTOR == 0, "image size is not a whole number of sectors");
+    ensure!(
+        plan.size.is_multiple_of(SECTOR),
+        "image size is not a whole number of sectors"
+    );
     let sectors = plan.size / SECTOR;
+    ensure!(
+        sectors > 3 + 2 * ENTRY_SECTORS,
+        "an image of {} bytes cannot hold a GPT",
+        plan.size
+    );
     let last_lba = sectors - 1;
     let backup_entries_lba = last_lba - ENTRY_SECTORS;
     let first_usable = 2 + ENTRY_SECTORS;
     let last_usable = backup_entries_lba - 1;
-    ensure!(plan.partitions.len() <= ENTRIES as usize, "too many partitions");
+    ensure!(
+        plan.partitions.len() <= ENTRIES as usize,
+        "too many partitions"
+    );
 
     let mut entries = vec![0u8; (ENTRIES * ENTRY_SIZE) as usize];
     for (i, p) in plan.partitions.iter().enumerate() {
-        let first = p.start / SECTOR;
-        let last = (p.start + p.size) / SECTOR - 1;
         ensure!(
-            p.start % SECTOR == 0 && p.size % SECTOR == 0 && p.size > 0,
+            p.start.is_multiple_of(SECTOR) && p.size.is_multiple_of(SECTOR) && p.size > 0,
             "partition {} is not sector aligned",
             p.number
         );
+        let first = p.start / SECTOR;
+        let last = first + p.size / SECTOR - 1;
         ensure!(
             first >= first_usable && last <= last_usable,
             "partition {} ({}..{}) lies outside the usable sectors {}..{}",
@@ -50,7 +61,11 @@ pub(crate) fn write(file: &File, plan: &DiskPlan) -> Result<()> {
         e[32..40].copy_from_slice(&first.to_le_bytes());
         e[40..48].copy_from_slice(&last.to_le_bytes());
         let name: Vec<u16> = p.name.encode_utf16().collect();
-        ensure!(name.len() <= 36, "partition name {:?} is longer than 36 characters", p.name);
+        ensure!(
+            name.len() <= 36,
+            "partition name {:?} is longer than 36 characters",
+            p.name
+        );
         for (j, c) in name.iter().enumerate() {
             e[56 + 2 * j..58 + 2 * j].copy_from_slice(&c.to_le_bytes());
         }
@@ -79,7 +94,8 @@ pub(crate) fn write(file: &File, plan: &DiskPlan) -> Result<()> {
 
     let at = |lba: u64| lba * SECTOR;
     let write = |data: &[u8], lba: u64| {
-        file.write_all_at(data, at(lba)).with_context(|| format!("cannot write the GPT at sector {lba}"))
+        file.write_all_at(data, at(lba))
+            .with_context(|| format!("cannot write the GPT at sector {lba}"))
     };
     write(&protective_mbr(sectors), 0)?;
     write(&header(1, last_lba, 2), 1)?;
@@ -108,7 +124,8 @@ fn protective_mbr(sectors: u64) -> Vec<u8> {
 /// (start, size) in bytes of each used entry of the primary GPT, in entry order.
 pub(crate) fn read_partitions(file: &File) -> Result<Vec<(u64, u64)>> {
     let mut h = vec![0u8; SECTOR as usize];
-    file.read_exact_at(&mut h, SECTOR).context("cannot read the GPT header")?;
+    file.read_exact_at(&mut h, SECTOR)
+        .context("cannot read the GPT header")?;
     if &h[0..8] != b"EFI PART" {
         bail!("no GPT header at sector 1");
     }
@@ -120,14 +137,26 @@ pub(crate) fn read_partitions(file: &File) -> Result<Vec<(u64, u64)>> {
     let entries_lba = u64_at(&h, 72);
     let count = u32_at(&h, 80) as usize;
     let size = u32_at(&h, 84) as usize;
-    ensure!(size >= 128 && count <= 4096, "unsupported GPT entry array ({count} × {size})");
+    ensure!(
+        size >= 128 && count <= 4096,
+        "unsupported GPT entry array ({count} × {size})"
+    );
     let mut entries = vec![0u8; count * size];
-    file.read_exact_at(&mut entries, entries_lba * SECTOR).context("cannot read the GPT entries")?;
-    ensure!(crc32(&entries) == u32_at(&h, 88), "the GPT entries' checksum is wrong");
+    file.read_exact_at(&mut entries, entries_lba * SECTOR)
+        .context("cannot read the GPT entries")?;
+    ensure!(
+        crc32(&entries) == u32_at(&h, 88),
+        "the GPT entries' checksum is wrong"
+    );
     Ok(entries
         .chunks(size)
         .filter(|e| e[0..16].iter().any(|b| *b != 0))
-        .map(|e| (u64_at(e, 32) * SECTOR, (u64_at(e, 40) + 1 - u64_at(e, 32)) * SECTOR))
+        .map(|e| {
+            (
+                u64_at(e, 32) * SECTOR,
+                (u64_at(e, 40) + 1 - u64_at(e, 32)) * SECTOR,
+            )
+        })
         .collect())
 }
 
@@ -159,7 +188,11 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         table[i] = c;
@@ -170,7 +203,9 @@ const CRC_TABLE: [u32; 256] = {
 
 /// CRC-32 as GPT uses it (IEEE 802.3, reflected, as zlib's crc32).
 pub(crate) fn crc32(data: &[u8]) -> u32 {
-    !data.iter().fold(!0u32, |c, b| CRC_TABLE[((c ^ *b as u32) & 0xff) as usize] ^ (c >> 8))
+    !data.iter().fold(!0u32, |c, b| {
+        CRC_TABLE[((c ^ *b as u32) & 0xff) as usize] ^ (c >> 8)
+    })
 }
 
 #[cfg(test)]
@@ -192,8 +227,16 @@ mod tests {
     }
 
     fn sfdisk_json(path: &std::path::Path) -> Option<serde_json::Value> {
-        let out = std::process::Command::new("sfdisk").arg("-J").arg(path).output().ok()?;
-        assert!(out.status.success(), "sfdisk -J: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("sfdisk")
+            .arg("-J")
+            .arg(path)
+            .output()
+            .ok()?;
+        assert!(
+            out.status.success(),
+            "sfdisk -J: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).ok()
     }
 
@@ -207,7 +250,13 @@ mod tests {
 
         let file = File::open(&raw).unwrap();
         let ours = read_partitions(&file).unwrap();
-        assert_eq!(ours, plan.partitions.iter().map(|p| (p.start, p.size)).collect::<Vec<_>>());
+        assert_eq!(
+            ours,
+            plan.partitions
+                .iter()
+                .map(|p| (p.start, p.size))
+                .collect::<Vec<_>>()
+        );
 
         let Some(json) = sfdisk_json(&raw) else {
             eprintln!("sfdisk not installed: skipping the cross-check");
@@ -229,8 +278,13 @@ mod tests {
         }
         // sfdisk prints a warning and still succeeds when the backup table is bad:
         // make it verify both copies.
-        let out = std::process::Command::new("sfdisk").arg("--verify").arg(&raw).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let out = std::process::Command::new("sfdisk")
+            .arg("--verify")
+            .arg(&raw)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && !text.contains("corrupt"), "{text}");
     }
 
@@ -240,8 +294,15 @@ mod tests {
         let raw = dir.path().join("disk.raw");
         let plan = plan_disk("efi", FsType::Ext4, 200 << 20, "root", vec![]).unwrap();
         lay_out(&raw, &plan).unwrap();
-        let file = std::fs::OpenOptions::new().write(true).read(true).open(&raw).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&raw)
+            .unwrap();
         file.write_all_at(&[0xff], 512 + 40).unwrap();
-        assert!(read_partitions(&file).unwrap_err().to_string().contains("checksum"));
+        assert!(read_partitions(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
     }
 }

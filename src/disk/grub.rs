@@ -70,8 +70,19 @@ impl Platform {
     /// even when /boot/grub/<platform> holds no modules.
     fn modules(self, fs_module: &'static str) -> Vec<&'static str> {
         let mut m = vec![
-            "part_gpt", "part_msdos", fs_module, "search", "search_fs_uuid", "normal", "configfile", "linux",
-            "serial", "terminal", "echo", "test", "gzio",
+            "part_gpt",
+            "part_msdos",
+            fs_module,
+            "search",
+            "search_fs_uuid",
+            "normal",
+            "configfile",
+            "linux",
+            "serial",
+            "terminal",
+            "echo",
+            "test",
+            "gzio",
         ];
         match self {
             Platform::Bios => m.insert(0, "biosdisk"),
@@ -103,12 +114,21 @@ pub fn install_bootloader(raw: &Path, tree: &Path, plan: &DiskPlan) -> Result<()
         return Ok(());
     }
     // Both checks before any write, so a missing package leaves the image untouched.
-    let bios = if plan.needs_bios_grub() { Some(Platform::Bios.modules_dir(tree)?) } else { None };
-    let efi = if plan.needs_efi_grub() { Some(Platform::Efi.modules_dir(tree)?) } else { None };
+    let bios = if plan.needs_bios_grub() {
+        Some(Platform::Bios.modules_dir(tree)?)
+    } else {
+        None
+    };
+    let efi = if plan.needs_efi_grub() {
+        Some(Platform::Efi.modules_dir(tree)?)
+    } else {
+        None
+    };
 
     let scratch = ScratchDir::beside(raw, "grub")?;
     let early = scratch.path().join("early.cfg");
-    std::fs::write(&early, early_config(&plan.root_uuid)).with_context(|| format!("cannot write {}", early.display()))?;
+    std::fs::write(&early, early_config(&plan.root_uuid))
+        .with_context(|| format!("cannot write {}", early.display()))?;
 
     if let Some(dir) = bios {
         let core = scratch.path().join("core.img");
@@ -117,10 +137,14 @@ pub fn install_bootloader(raw: &Path, tree: &Path, plan: &DiskPlan) -> Result<()
     }
     if let Some(dir) = efi {
         let boot = scratch.path().join("EFI/BOOT");
-        std::fs::create_dir_all(&boot).with_context(|| format!("cannot create {}", boot.display()))?;
+        std::fs::create_dir_all(&boot)
+            .with_context(|| format!("cannot create {}", boot.display()))?;
         mkimage(&dir, Platform::Efi, &early, &boot.join("BOOTX64.EFI"), plan)?;
-        let part = plan.partition(PartRole::Esp).context("the disk plan has no ESP")?;
-        esp::copy_into(raw, part, &[scratch.path().join("EFI")], "::/").context("cannot install GRUB for UEFI")?;
+        let part = plan
+            .partition(PartRole::Esp)
+            .context("the disk plan has no ESP")?;
+        esp::copy_into(raw, part, &[scratch.path().join("EFI")], "::/")
+            .context("cannot install GRUB for UEFI")?;
     }
     Ok(())
 }
@@ -131,7 +155,13 @@ fn early_config(root_uuid: &str) -> String {
     format!("search --no-floppy --fs-uuid --set=root {root_uuid}\nset prefix=($root)/boot/grub\n")
 }
 
-fn mkimage(dir: &Path, platform: Platform, early: &Path, out: &Path, plan: &DiskPlan) -> Result<()> {
+fn mkimage(
+    dir: &Path,
+    platform: Platform,
+    early: &Path,
+    out: &Path,
+    plan: &DiskPlan,
+) -> Result<()> {
     run(Command::new("grub-mkimage")
         .arg("-d")
         .arg(dir)
@@ -152,15 +182,23 @@ fn install_bios(raw: &Path, dir: &Path, core_path: &Path, plan: &DiskPlan) -> Re
     // the first partition.
     let (lba, room) = match plan.table {
         TableKind::Gpt => {
-            let p = plan.partition(PartRole::BiosBoot).context("the GPT layout has no BIOS boot partition")?;
+            let p = plan
+                .partition(PartRole::BiosBoot)
+                .context("the GPT layout has no BIOS boot partition")?;
             (p.start / SECTOR as u64, (p.size / SECTOR as u64) as usize)
         }
         _ => {
-            let first = plan.partitions.iter().map(|p| p.start).min().context("the disk plan has no partitions")?;
-            (1, (first / SECTOR as u64) as usize - 1)
+            let first = plan
+                .partitions
+                .iter()
+                .map(|p| p.start)
+                .min()
+                .context("the disk plan has no partitions")?;
+            (1, ((first / SECTOR as u64) as usize).saturating_sub(1))
         }
     };
-    let mut core = std::fs::read(core_path).with_context(|| format!("cannot read {}", core_path.display()))?;
+    let mut core =
+        std::fs::read(core_path).with_context(|| format!("cannot read {}", core_path.display()))?;
     let sectors = core.len().div_ceil(SECTOR);
     ensure!(sectors >= 2, "core.img is only {} bytes", core.len());
     ensure!(
@@ -172,14 +210,22 @@ fn install_bios(raw: &Path, dir: &Path, core_path: &Path, plan: &DiskPlan) -> Re
     patch_core(&mut core, lba)?;
 
     let boot_path = dir.join("boot.img");
-    let boot = std::fs::read(&boot_path).with_context(|| format!("cannot read {}", boot_path.display()))?;
-    let file = File::options().read(true).write(true).open(raw).with_context(|| format!("cannot open {}", raw.display()))?;
+    let boot = std::fs::read(&boot_path)
+        .with_context(|| format!("cannot read {}", boot_path.display()))?;
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(raw)
+        .with_context(|| format!("cannot open {}", raw.display()))?;
     let mut mbr = vec![0u8; SECTOR];
-    file.read_exact_at(&mut mbr, 0).context("cannot read sector 0")?;
+    file.read_exact_at(&mut mbr, 0)
+        .context("cannot read sector 0")?;
     patch_mbr(&mut mbr, &boot, lba)?;
 
-    file.write_all_at(&core, lba * SECTOR as u64).context("cannot write core.img")?;
-    file.write_all_at(&mbr, 0).context("cannot write the boot sector")?;
+    file.write_all_at(&core, lba * SECTOR as u64)
+        .context("cannot write core.img")?;
+    file.write_all_at(&mbr, 0)
+        .context("cannot write the boot sector")?;
     file.sync_all().context("cannot sync the image")
 }
 
@@ -207,7 +253,11 @@ fn patch_core(core: &mut [u8], lba: u64) -> Result<()> {
 /// from BIOS" (0xff), and the drive check jump replaced by NOPs (buggy BIOSes pass
 /// 0x00 even when booting from a hard disk).
 fn patch_mbr(mbr: &mut [u8], boot: &[u8], core_lba: u64) -> Result<()> {
-    ensure!(boot.len() == SECTOR, "boot.img is {} bytes, not {SECTOR}", boot.len());
+    ensure!(
+        boot.len() == SECTOR,
+        "boot.img is {} bytes, not {SECTOR}",
+        boot.len()
+    );
     ensure!(
         boot[KERNEL_SECTOR..KERNEL_SECTOR + 8] == 1u64.to_le_bytes() && boot[DRIVE_CHECK] == 0xeb,
         "boot.img does not look like GRUB's boot.S (kernel sector {:02x?}, drive check {:02x})",
@@ -279,9 +329,15 @@ mod tests {
     #[test]
     fn missing_grub_modules_name_the_package() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Platform::Bios.modules_dir(dir.path()).unwrap_err().to_string();
+        let err = Platform::Bios
+            .modules_dir(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("grub-pc-bin") && err.contains("BIOS"), "{err}");
-        let err = Platform::Efi.modules_dir(dir.path()).unwrap_err().to_string();
+        let err = Platform::Efi
+            .modules_dir(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("grub-efi-amd64-bin"), "{err}");
     }
 
@@ -295,7 +351,9 @@ mod tests {
         let scratch = tempfile::tempdir().unwrap();
         let early = scratch.path().join("early.cfg");
         std::fs::write(&early, early_config("0a1b2c3d-0000-4000-8000-000000000000")).unwrap();
-        let plan = crate::disk::plan_disk("gpt", crate::disk::FsType::Ext4, 1 << 30, "root", vec![]).unwrap();
+        let plan =
+            crate::disk::plan_disk("gpt", crate::disk::FsType::Ext4, 1 << 30, "root", vec![])
+                .unwrap();
         let out = scratch.path().join("core.img");
         mkimage(dir, Platform::Bios, &early, &out, &plan).unwrap();
         let mut core = std::fs::read(&out).unwrap();

@@ -5,7 +5,7 @@
 //! exactly what the plan says.
 
 use super::fs::FsType;
-use super::tool::random_uuid;
+use super::tool::{parse_uuid, random_uuid};
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
@@ -138,7 +138,8 @@ impl DiskPlan {
     }
 
     pub fn root(&self) -> Result<&Partition> {
-        self.partition(PartRole::Root).context("the disk plan has no root partition")
+        self.partition(PartRole::Root)
+            .context("the disk plan has no root partition")
     }
 
     /// Whether GRUB must be installed for BIOS (core in the BIOS boot partition or the
@@ -151,13 +152,53 @@ impl DiskPlan {
         self.esp
     }
 
+    /// Checks what the pipeline may have set by hand (the fields are public): UUID
+    /// formats, and partitions that fit the image without overlapping.
+    pub fn validate(&self) -> Result<()> {
+        match self.fs_type {
+            FsType::Vfat => {
+                check_volume_id(&self.root_uuid).context("root filesystem volume id")?
+            }
+            _ => {
+                parse_uuid(&self.root_uuid).context("root filesystem UUID")?;
+            }
+        }
+        if self.esp {
+            check_volume_id(&self.esp_uuid).context("ESP volume id")?;
+        }
+        if !self.size.is_multiple_of(MIB) {
+            bail!("image size {} is not a whole number of MiB", self.size);
+        }
+        let mut parts: Vec<&Partition> = self.partitions.iter().collect();
+        parts.sort_by_key(|p| p.start);
+        let mut end = 0;
+        for p in parts {
+            if p.start < end || p.start + p.size > self.size {
+                bail!(
+                    "partition {} ({} bytes at {}) overlaps another or the end of the image",
+                    p.number,
+                    p.size,
+                    p.start
+                );
+            }
+            end = p.start + p.size;
+        }
+        Ok(())
+    }
+
     /// What hooks learn about the disk (the pipeline exports these; flavours' READMEs
     /// document them). DIB_BOOTLOADER_DEFAULT_CMDLINE and DIB_GRUB_TIMEOUT are user
     /// settings the hooks default themselves.
     pub fn hook_env(&self) -> Vec<(String, String)> {
-        let root_partuuid = self.partition(PartRole::Root).map(|p| p.uuid.clone()).unwrap_or_default();
+        let root_partuuid = self
+            .partition(PartRole::Root)
+            .map(|p| p.uuid.clone())
+            .unwrap_or_default();
         vec![
-            ("KILN_BLOCK_DEVICE_LAYOUT".into(), self.layout.as_str().into()),
+            (
+                "KILN_BLOCK_DEVICE_LAYOUT".into(),
+                self.layout.as_str().into(),
+            ),
             ("KILN_ROOT_UUID".into(), self.root_uuid.clone()),
             ("KILN_ROOT_PARTUUID".into(), root_partuuid),
             ("KILN_ROOT_FSTYPE".into(), self.fs_type.as_str().into()),
@@ -183,6 +224,9 @@ pub fn plan_disk(
             "vfat cannot hold a Linux root (no owners, modes or symlinks); \
              use it only for images without the vm flavour"
         );
+    }
+    if size > 1 << 50 {
+        bail!("image size {} is beyond 1 PiB", format_size(size));
     }
     let size = round_up(size, MIB);
     let minimum = layout.overhead() + fs_type.min_size();
@@ -218,15 +262,26 @@ pub fn plan_disk(
             ALIGN,
             vec![
                 (PartRole::Esp, ESP_SIZE, GPT_TYPE_ESP, "ESP"),
-                (PartRole::BiosBoot, BIOS_BOOT_SIZE, GPT_TYPE_BIOS_BOOT, "BSP"),
+                (
+                    PartRole::BiosBoot,
+                    BIOS_BOOT_SIZE,
+                    GPT_TYPE_BIOS_BOOT,
+                    "BSP",
+                ),
                 (PartRole::Root, gpt_root, GPT_TYPE_ROOT_X86_64, "root"),
             ],
         ),
         Layout::Efi => (
             ALIGN,
-            vec![(PartRole::Esp, ESP_SIZE, GPT_TYPE_ESP, "ESP"), (PartRole::Root, gpt_root, GPT_TYPE_ROOT_X86_64, "root")],
+            vec![
+                (PartRole::Esp, ESP_SIZE, GPT_TYPE_ESP, "ESP"),
+                (PartRole::Root, gpt_root, GPT_TYPE_ROOT_X86_64, "root"),
+            ],
         ),
-        Layout::Mbr => (ALIGN, vec![(PartRole::Root, size - ALIGN, &mbr_type, "root")]),
+        Layout::Mbr => (
+            ALIGN,
+            vec![(PartRole::Root, size - ALIGN, &mbr_type, "root")],
+        ),
         Layout::None => (0, vec![(PartRole::Root, size, "", "root")]),
     };
     let mut partitions = Vec::new();
@@ -238,7 +293,15 @@ pub fn plan_disk(
             TableKind::Mbr => format!("{disk_id}-{number:02x}"),
             TableKind::None => String::new(),
         };
-        partitions.push(Partition { number, role, start, size, type_id: type_id.into(), uuid, name: name.into() });
+        partitions.push(Partition {
+            number,
+            role,
+            start,
+            size,
+            type_id: type_id.into(),
+            uuid,
+            name: name.into(),
+        });
         start += size;
     }
 
@@ -258,6 +321,19 @@ pub fn plan_disk(
     })
 }
 
+fn check_volume_id(id: &str) -> Result<()> {
+    let ok = id.len() == 9
+        && id.as_bytes()[4] == b'-'
+        && id
+            .chars()
+            .enumerate()
+            .all(|(i, c)| i == 4 || c.is_ascii_hexdigit());
+    if !ok {
+        bail!("{id:?} is not a FAT volume id (XXXX-XXXX, hexadecimal)");
+    }
+    Ok(())
+}
+
 /// A FAT volume id, `XXXX-XXXX`, from the kernel's randomness.
 fn volume_id() -> Result<String> {
     let u = random_uuid()?.to_ascii_uppercase();
@@ -270,12 +346,16 @@ pub fn content_size(tree: &Path) -> Result<u64> {
     let mut total = 0u64;
     let mut dirs = vec![tree.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        let meta = std::fs::symlink_metadata(&dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+        let meta = std::fs::symlink_metadata(&dir)
+            .with_context(|| format!("cannot stat {}", dir.display()))?;
         total += meta.blocks() * 512;
-        let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
         for entry in entries {
             let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-            let meta = entry.metadata().with_context(|| format!("cannot stat {}", entry.path().display()))?;
+            let meta = entry
+                .metadata()
+                .with_context(|| format!("cannot stat {}", entry.path().display()))?;
             if meta.is_dir() {
                 dirs.push(entry.path());
             } else if meta.nlink() < 2 || seen.insert((meta.dev(), meta.ino())) {
@@ -344,7 +424,9 @@ pub fn parse_image_size(s: &str) -> Result<u64> {
         .parse()
         .ok()
         .filter(|v: &f64| v.is_finite() && *v > 0.0)
-        .with_context(|| format!("invalid image size {s:?}: use a number of GiB or a size such as 512M, 2G"))?;
+        .with_context(|| {
+            format!("invalid image size {s:?}: use a number of GiB or a size such as 512M, 2G")
+        })?;
     let bytes = value * mult as f64;
     if bytes > (1u64 << 53) as f64 {
         bail!("image size {s:?} is too large");
@@ -358,9 +440,9 @@ pub(crate) fn round_up(v: u64, to: u64) -> u64 {
 
 /// `2G`, `512M`, or bytes: the way a user would write the size on the command line.
 pub fn format_size(bytes: u64) -> String {
-    if bytes > 0 && bytes % GIB == 0 {
+    if bytes > 0 && bytes.is_multiple_of(GIB) {
         format!("{}G", bytes / GIB)
-    } else if bytes > 0 && bytes % MIB == 0 {
+    } else if bytes > 0 && bytes.is_multiple_of(MIB) {
         format!("{}M", bytes / MIB)
     } else {
         format!("{bytes} bytes")
@@ -387,15 +469,41 @@ mod tests {
     #[test]
     fn gpt_plan_has_esp_bios_boot_and_root_last() {
         let p = plan("gpt", 2 * GIB).unwrap();
-        let parts: Vec<_> = p.partitions.iter().map(|p| (p.number, p.role, p.start / MIB, p.size / MIB)).collect();
+        let parts: Vec<_> = p
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.role, p.start / MIB, p.size / MIB))
+            .collect();
         assert_eq!(
             parts,
-            vec![(1, PartRole::Esp, 1, 64), (2, PartRole::BiosBoot, 65, 1), (3, PartRole::Root, 66, 2048 - 66 - 1)]
+            vec![
+                (1, PartRole::Esp, 1, 64),
+                (2, PartRole::BiosBoot, 65, 1),
+                (3, PartRole::Root, 66, 2048 - 66 - 1)
+            ]
         );
         assert!(p.bios_boot && p.esp && p.needs_bios_grub() && p.needs_efi_grub());
         assert_eq!(p.esp_uuid.len(), 9);
         assert_eq!(&p.esp_uuid[4..5], "-");
         assert_ne!(p.root().unwrap().uuid, p.partitions[0].uuid);
+    }
+
+    #[test]
+    fn validate_rejects_bad_ids_set_by_hand() {
+        let mut p = plan("gpt", GIB).unwrap();
+        p.validate().unwrap();
+        p.esp_uuid = "1234ABCD".into();
+        assert!(p
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ESP volume id"));
+        p.esp_uuid = "12AB-CD3F".into();
+        p.root_uuid = "not-a-uuid".into();
+        assert!(p.validate().is_err());
+        let mut p = plan("mbr", GIB).unwrap();
+        p.partitions[0].size += MIB;
+        assert!(p.validate().is_err());
     }
 
     #[test]
@@ -407,26 +515,38 @@ mod tests {
 
         let mbr = plan("mbr", GIB).unwrap();
         assert_eq!(mbr.partitions.len(), 1);
-        assert_eq!((mbr.partitions[0].start, mbr.partitions[0].size), (MIB, GIB - MIB));
+        assert_eq!(
+            (mbr.partitions[0].start, mbr.partitions[0].size),
+            (MIB, GIB - MIB)
+        );
         assert!(mbr.needs_bios_grub() && !mbr.needs_efi_grub() && mbr.esp_uuid.is_empty());
         assert_eq!(mbr.partitions[0].uuid, format!("{}-01", mbr.disk_id));
 
         let none = plan("none", GIB + 1).unwrap();
         assert_eq!(none.size, GIB + MIB);
-        assert_eq!((none.partitions[0].start, none.partitions[0].size), (0, GIB + MIB));
+        assert_eq!(
+            (none.partitions[0].start, none.partitions[0].size),
+            (0, GIB + MIB)
+        );
         assert!(!none.needs_bios_grub() && !none.needs_efi_grub());
     }
 
     #[test]
     fn plan_rejects_too_small_image_naming_minimum() {
         let err = plan("gpt", 50 * MIB).unwrap_err().to_string();
-        assert!(err.contains("too small") && err.contains("the minimum is 99M"), "{err}");
+        assert!(
+            err.contains("too small") && err.contains("the minimum is 99M"),
+            "{err}"
+        );
         assert!(plan("gpt", 99 * MIB).is_ok());
     }
 
     #[test]
     fn plan_rejects_bad_layout_label_and_vfat_root() {
-        assert!(plan("lvm", GIB).unwrap_err().to_string().contains("gpt, mbr, efi, none"));
+        assert!(plan("lvm", GIB)
+            .unwrap_err()
+            .to_string()
+            .contains("gpt, mbr, efi, none"));
         assert!(plan_disk("gpt", FsType::Ext4, GIB, "a-label-longer-than-16", vec![]).is_err());
         assert!(plan_disk("gpt", FsType::Vfat, GIB, "ROOT", vec![]).is_err());
         assert!(plan_disk("none", FsType::Vfat, GIB, "ROOT", vec![]).is_ok());
@@ -435,17 +555,27 @@ mod tests {
     #[test]
     fn size_for_content_adds_quarter_and_256m_and_overhead() {
         assert_eq!(size_for_content(0, "none").unwrap(), 256 * MIB);
-        assert_eq!(size_for_content(400 * MIB, "gpt").unwrap(), 756 * MIB + 67 * MIB);
+        assert_eq!(
+            size_for_content(400 * MIB, "gpt").unwrap(),
+            756 * MIB + 67 * MIB
+        );
         assert_eq!(size_for_content(1, "mbr").unwrap(), 257 * MIB + MIB);
     }
 
     #[test]
     fn too_small_size_for_content_says_what_to_use() {
         let content = 1503238553; // 1.4 GiB
-        let err = check_image_size(GIB, content, "gpt").unwrap_err().to_string();
-        assert_eq!(err, "image size 1G is too small for 1.4 GiB of content; use --image-size 2G or more");
+        let err = check_image_size(GIB, content, "gpt")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "image size 1G is too small for 1.4 GiB of content; use --image-size 2G or more"
+        );
         assert!(check_image_size(2 * GIB, content, "gpt").is_ok());
-        assert!(check_image_size(size_for_content(content, "gpt").unwrap(), content, "gpt").is_ok());
+        assert!(
+            check_image_size(size_for_content(content, "gpt").unwrap(), content, "gpt").is_ok()
+        );
     }
 
     #[test]

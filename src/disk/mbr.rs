@@ -10,7 +10,10 @@ const SECTOR: u64 = 512;
 
 pub(crate) fn write(file: &File, plan: &DiskPlan) -> Result<()> {
     ensure!(plan.table == TableKind::Mbr, "not an MBR plan");
-    ensure!(plan.partitions.len() <= 4, "an MBR holds at most 4 primary partitions");
+    ensure!(
+        plan.partitions.len() <= 4,
+        "an MBR holds at most 4 primary partitions"
+    );
     let signature = u32::from_str_radix(&plan.disk_id, 16)
         .with_context(|| format!("MBR disk signature {:?} is not 8 hex digits", plan.disk_id))?;
     // Only the partition table area: boot code bytes 0..440 may already hold GRUB's.
@@ -19,9 +22,16 @@ pub(crate) fn write(file: &File, plan: &DiskPlan) -> Result<()> {
     for (i, p) in plan.partitions.iter().enumerate() {
         let first = p.start / SECTOR;
         let count = p.size / SECTOR;
-        ensure!(p.start % SECTOR == 0 && p.size % SECTOR == 0 && count > 0, "partition {} is not sector aligned", p.number);
+        ensure!(
+            p.start.is_multiple_of(SECTOR) && p.size.is_multiple_of(SECTOR) && count > 0,
+            "partition {} is not sector aligned",
+            p.number
+        );
         let (Ok(first32), Ok(count32)) = (u32::try_from(first), u32::try_from(count)) else {
-            bail!("partition {} ends beyond 2 TiB, which an MBR cannot describe: use GPT", p.number);
+            bail!(
+                "partition {} ends beyond 2 TiB, which an MBR cannot describe: use GPT",
+                p.number
+            );
         };
         let e = &mut table[6 + 16 * i..6 + 16 * (i + 1)];
         e[0] = if i == 0 { 0x80 } else { 0 };
@@ -33,7 +43,8 @@ pub(crate) fn write(file: &File, plan: &DiskPlan) -> Result<()> {
     }
     table[70] = 0x55;
     table[71] = 0xaa;
-    file.write_all_at(&table, 440).context("cannot write the MBR")
+    file.write_all_at(&table, 440)
+        .context("cannot write the MBR")
 }
 
 /// CHS address in the 255-head, 63-sector geometry every tool assumes; addresses
@@ -46,14 +57,22 @@ fn chs(lba: u64) -> [u8; 3] {
     }
     let h = (lba / secs) % heads;
     let s = lba % secs + 1;
-    [h as u8, (s as u8) | (((c >> 2) & 0xc0) as u8), (c & 0xff) as u8]
+    [
+        h as u8,
+        (s as u8) | (((c >> 2) & 0xc0) as u8),
+        (c & 0xff) as u8,
+    ]
 }
 
 /// (start, size) in bytes of each used primary partition.
 pub(crate) fn read_partitions(file: &File) -> Result<Vec<(u64, u64)>> {
     let mut m = [0u8; 512];
-    file.read_exact_at(&mut m, 0).context("cannot read the MBR")?;
-    ensure!(m[510] == 0x55 && m[511] == 0xaa, "no MBR signature at sector 0");
+    file.read_exact_at(&mut m, 0)
+        .context("cannot read the MBR")?;
+    ensure!(
+        m[510] == 0x55 && m[511] == 0xaa,
+        "no MBR signature at sector 0"
+    );
     Ok((0..4)
         .map(|i| &m[446 + 16 * i..462 + 16 * i])
         .filter(|e| e[4] != 0)
@@ -86,7 +105,11 @@ mod tests {
         let file = File::open(&raw).unwrap();
         assert_eq!(read_partitions(&file).unwrap(), vec![(1 << 20, 99 << 20)]);
 
-        let Ok(out) = std::process::Command::new("sfdisk").arg("-J").arg(&raw).output() else {
+        let Ok(out) = std::process::Command::new("sfdisk")
+            .arg("-J")
+            .arg(&raw)
+            .output()
+        else {
             eprintln!("sfdisk not installed: skipping the cross-check");
             return;
         };
@@ -96,7 +119,10 @@ mod tests {
         assert_eq!(t["label"], "dos");
         assert_eq!(t["id"].as_str().unwrap(), format!("0x{}", plan.disk_id));
         let p = &t["partitions"][0];
-        assert_eq!((p["start"].as_u64(), p["size"].as_u64()), (Some(2048), Some(99 * 2048)));
+        assert_eq!(
+            (p["start"].as_u64(), p["size"].as_u64()),
+            (Some(2048), Some(99 * 2048))
+        );
         assert_eq!(p["type"], "83");
         assert_eq!(p["bootable"], true);
     }

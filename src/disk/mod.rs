@@ -34,8 +34,8 @@ pub use convert::{convert, tree_archive, write_checksums, Format};
 pub use fs::{build_filesystems, FsType};
 pub use grub::install_bootloader;
 pub use layout::{
-    check_image_size, content_size, format_human, format_size, parse_image_size, plan_disk, size_for_content,
-    size_for_tree, DiskPlan, Layout, PartRole, Partition, TableKind, GIB, MIB,
+    check_image_size, content_size, format_human, format_size, parse_image_size, plan_disk,
+    size_for_content, size_for_tree, DiskPlan, Layout, PartRole, Partition, TableKind, GIB, MIB,
 };
 pub use table::lay_out;
 pub use tool::HostTool;
@@ -71,12 +71,23 @@ mod tests {
 
     #[test]
     fn host_tools_follow_layout_and_formats() {
-        let names = |l, f, fmts: &[Format]| host_tools(l, f, fmts).iter().map(|t| t.name).collect::<Vec<_>>();
+        let names = |l, f, fmts: &[Format]| {
+            host_tools(l, f, fmts)
+                .iter()
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             names(Layout::Gpt, FsType::Ext4, &[Format::Qcow2, Format::Vmdk]),
             vec!["mke2fs", "grub-mkimage", "mkfs.vfat", "mcopy", "qemu-img"]
         );
-        assert_eq!(names(Layout::None, FsType::Ext4, &[Format::Raw]), vec!["mke2fs"]);
-        assert_eq!(names(Layout::Mbr, FsType::Btrfs, &[Format::Tgz]), vec!["mkfs.btrfs", "grub-mkimage", "tar", "gzip"]);
+        assert_eq!(
+            names(Layout::None, FsType::Ext4, &[Format::Raw]),
+            vec!["mke2fs"]
+        );
+        assert_eq!(
+            names(Layout::Mbr, FsType::Btrfs, &[Format::Tgz]),
+            vec!["mkfs.btrfs", "grub-mkimage", "tar", "gzip"]
+        );
     }
 }

@@ -17,7 +17,9 @@ pub(crate) fn copy_range(src: &File, dst: &File, dst_offset: u64, len: u64) -> R
     punch(dst, dst_offset, len)?;
     let mut pos = 0u64;
     while pos < len {
-        let Some(data) = seek(src, pos, Whence::SeekData)? else { break };
+        let Some(data) = seek(src, pos, Whence::SeekData)? else {
+            break;
+        };
         if data >= len {
             break;
         }
@@ -65,9 +67,11 @@ fn copy_extent(src: &File, dst: &File, from: u64, to: u64, len: u64) -> Result<(
     let mut done = 0u64;
     while done < len {
         let n = CHUNK.min((len - done) as usize);
-        src.read_exact_at(&mut buf[..n], from + done).context("cannot read the source")?;
+        src.read_exact_at(&mut buf[..n], from + done)
+            .context("cannot read the source")?;
         if buf[..n].iter().any(|b| *b != 0) {
-            dst.write_all_at(&buf[..n], to + done).context("cannot write the destination")?;
+            dst.write_all_at(&buf[..n], to + done)
+                .context("cannot write the destination")?;
         }
         done += n as u64;
     }
@@ -82,12 +86,24 @@ mod tests {
     #[test]
     fn copy_keeps_data_and_holes() {
         let dir = tempfile::tempdir().unwrap();
-        let src = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("s")).unwrap();
+        let src = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("s"))
+            .unwrap();
         src.set_len(64 << 20).unwrap();
         src.write_all_at(b"start", 0).unwrap();
         src.write_all_at(b"middle", 32 << 20).unwrap();
         src.write_all_at(b"end", (64 << 20) - 3).unwrap();
-        let dst = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("d")).unwrap();
+        let dst = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("d"))
+            .unwrap();
         dst.set_len(80 << 20).unwrap();
         dst.write_all_at(b"garbage", (8 << 20) + 100).unwrap();
         copy_range(&src, &dst, 8 << 20, 64 << 20).unwrap();
@@ -101,9 +117,18 @@ mod tests {
         assert_eq!(&b[..6], b"middle");
         dst.read_exact_at(&mut b[..3], (72 << 20) - 3).unwrap();
         assert_eq!(&b[..3], b"end");
-        assert!(dst.metadata().unwrap().blocks() * 512 < 8 << 20, "the copy is not sparse");
+        assert!(
+            dst.metadata().unwrap().blocks() * 512 < 8 << 20,
+            "the copy is not sparse"
+        );
 
-        let whole = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("w")).unwrap();
+        let whole = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("w"))
+            .unwrap();
         copy_file(&src, &whole).unwrap();
         assert_eq!(whole.metadata().unwrap().len(), 64 << 20);
     }

@@ -10,6 +10,7 @@ use std::path::Path;
 /// partition table. Runs before the block-device.d hooks, which see the file as
 /// `$IMAGE_BLOCK_DEVICE`.
 pub fn lay_out(raw: &Path, plan: &DiskPlan) -> Result<()> {
+    plan.validate()?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -17,22 +18,28 @@ pub fn lay_out(raw: &Path, plan: &DiskPlan) -> Result<()> {
         .truncate(true)
         .open(raw)
         .with_context(|| format!("cannot create {}", raw.display()))?;
-    file.set_len(plan.size).with_context(|| format!("cannot size {}", raw.display()))?;
+    file.set_len(plan.size)
+        .with_context(|| format!("cannot size {}", raw.display()))?;
     match plan.table {
         TableKind::Gpt => gpt::write(&file, plan),
         TableKind::Mbr => mbr::write(&file, plan),
         TableKind::None => Ok(()),
     }
     .with_context(|| format!("cannot write the partition table of {}", raw.display()))?;
-    file.sync_all().with_context(|| format!("cannot sync {}", raw.display()))
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", raw.display()))
 }
 
 /// Checks that the image still has the size and partitions of the plan: block-device.d
 /// hooks may edit the file, and filesystems written at stale offsets would silently
 /// overwrite each other.
 pub(crate) fn verify(raw: &Path, plan: &DiskPlan) -> Result<()> {
+    plan.validate()?;
     let file = File::open(raw).with_context(|| format!("cannot open {}", raw.display()))?;
-    let len = file.metadata().with_context(|| format!("cannot stat {}", raw.display()))?.len();
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", raw.display()))?
+        .len();
     if len != plan.size {
         bail!(
             "{} is {len} bytes but the disk plan says {}: a block-device.d hook resized it",

@@ -70,7 +70,10 @@ pub(crate) fn command_line(cmd: &Command) -> String {
 
 fn shell_word(a: &OsStr) -> String {
     let s = a.to_string_lossy();
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
         s.into_owned()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -96,7 +99,10 @@ impl ScratchDir {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let path = parent.join(format!(".{name}.{purpose}.{}", std::process::id()));
         // A leftover from a killed run with a recycled pid would make create_dir fail.
         if path.exists() {

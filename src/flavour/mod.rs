@@ -14,5 +14,5 @@ pub use error::FlavourError;
 pub use hooks::{collect_hooks, DataFile, Hook, HookSet};
 pub use packages::{collect_packages, PackageRequest, Target};
 pub use phase::{Phase, Side};
-pub use resolve::{resolve, Flavour, Resolved};
+pub use resolve::{resolve, resolve_with_defaults, Flavour, Resolved};
 pub use search::{Found, SearchPath};

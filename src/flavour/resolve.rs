@@ -71,6 +71,17 @@ struct Loaded {
 }
 
 pub fn resolve(search: &SearchPath, requested: &[String]) -> Result<Resolved, FlavourError> {
+    resolve_with_defaults(search, requested, &[])
+}
+
+/// As [`resolve`], and a dependency on a virtual name nobody in the set provides
+/// pulls in that name's default provider (`block-device` → `block-device-gpt`, as
+/// diskimage-builder's `DIB_BLOCK_DEVICE` default does).
+pub fn resolve_with_defaults(
+    search: &SearchPath,
+    requested: &[String],
+    defaults: &[(String, String)],
+) -> Result<Resolved, FlavourError> {
     let mut queue: VecDeque<(String, Origin)> = VecDeque::new();
     let mut seen: HashSet<String> = HashSet::new();
     for name in requested {
@@ -86,6 +97,7 @@ pub fn resolve(search: &SearchPath, requested: &[String]) -> Result<Resolved, Fl
     // Names no directory matched; fine if some flavour in the set provides them.
     let mut unfound: Vec<(String, Origin)> = Vec::new();
 
+    loop {
     while let Some((name, origin)) = queue.pop_front() {
         if providers.contains_key(&name) {
             continue;
@@ -117,6 +129,22 @@ pub fn resolve(search: &SearchPath, requested: &[String]) -> Result<Resolved, Fl
             }
         }
         loaded.push(item);
+    }
+    let mut added = false;
+    for (name, origin) in &unfound {
+        if providers.contains_key(name) {
+            continue;
+        }
+        if let Some((_, default)) = defaults.iter().find(|(v, _)| v == name) {
+            if seen.insert(default.clone()) {
+                queue.push_back((default.clone(), origin.clone()));
+                added = true;
+            }
+        }
+    }
+    if !added {
+        break;
+    }
     }
 
     for (name, origin) in &unfound {

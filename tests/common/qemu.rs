@@ -40,7 +40,13 @@ pub struct BootOptions {
 
 impl BootOptions {
     pub fn new(firmware: Firmware, format: &str) -> BootOptions {
-        BootOptions { firmware, format: format.into(), memory_mib: 1024, snapshot: true, extra_args: vec![] }
+        BootOptions {
+            firmware,
+            format: format.into(),
+            memory_mib: 1024,
+            snapshot: true,
+            extra_args: vec![],
+        }
     }
 }
 
@@ -80,7 +86,13 @@ pub struct Boot {
 
 /// Boots `image` and waits until `expect` appears on the serial console; returns the
 /// console log. QEMU is killed either way.
-pub fn boot(image: &Path, firmware: Firmware, format: &str, expect: &str, timeout: Duration) -> Result<String> {
+pub fn boot(
+    image: &Path,
+    firmware: Firmware,
+    format: &str,
+    expect: &str,
+    timeout: Duration,
+) -> Result<String> {
     let mut guest = Boot::start(image, &BootOptions::new(firmware, format))?;
     guest.wait_for(expect, timeout)?;
     Ok(guest.console())
@@ -93,10 +105,22 @@ impl Boot {
         }
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-accel", accel(), "-m", &opts.memory_mib.to_string()])
-            .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none"])
+            .args([
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-monitor",
+                "none",
+            ])
             // A guest that reboots (kernel panic with panic=N, triple fault) ends the test.
             .arg("-no-reboot");
-        let mut drive = format!("file={},if=virtio,format={}", drive_path(image)?, opts.format);
+        let mut drive = format!(
+            "file={},if=virtio,format={}",
+            drive_path(image)?,
+            opts.format
+        );
         if opts.snapshot {
             drive.push_str(",snapshot=on");
         }
@@ -109,14 +133,23 @@ impl Boot {
             Firmware::Uefi => {
                 let code = find_firmware("KILN_OVMF_CODE", OVMF_CODE)?;
                 let template = find_firmware("KILN_OVMF_VARS", OVMF_VARS)?;
-                let vars = tempfile::Builder::new().prefix("kiln-ovmf-vars-").suffix(".fd").tempfile()?;
+                let vars = tempfile::Builder::new()
+                    .prefix("kiln-ovmf-vars-")
+                    .suffix(".fd")
+                    .tempfile()?;
                 std::fs::copy(&template, vars.path())
                     .with_context(|| format!("cannot copy {}", template.display()))?;
                 cmd.args(["-machine", "q35"])
                     .arg("-drive")
-                    .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", drive_path(&code)?))
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                        drive_path(&code)?
+                    ))
                     .arg("-drive")
-                    .arg(format!("if=pflash,format=raw,unit=1,file={}", drive_path(vars.path())?));
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        drive_path(vars.path())?
+                    ));
                 Some(vars)
             }
         };
@@ -150,9 +183,14 @@ impl Boot {
     pub fn wait_for(&mut self, expect: &str, timeout: Duration) -> Result<Duration> {
         let deadline = Instant::now() + timeout;
         let (lock, cond) = &*self.console;
-        let mut out = lock.lock().map_err(|_| anyhow::anyhow!("console reader panicked"))?;
+        let mut out = lock
+            .lock()
+            .map_err(|_| anyhow::anyhow!("console reader panicked"))?;
         loop {
-            if let Some(at) = find(&out.bytes[self.cursor.min(out.bytes.len())..], expect.as_bytes()) {
+            if let Some(at) = find(
+                &out.bytes[self.cursor.min(out.bytes.len())..],
+                expect.as_bytes(),
+            ) {
                 self.cursor += at + expect.len();
                 return Ok(self.started.elapsed());
             }
@@ -221,8 +259,14 @@ impl Drop for Boot {
 
 /// TCG unless `KILN_TEST_KVM=1` and /dev/kvm can be opened.
 fn accel() -> &'static str {
-    let wanted = std::env::var("KILN_TEST_KVM").map(|v| v == "1").unwrap_or(false);
-    let usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let wanted = std::env::var("KILN_TEST_KVM")
+        .map(|v| v == "1")
+        .unwrap_or(false);
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if wanted && usable {
         "kvm"
     } else {
@@ -238,12 +282,18 @@ fn find_firmware(var: &str, candidates: &[&str]) -> Result<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|p| p.is_file())
-        .with_context(|| format!("no OVMF firmware at {candidates:?}: install the Debian package ovmf or set {var}"))
+        .with_context(|| {
+            format!(
+                "no OVMF firmware at {candidates:?}: install the Debian package ovmf or set {var}"
+            )
+        })
 }
 
 /// QEMU's -drive splits on commas; a path with one must double it.
 fn drive_path(p: &Path) -> Result<String> {
-    let s = p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))?;
+    let s = p
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", p.display()))?;
     Ok(s.replace(',', ",,"))
 }
 
@@ -278,8 +328,34 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The last lines of console output, without the terminal escapes GRUB and systemd
+/// draw with, for error messages.
 fn tail(bytes: &[u8], lines: usize) -> String {
-    let text = String::from_utf8_lossy(bytes).replace('\r', "");
+    let text = strip_escapes(&String::from_utf8_lossy(bytes).replace('\r', ""));
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, up to the final byte (a letter, @ or ~).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() || c == '@' || c == '~' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub fn tail_for_tests(bytes: &[u8], lines: usize) -> String {
+    tail(bytes, lines)
 }
