@@ -5,4 +5,6 @@ pub mod build;
 pub mod cli;
 pub mod disk;
 pub mod flavour;
+pub mod kernel;
+pub mod ramdisk;
 pub mod sandbox;

@@ -138,3 +138,31 @@ fn missing_output_directory_is_reported_before_the_build() {
     assert!(text.contains("/nonexistent-dir") && text.contains("does not exist"), "{text}");
     assert!(!Path::new("/nonexistent-dir").exists());
 }
+
+#[test]
+fn unknown_block_device_layout_is_refused_at_plan_time() {
+    let s = Scratch::new("bad-layout");
+    s.flavour("myos", &[README, OS]);
+    let o = kiln("disk-image-create", &["--dry-run", "-o", "/tmp/x", "-n", "myos", "vm"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .env("DIB_BLOCK_DEVICE", "floppy")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(text.contains("block-device-floppy"), "{text}");
+}
+
+#[test]
+fn unknown_fs_type_is_refused_at_plan_time() {
+    let s = Scratch::new("bad-fstype");
+    s.flavour("myos", &[README, OS]);
+    let o = kiln("disk-image-create", &["--dry-run", "-o", "/tmp/x", "-n", "myos", "vm"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .env("FS_TYPE", "reiserfs")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(text.contains("reiserfs") && text.contains("ext4"), "{text}");
+}

@@ -79,3 +79,63 @@ fn sigint_during_install_leaves_no_mounts_processes_or_files() {
     assert!(survivors.is_empty(), "hook processes outlived the build: {survivors:?}");
     assert_no_leftovers(&tmp, &s.path, &[]);
 }
+
+#[test]
+fn failing_finalise_hook_leaves_no_image_and_nothing_else() {
+    let (s, tmp) = setup("leak-finalise");
+    let out = s.join("img");
+    let mut args = vec!["-t", "qcow2,raw", "-o", out.to_str().unwrap()];
+    args.extend(IMAGE_FLAVOURS);
+    args.push("fail-finalise");
+    let o = kiln("disk-image-create", &args).env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", &tmp).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
+    assert!(err.contains("flavour fail-finalise, hook finalise.d/90-fail: exit 4"), "{err}");
+    assert_no_leftovers(&tmp, &s.path, &[]);
+}
+
+#[test]
+fn sigint_during_assembly_leaves_no_partial_image() {
+    let (s, tmp) = setup("leak-assemble");
+    let out = s.join("img");
+    // An existing output must survive an interrupted rebuild untouched.
+    std::fs::write(s.join("img.qcow2"), b"previous image").unwrap();
+    let mut args = vec!["-t", "qcow2", "-o", out.to_str().unwrap()];
+    args.extend(IMAGE_FLAVOURS);
+    let mut cmd = kiln("disk-image-create", &args);
+    cmd.env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", &tmp);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("assemble  filesystems") {
+                nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).unwrap();
+            }
+        }
+        seen
+    });
+    let status = child.wait().unwrap();
+    let seen = reader.join().unwrap();
+    assert!(seen.contains("assemble  filesystems"), "{seen}");
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert_eq!(std::fs::read(s.join("img.qcow2")).unwrap(), b"previous image");
+    assert_no_leftovers(&tmp, &s.path, &["img.qcow2"]);
+}
+
+#[test]
+fn image_size_too_small_for_the_content_is_a_clear_error() {
+    let (s, tmp) = setup("small-size");
+    let out = s.join("img");
+    let mut args = vec!["--image-size", "300M", "-o", out.to_str().unwrap()];
+    args.extend(IMAGE_FLAVOURS);
+    let o = kiln("disk-image-create", &args).env("TMPDIR", &tmp).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("too small") && err.contains("--image-size"), "{err}");
+    assert_no_leftovers(&tmp, &s.path, &[]);
+}

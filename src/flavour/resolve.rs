@@ -148,9 +148,15 @@ pub fn resolve_with_defaults(
     }
 
     for (name, origin) in &unfound {
-        if !providers.contains_key(name) {
-            return Err(unknown_flavour(search, name, origin, &providers));
+        if providers.contains_key(name) {
+            continue;
         }
+        if let Some((_, default)) = defaults.iter().find(|(v, _)| v == name) {
+            return Err(unknown_flavour(search, default, origin, &providers).hint(format!(
+                "nothing in the set provides `{name}`, and its default provider `{default}` does not exist"
+            )));
+        }
+        return Err(unknown_flavour(search, name, origin, &providers));
     }
     check_provides(&loaded, &providers, requested, search)?;
     check_cycles(&loaded, &providers)?;

@@ -1,0 +1,183 @@
+//! The image as a byte-addressable disk. Raw files are read in place and qcow2 through
+//! its cluster tables, so only the bytes the filesystem walk asks for are touched.
+
+use super::qcow2::Qcow2;
+use anyhow::{bail, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+pub trait Disk {
+    /// Guest-visible size in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`; any byte past the end of the image is an error.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+    fn format(&self) -> &'static str;
+}
+
+/// An io::Error as words: "(os error 13)" tells a user nothing.
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+        None => e.to_string(),
+    }
+}
+
+pub fn open(path: &Path) -> Result<Box<dyn Disk>> {
+    let shown = path.display();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("image {shown} does not exist"),
+        Err(e) => bail!("cannot open image {shown}: {}", io_reason(&e)),
+    };
+    let meta = file.metadata().map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", io_reason(&e)))?;
+    if meta.is_dir() {
+        bail!("{shown} is a directory, not a disk image");
+    }
+    let size = if meta.file_type().is_file() { meta.len() } else { device_size(&file, path)? };
+    let mut head = [0u8; 512];
+    let n = read_prefix(&file, &mut head).map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", io_reason(&e)))?;
+    let head = &head[..n];
+    if head.starts_with(b"QFI\xfb") {
+        return Ok(Box::new(Qcow2::open(file, size)?));
+    }
+    if let Some(name) = foreign_format(head) {
+        bail!(
+            "{shown} is a {name} image, which disk-image-get-kernel cannot read (only raw and qcow2); \
+             convert it first: qemu-img convert -O qcow2 {shown} image.qcow2"
+        );
+    }
+    Ok(Box::new(Raw { file, size }))
+}
+
+fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn device_size(file: &File, path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::End(0)).map_err(|e| anyhow::anyhow!("cannot read {}: {}", path.display(), io_reason(&e)))
+}
+
+/// Container formats qemu-img knows that we do not read: naming them beats
+/// "no partition table found" for a file that is a perfectly good image.
+fn foreign_format(head: &[u8]) -> Option<&'static str> {
+    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
+    if at(0, b"KDMV") || at(0, b"# Disk DescriptorFile") || at(0, b"COWD") {
+        Some("VMDK")
+    } else if at(0, b"conectix") {
+        Some("VHD (dynamic)")
+    } else if at(0, b"vhdxfile") {
+        Some("VHDX")
+    } else if at(0x40, &[0x7f, 0x10, 0xda, 0xbe]) {
+        Some("VDI")
+    } else if at(0, b"QED\0") {
+        Some("QED")
+    } else if at(0, b"LUKS\xba\xbe") {
+        Some("LUKS-encrypted")
+    } else {
+        None
+    }
+}
+
+pub struct Raw {
+    file: File,
+    size: u64,
+}
+
+impl Disk for Raw {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.size);
+        if end.is_none() {
+            bail!(
+                "the image is truncated or its tables are corrupt: needed bytes {offset}..+{} but the image ends at {}",
+                buf.len(),
+                self.size
+            );
+        }
+        self.file.read_exact_at(buf, offset).map_err(|e| anyhow::anyhow!("reading the image at byte {offset}: {}", io_reason(&e)))
+    }
+
+    fn format(&self) -> &'static str {
+        "raw"
+    }
+}
+
+/// One partition (or the whole disk) as its own address space.
+pub struct Volume<'d> {
+    disk: &'d mut dyn Disk,
+    start: u64,
+    len: u64,
+}
+
+impl<'d> Volume<'d> {
+    pub fn new(disk: &'d mut dyn Disk, start: u64, len: u64) -> Volume<'d> {
+        Volume { disk, start, len }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        match end {
+            Some(e) if e <= self.len => {}
+            _ => bail!("read past the end of the partition (byte {offset} of {}): the filesystem is corrupt", self.len),
+        }
+        if self.start.saturating_add(self.len) > self.disk.size() {
+            bail!("the partition extends past the end of the image ({} bytes): is the image truncated?", self.disk.size());
+        }
+        self.disk.read_at(self.start + offset, buf)
+    }
+
+    /// Bytes at `offset`, or None where the volume is too small to hold them.
+    pub fn peek(&mut self, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        if offset.checked_add(len as u64).map_or(true, |e| e > self.len || self.start.saturating_add(e) > self.disk.size()) {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; len];
+        self.read_at(offset, &mut buf)?;
+        Ok(Some(buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_formats_are_named() {
+        assert_eq!(foreign_format(b"KDMV\x01\0\0\0"), Some("VMDK"));
+        assert_eq!(foreign_format(b"vhdxfile...."), Some("VHDX"));
+        assert_eq!(foreign_format(&[0u8; 512]), None);
+    }
+
+    #[test]
+    fn raw_reads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r");
+        std::fs::write(&p, vec![7u8; 4096]).unwrap();
+        let mut d = open(&p).unwrap();
+        let mut b = [0u8; 16];
+        d.read_at(4080, &mut b).unwrap();
+        assert_eq!(b, [7u8; 16]);
+        let e = d.read_at(4090, &mut b).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        let mut v = Volume::new(d.as_mut(), 1024, 1024);
+        assert!(v.read_at(1020, &mut b).is_err());
+        assert!(v.peek(1020, 16).unwrap().is_none());
+    }
+}
