@@ -116,6 +116,27 @@ impl TreeCache {
         result.context("storing the base tree in the cache")
     }
 
+    /// Every entry: (key, archive size, seconds since last use).
+    pub fn list(&self) -> Result<Vec<(String, u64, u64)>> {
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(".tar.zst").filter(|k| !k.starts_with('.')) else { continue };
+            let meta = e.metadata()?;
+            // Restores touch the manifest: its mtime is the entry's last use.
+            let used = std::fs::metadata(self.manifest(key)).and_then(|m| m.modified()).or_else(|_| meta.modified())?;
+            let age = used.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+            out.push((key.to_string(), meta.len(), age));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     pub fn restore(&self, archive: &Path, tree: &Path, tools: &Tools) -> Result<()> {
         std::fs::create_dir_all(tree)?;
         let mut cmd = tools.command("tar")?;
@@ -125,7 +146,14 @@ impl TreeCache {
             .arg(archive)
             .arg("-C")
             .arg(tree);
-        tools::run(&mut cmd).context("restoring the base tree from the cache")
+        tools::run(&mut cmd).context("restoring the base tree from the cache")?;
+        // Record the use, for --cache-prune.
+        if let Some(key) = archive.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".tar.zst")) {
+            if let Ok(f) = std::fs::File::options().append(true).open(self.manifest(key)) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+        }
+        Ok(())
     }
 }
 

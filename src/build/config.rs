@@ -71,10 +71,7 @@ impl Config {
             Some(s) => Some(parse_size(s)?),
             None => None,
         };
-        let cache_dir = match a.image_cache.clone().or_else(|| vars.get("DIB_IMAGE_CACHE").map(PathBuf::from)) {
-            Some(d) => d,
-            None => default_cache_dir()?,
-        };
+        let cache_dir = cache_dir(&a, &vars)?;
         let mkfs = a.mkfs_options.clone().or_else(|| vars.get("MKFS_OPTS").map(str::to_string)).unwrap_or_default();
         let cfg = Config {
             output,
@@ -138,6 +135,13 @@ pub fn parse_size(s: &str) -> Result<u64> {
         bail!("image size `{s}` must be positive");
     }
     Ok((n * mult as f64).ceil() as u64)
+}
+
+pub fn cache_dir(a: &DiskImageArgs, vars: &Vars) -> Result<PathBuf> {
+    match a.image_cache.clone().or_else(|| vars.get("DIB_IMAGE_CACHE").map(PathBuf::from)) {
+        Some(d) => Ok(d),
+        None => default_cache_dir(),
+    }
 }
 
 fn default_cache_dir() -> Result<PathBuf> {

@@ -29,6 +29,9 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 pub fn disk_image_create(args: DiskImageArgs) -> Result<i32> {
     add_sbin_to_path();
     let vars = Vars::load(std::env::vars())?;
+    if args.cache_list || args.cache_prune.is_some() {
+        return cache_command(&args, &vars);
+    }
     let config = Config::from_args(args, vars)?;
     let plan = Plan::make(config)?;
     if plan.config.dry_run {
@@ -45,6 +48,38 @@ pub fn disk_image_create(args: DiskImageArgs) -> Result<i32> {
     let code = namespace::enter(&plan.maps, || worker(&plan, &work))?;
     drop(work);
     Ok(if signals::interrupted() && code != 0 { EXIT_INTERRUPTED } else { code })
+}
+
+/// `--cache-list` / `--cache-prune DAYS`. Archives belong to the user, so no
+/// namespace is needed to remove them.
+fn cache_command(args: &DiskImageArgs, vars: &Vars) -> Result<i32> {
+    let dir = config::cache_dir(args, vars)?;
+    let cache = TreeCache::new(&dir);
+    let entries = cache.list()?;
+    if args.cache_list {
+        println!("{:<16}  {:>10}  {:>8}", "base tree", "size", "unused");
+        for (key, size, age) in &entries {
+            println!("{:<16}  {:>7} MiB  {:>6} d", &key[..16.min(key.len())], size >> 20, age / 86400);
+        }
+        println!("{} entries in {}", entries.len(), dir.display());
+        return Ok(0);
+    }
+    let days = args.cache_prune.unwrap_or(0);
+    let mut freed = 0;
+    for (key, size, age) in entries {
+        if age >= days * 86400 {
+            cache.discard(&key);
+            freed += size;
+        }
+    }
+    if days == 0 {
+        let apt = dir.join("apt");
+        if apt.exists() {
+            std::fs::remove_dir_all(&apt).with_context(|| format!("removing {}", apt.display()))?;
+        }
+    }
+    println!("freed {} MiB in {}", freed >> 20, dir.display());
+    Ok(0)
 }
 
 /// mkfs and friends live in sbin, which an ordinary user's PATH often lacks.

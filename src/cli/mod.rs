@@ -95,12 +95,21 @@ pub struct DiskImageArgs {
     #[arg(long)]
     pub no_cache: bool,
 
+    /// List the cached base trees (key, size, age) and exit.
+    #[arg(long, conflicts_with = "cache_prune")]
+    pub cache_list: bool,
+
+    /// Remove cached base trees not used for DAYS days (0: all), and package
+    /// downloads with them when DAYS is 0; then exit.
+    #[arg(long, value_name = "DAYS")]
+    pub cache_prune: Option<u64>,
+
     /// A seccomp profile (OCI runtime-spec or Docker JSON) instead of kiln's default.
     #[arg(long, value_name = "FILE")]
     pub seccomp_profile: Option<PathBuf>,
 
     /// Flavours to build from (diskimage-builder elements work unchanged).
-    #[arg(value_name = "FLAVOUR", required = true)]
+    #[arg(value_name = "FLAVOUR", required_unless_present_any = ["cache_list", "cache_prune"])]
     pub flavours: Vec<String>,
 }
 

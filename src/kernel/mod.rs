@@ -67,6 +67,7 @@ pub fn get_kernel(opts: &Options) -> Result<Extracted> {
         eprintln!("{shown}: {} image, {} bytes, {t}, {} filesystem(s) to look at", disk.format(), disk.size(), parts.len());
     }
     let mut notes = Vec::new();
+    let mut saw_ext = false;
     for part in &parts {
         let what = part.describe();
         if part.start.checked_add(part.len).map_or(true, |end| end > disk.size()) {
@@ -78,7 +79,7 @@ pub fn get_kernel(opts: &Options) -> Result<Extracted> {
             eprintln!("  {what}: {}", fs_name(fs));
         }
         match fs {
-            Some(Fs::Ext) => {}
+            Some(Fs::Ext) => saw_ext = true,
             other => {
                 notes.push(format!("{what} holds {}", fs_name(other)));
                 continue;
@@ -92,11 +93,10 @@ pub fn get_kernel(opts: &Options) -> Result<Extracted> {
         };
         return extract(&mut fs, part, found, opts).with_context(|| format!("{shown}: {what}"));
     }
-    let readable = parts.len() > notes.iter().filter(|n| !n.contains("(ext)")).count();
     bail!(
         "no kernel found in {shown}: {}{}",
         notes.join("; "),
-        if readable { "" } else { " — disk-image-get-kernel reads kernels from ext2/3/4 filesystems only" }
+        if saw_ext { "" } else { " — disk-image-get-kernel reads kernels from ext2/3/4 filesystems only" }
     )
 }
 

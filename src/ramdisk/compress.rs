@@ -41,8 +41,9 @@ impl Compression {
 
     fn args(self) -> &'static [&'static str] {
         match self {
-            // -19 stays within the 8 MiB window the kernel's streaming decompressor takes.
-            Compression::Zstd => &["-q", "-c", "-19"],
+            // Measured on a 29 MiB ramdisk: -12 gives 7.7 MiB in 3 s, -19 6.8 MiB in 25 s.
+            // Either stays within the kernel's window limit; the build's time matters more.
+            Compression::Zstd => &["-q", "-c", "-12"],
             // -n: no name or time stamp in the header.
             Compression::Gzip => &["-c", "-n", "-9"],
             // The kernel's xz decoder knows CRC32 only; -T1 keeps the block layout fixed.

@@ -211,7 +211,7 @@ impl<'d> Ext4<'d> {
         let index = ((ino - 1) % self.inodes_per_group) as u64;
         let table = self.inode_table(group)?;
         let mut raw = vec![0u8; self.inode_size as usize];
-        self.check_blocks(table + index * self.inode_size / self.block_size, 1)?;
+        self.check_blocks(table.saturating_add(index * self.inode_size / self.block_size), 1)?;
         self.vol.read_at(table * self.block_size + index * self.inode_size, &mut raw)?;
         let mut block = [0u8; 60];
         block.copy_from_slice(&raw[40..100]);
@@ -240,5 +240,63 @@ impl<'d> Ext4<'d> {
     }
 }
 
+
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::kernel::image;
+    use crate::kernel::tests::{debian_tree, mkfs, KERNEL};
+    use std::process::Command;
+
+    fn with_fs<T>(path: &std::path::Path, f: impl FnOnce(&mut Ext4) -> T) -> T {
+        let mut disk = image::open(path).unwrap();
+        let len = disk.size();
+        let mut fs = Ext4::open(Volume::new(disk.as_mut(), 0, len)).unwrap();
+        f(&mut fs)
+    }
+
+    /// meta_bg moves each run of descriptors into its own groups: every group's
+    /// inode table must be where dumpe2fs says.
+    #[test]
+    fn descriptors_are_found_with_and_without_meta_bg() {
+        let d = tempfile::tempdir().unwrap();
+        debian_tree(&d.path().join("t"));
+        for (name, features) in [("meta", "meta_bg,^resize_inode"), ("plain", "^meta_bg"), ("32bit", "^64bit")] {
+            let fs = d.path().join(name);
+            mkfs(&d.path().join("t"), &fs, "ext4", 16, &["-b", "1024", "-g", "256", "-O", features]);
+            let dump = String::from_utf8(Command::new("dumpe2fs").arg(&fs).output().unwrap().stdout).unwrap();
+            let tables: Vec<u64> = dump
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Inode table at "))
+                .map(|t| t.split('-').next().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(tables.len(), 64, "{name}");
+            with_fs(&fs, |e| {
+                for (g, &want) in tables.iter().enumerate() {
+                    assert_eq!(e.inode_table(g as u64).unwrap(), want, "{name}: group {g}");
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn paths_follow_symlinks_and_missing_ones_are_none() {
+        let d = tempfile::tempdir().unwrap();
+        debian_tree(&d.path().join("t"));
+        let fs = d.path().join("fs");
+        mkfs(&d.path().join("t"), &fs, "ext4", 8, &[]);
+        with_fs(&fs, |e| {
+            let root = e.inode(ROOT_INO).unwrap();
+            let link = e.list_dir(&root).unwrap().into_iter().find(|x| x.name == b"vmlinuz").unwrap();
+            let node = e.inode(link.ino).unwrap();
+            assert_eq!(node.kind(), S_IFLNK);
+            assert_eq!(e.read_link(&node).unwrap(), format!("boot/{KERNEL}").into_bytes());
+            let via_link = e.lookup(b"/vmlinuz").unwrap().unwrap();
+            let direct = e.lookup(format!("/boot/./{KERNEL}").as_bytes()).unwrap().unwrap();
+            assert_eq!((via_link.ino, via_link.kind()), (direct.ino, S_IFREG));
+            assert_eq!(e.lookup(b"/boot/../boot/..").unwrap().unwrap().ino, ROOT_INO);
+            assert!(e.lookup(b"/boot/nothing").unwrap().is_none());
+            assert!(e.lookup(b"/etc/debian_version/x").unwrap().is_none());
+        });
+    }
+}
