@@ -18,6 +18,39 @@ fn setup(name: &str) -> (Scratch, std::path::PathBuf) {
     (s, tmp)
 }
 
+/// Runs kiln in its own process group and sends the group SIGINT (as Ctrl-C
+/// does) when a stderr line contains `marker`; returns the exit code and stderr.
+fn interrupt_at(args: &[&str], tmp: &std::path::Path, marker: &'static str) -> (Option<i32>, String) {
+    let mut cmd = kiln("disk-image-create", args);
+    cmd.env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", tmp);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(marker) {
+                nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).unwrap();
+            }
+        }
+        seen
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(900), "kiln did not stop after SIGINT");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let seen = reader.join().unwrap();
+    assert!(seen.contains(marker), "the build never reached {marker:?}:\n{seen}");
+    (status.code(), seen)
+}
+
 #[test]
 fn failing_hook_names_flavour_and_file_and_leaves_nothing() {
     let (s, tmp) = setup("leak-fail");
@@ -40,35 +73,8 @@ fn sigint_during_install_leaves_no_mounts_processes_or_files() {
     let mut args = vec!["-t", "tar", "-o", out.to_str().unwrap()];
     args.extend(IMAGE_FLAVOURS);
     args.push("slow-install");
-    let mut cmd = kiln("disk-image-create", &args);
-    cmd.env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", &tmp);
-    // Its own process group, so the signal reaches it the way Ctrl-C does.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut seen = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("slow hook started") {
-                nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).unwrap();
-            }
-        }
-        seen
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(start.elapsed() < Duration::from_secs(900), "kiln did not stop after SIGINT");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let seen = reader.join().unwrap();
-    assert!(seen.contains("slow hook started"), "the slow hook never ran:\n{seen}");
-    assert_eq!(status.code(), Some(130), "{seen}");
+    let (code, seen) = interrupt_at(&args, &tmp, "slow hook started");
+    assert_eq!(code, Some(130), "{seen}");
     assert!(seen.contains("interrupted"), "{seen}");
     // No `sleep 1000` of the hook's survives.
     let survivors: Vec<_> = std::fs::read_dir("/proc")
@@ -102,27 +108,8 @@ fn sigint_during_assembly_leaves_no_partial_image() {
     std::fs::write(s.join("img.qcow2"), b"previous image").unwrap();
     let mut args = vec!["-t", "qcow2", "-o", out.to_str().unwrap()];
     args.extend(IMAGE_FLAVOURS);
-    let mut cmd = kiln("disk-image-create", &args);
-    cmd.env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", &tmp);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut seen = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("assemble  filesystems") {
-                nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).unwrap();
-            }
-        }
-        seen
-    });
-    let status = child.wait().unwrap();
-    let seen = reader.join().unwrap();
-    assert!(seen.contains("assemble  filesystems"), "{seen}");
-    assert_eq!(status.code(), Some(130), "{seen}");
+    let (code, seen) = interrupt_at(&args, &tmp, "assemble  filesystems");
+    assert_eq!(code, Some(130), "{seen}");
     assert_eq!(std::fs::read(s.join("img.qcow2")).unwrap(), b"previous image");
     assert_no_leftovers(&tmp, &s.path, &["img.qcow2"]);
 }

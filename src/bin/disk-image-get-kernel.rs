@@ -9,7 +9,6 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(
     name = "disk-image-get-kernel",
-    about,
     after_help = "\
 The image may be raw or qcow2 (v2/v3, compressed or not), with a GPT, an MBR or no
 partition table. The kernel is read from the ext2/3/4 filesystem holding /boot (the

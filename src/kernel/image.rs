@@ -41,6 +41,9 @@ pub fn open(path: &Path) -> Result<Box<dyn Disk>> {
     if head.starts_with(b"QFI\xfb") {
         return Ok(Box::new(Qcow2::open(file, size)?));
     }
+    if head.get(257..262) == Some(b"ustar") {
+        bail!("{shown} is a tar archive, not a disk image: its kernel is in ./boot, for tar to extract");
+    }
     if let Some(name) = foreign_format(head) {
         bail!(
             "{shown} is a {name} image, which disk-image-get-kernel cannot read (only raw and qcow2); \
@@ -145,7 +148,7 @@ impl<'d> Volume<'d> {
 
     /// Bytes at `offset`, or None where the volume is too small to hold them.
     pub fn peek(&mut self, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
-        if offset.checked_add(len as u64).map_or(true, |e| e > self.len || self.start.saturating_add(e) > self.disk.size()) {
+        if offset.checked_add(len as u64).is_none_or(|e| e > self.len || self.start.saturating_add(e) > self.disk.size()) {
             return Ok(None);
         }
         let mut buf = vec![0u8; len];

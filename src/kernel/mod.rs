@@ -70,7 +70,7 @@ pub fn get_kernel(opts: &Options) -> Result<Extracted> {
     let mut saw_ext = false;
     for part in &parts {
         let what = part.describe();
-        if part.start.checked_add(part.len).map_or(true, |end| end > disk.size()) {
+        if part.start.checked_add(part.len).is_none_or(|end| end > disk.size()) {
             bail!("{shown}: {what} extends past the end of the image ({} bytes): the image is truncated", disk.size());
         }
         let mut vol = Volume::new(disk.as_mut(), part.start, part.len);

@@ -58,7 +58,7 @@ fn le64(b: &[u8], off: usize) -> u64 {
 }
 
 fn read(disk: &mut dyn Disk, off: u64, len: usize) -> Result<Option<Vec<u8>>> {
-    if off.checked_add(len as u64).map_or(true, |e| e > disk.size()) {
+    if off.checked_add(len as u64).is_none_or(|e| e > disk.size()) {
         return Ok(None);
     }
     let mut b = vec![0u8; len];
@@ -83,7 +83,7 @@ fn gpt(disk: &mut dyn Disk, sector: u64) -> Result<Option<Vec<Partition>>> {
     let entries_lba = le64(&h, 72);
     let count = le32(&h, 80) as u64;
     let entry_len = le32(&h, 84) as u64;
-    if entry_len < 128 || entry_len % 8 != 0 || count * entry_len > 4 << 20 {
+    if entry_len < 128 || !entry_len.is_multiple_of(8) || count * entry_len > 4 << 20 {
         bail!("the GPT header is corrupt ({count} entries of {entry_len} bytes)");
     }
     let array_off = entries_lba.checked_mul(sector);

@@ -102,7 +102,7 @@ impl Qcow2 {
         let l1_entries = be32(&h, 36) as u64;
         let l1_off = be64(&h, 40);
         let span = 1u64 << (cluster_bits + l2_bits);
-        let needed = virtual_size / span + u64::from(virtual_size % span != 0);
+        let needed = virtual_size.div_ceil(span);
         if l1_entries < needed || l1_entries * 8 > MAX_L1_BYTES {
             bail!("qcow2 header is corrupt: {l1_entries} L1 entries for a virtual size of {virtual_size} bytes");
         }
@@ -110,7 +110,7 @@ impl Qcow2 {
             bail!("qcow2 header is corrupt: L1 table offset {l1_off} is not cluster-aligned");
         }
         let l1_end = l1_off.checked_add(l1_entries * 8);
-        if l1_end.map_or(true, |e| e > file_size) {
+        if l1_end.is_none_or(|e| e > file_size) {
             bail!("qcow2 image is truncated: the L1 table at byte {l1_off} lies beyond the end of the file ({file_size} bytes)");
         }
         let mut raw = vec![0u8; (l1_entries * 8) as usize];
@@ -147,10 +147,10 @@ impl Qcow2 {
         }
         let cs = self.cluster_size();
         if !self.l2_cache.contains_key(&table) {
-            if table % cs != 0 {
+            if !table.is_multiple_of(cs) {
                 bail!("qcow2 image is corrupt: L2 table offset {table} is not cluster-aligned");
             }
-            if table.checked_add(cs).map_or(true, |e| e > self.file_size) {
+            if table.checked_add(cs).is_none_or(|e| e > self.file_size) {
                 bail!(
                     "qcow2 image is truncated: an L2 table at byte {table} lies beyond the end of the file ({} bytes)",
                     self.file_size
@@ -207,7 +207,7 @@ impl Qcow2 {
     }
 
     fn read_host(&self, host: u64, within: u64, out: &mut [u8]) -> Result<()> {
-        if host % self.cluster_size() != 0 {
+        if !host.is_multiple_of(self.cluster_size()) {
             bail!("qcow2 image is corrupt: data cluster offset {host} is not cluster-aligned");
         }
         let at = host + within;
@@ -273,7 +273,7 @@ impl Qcow2 {
 fn backing_name(file: &File, file_size: u64, off: u64, len: u32) -> String {
     let len = len.min(1023) as u64;
     let mut b = vec![0u8; len as usize];
-    if off.checked_add(len).map_or(false, |e| e <= file_size) && file.read_exact_at(&mut b, off).is_ok() {
+    if off.checked_add(len).is_some_and(|e| e <= file_size) && file.read_exact_at(&mut b, off).is_ok() {
         return String::from_utf8_lossy(&b).into_owned();
     }
     "unreadable name".to_string()
@@ -285,7 +285,7 @@ impl Disk for Qcow2 {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if offset.checked_add(buf.len() as u64).map_or(true, |e| e > self.virtual_size) {
+        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.virtual_size) {
             bail!(
                 "the partition table or filesystem points past the end of the qcow2 image (byte {offset}, virtual size {})",
                 self.virtual_size

@@ -59,7 +59,7 @@ pub fn enter(maps: &IdMaps, worker: impl FnOnce() -> i32) -> Result<i32> {
     }
     nix::unistd::write(&go_wr, b"g").context("starting the namespace")?;
     drop(go_wr);
-    Ok(wait_forwarding(child))
+    Ok(wait_forwarding(child, false))
 }
 
 trait FromRawChecked {
@@ -73,14 +73,15 @@ impl FromRawChecked for OwnedFd {
     }
 }
 
-/// The host side waits for init, passing on SIGTERM/SIGHUP (SIGINT from a
-/// terminal reaches the whole process group by itself).
-fn wait_forwarding(child: Pid) -> i32 {
+/// Waits for `child`, passing on SIGINT/SIGTERM/SIGHUP we receive. With
+/// `reap_all` (PID 1 of the namespace) it also reaps orphans re-parented to us.
+fn wait_forwarding(child: Pid, reap_all: bool) -> i32 {
     let mut forwarded = 0;
+    let target = if reap_all { None } else { Some(child) };
     loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+        match waitpid(target, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => return code,
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => return 128 + sig as i32,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => {
                 let sig = signals::received();
@@ -128,24 +129,7 @@ fn init(go: OwnedFd, can_setgroups: bool, worker: Option<impl FnOnce() -> i32>) 
             return 125;
         }
     };
-    let mut forwarded = 0;
-    loop {
-        match waitpid(None::<Pid>, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == worker_pid => return code as isize,
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == worker_pid => return 128 + sig as isize,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {
-                let sig = signals::received();
-                if sig != 0 && sig != forwarded {
-                    if let Ok(s) = Signal::try_from(sig) {
-                        let _ = kill(worker_pid, s);
-                    }
-                    forwarded = sig;
-                }
-            }
-            Err(_) => return 255,
-        }
-    }
+    wait_forwarding(worker_pid, true) as isize
 }
 
 fn become_root(can_setgroups: bool) -> Result<()> {

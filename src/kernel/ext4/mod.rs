@@ -114,7 +114,7 @@ impl<'d> Ext4<'d> {
         {
             bail!("the ext superblock is corrupt");
         }
-        if blocks_count.checked_mul(block_size).map_or(true, |b| b > vol.len()) {
+        if blocks_count.checked_mul(block_size).is_none_or(|b| b > vol.len()) {
             bail!(
                 "the ext filesystem ({} blocks of {block_size}) is larger than its partition ({} bytes): is the image truncated?",
                 blocks_count,
@@ -143,7 +143,7 @@ impl<'d> Ext4<'d> {
     }
 
     fn check_blocks(&self, block: u64, count: u64) -> Result<()> {
-        if block.checked_add(count).map_or(true, |e| e > self.blocks_count) {
+        if block.checked_add(count).is_none_or(|e| e > self.blocks_count) {
             bail!("a block pointer ({block}) lies outside the filesystem: it is corrupt");
         }
         Ok(())
