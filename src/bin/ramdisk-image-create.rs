@@ -1,6 +1,14 @@
-//! ramdisk-image-create: arrives with its own issue; until then it says so plainly.
+//! ramdisk-image-create: parse, call, print.
+
+use clap::Parser;
 
 fn main() {
-    eprintln!("ramdisk-image-create: not implemented yet in this version of kiln");
-    std::process::exit(2);
+    let args = kiln::cli::RamdiskArgs::parse();
+    match kiln::build::ramdisk_image_create(args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ramdisk-image-create: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }

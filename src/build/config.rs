@@ -5,8 +5,17 @@ use crate::cli::{DiskImageArgs, Vars};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
+/// What the build assembles from the finished tree.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Disk,
+    /// NAME.kernel and NAME.initramfs (ramdisk-image-create).
+    Ramdisk(crate::ramdisk::Compression),
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub kind: Kind,
     pub vars: Vars,
     /// Output path without extension.
     pub output: PathBuf,
@@ -74,6 +83,7 @@ impl Config {
         let cache_dir = cache_dir(&a, &vars)?;
         let mkfs = a.mkfs_options.clone().or_else(|| vars.get("MKFS_OPTS").map(str::to_string)).unwrap_or_default();
         let cfg = Config {
+            kind: Kind::Disk,
             output,
             formats,
             arch,
@@ -99,6 +109,17 @@ impl Config {
             seccomp_profile: a.seccomp_profile.clone(),
             vars,
         };
+        Ok(cfg)
+    }
+
+    /// ramdisk-image-create: the ramdisk flavour first, kernel and initramfs out.
+    pub fn from_ramdisk_args(r: crate::cli::RamdiskArgs, vars: Vars) -> Result<Config> {
+        let compression = crate::ramdisk::Compression::parse(&r.compression)?;
+        let mut cfg = Config::from_args(r.common, vars)?;
+        let at = usize::from(cfg.flavours.first().is_some_and(|f| f == "base"));
+        cfg.flavours.insert(at, r.ramdisk_element);
+        cfg.formats = vec!["kernel".into(), "initramfs".into()];
+        cfg.kind = Kind::Ramdisk(compression);
         Ok(cfg)
     }
 

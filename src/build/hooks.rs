@@ -45,6 +45,15 @@ impl Runner<'_> {
         for e in &self.plan.env_files {
             copy_any(&e.path, &dst.join("environment.d").join(&e.name))?;
         }
+        // Read inside the image by the ramdisk flavour, merged across flavours.
+        for f in &self.plan.resolved.flavours {
+            for d in crate::ramdisk::STAGED_DIRS {
+                let src = f.dir.join(d);
+                if src.is_dir() {
+                    copy_any(&src, &dst.join(d))?;
+                }
+            }
+        }
         Ok(())
     }
 

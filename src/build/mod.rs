@@ -32,7 +32,16 @@ pub fn disk_image_create(args: DiskImageArgs) -> Result<i32> {
     if args.cache_list || args.cache_prune.is_some() {
         return cache_command(&args, &vars);
     }
-    let config = Config::from_args(args, vars)?;
+    build(Config::from_args(args, vars)?)
+}
+
+pub fn ramdisk_image_create(args: crate::cli::RamdiskArgs) -> Result<i32> {
+    add_sbin_to_path();
+    let vars = Vars::load(std::env::vars())?;
+    build(Config::from_ramdisk_args(args, vars)?)
+}
+
+fn build(config: Config) -> Result<i32> {
     let plan = Plan::make(config)?;
     if plan.config.dry_run {
         print!("{}", plan.describe());

@@ -27,6 +27,27 @@ pub fn temp_names(c: &Config) -> Vec<PathBuf> {
 
 pub fn write_all(plan: &Plan, tree: &Path, raw: Option<&Path>, temps: &[PathBuf]) -> Result<()> {
     let c = &plan.config;
+    if let super::config::Kind::Ramdisk(compression) = c.kind {
+        let opts = crate::ramdisk::RamdiskOptions {
+            compression,
+            source_date_epoch: c.vars.get("SOURCE_DATE_EPOCH").and_then(|v| v.parse().ok()),
+        };
+        let a = crate::ramdisk::assemble(tree, &temps[0], &temps[1], &opts)?;
+        eprintln!(
+            "ramdisk: kernel {} ({} MiB), initramfs {} entries, {} MiB ({} MiB uncompressed)",
+            a.kernel_version,
+            a.kernel_bytes >> 20,
+            a.entries,
+            a.initramfs_bytes >> 20,
+            a.cpio_bytes >> 20
+        );
+        if c.checksum {
+            for t in temps {
+                crate::disk::write_checksums(t)?;
+            }
+        }
+        return rename_all(c, temps);
+    }
     for (format, tmp) in c.formats.iter().zip(temps) {
         let fmt = crate::disk::Format::parse(format)?;
         if TREE_FORMATS.contains(&format.as_str()) {
@@ -39,7 +60,11 @@ pub fn write_all(plan: &Plan, tree: &Path, raw: Option<&Path>, temps: &[PathBuf]
             crate::disk::write_checksums(tmp)?;
         }
     }
-    // All complete: now replace the old outputs, each in one atomic rename.
+    rename_all(c, temps)
+}
+
+/// All complete: now replace the old outputs, each in one atomic rename.
+fn rename_all(c: &Config, temps: &[PathBuf]) -> Result<()> {
     for (format, tmp) in c.formats.iter().zip(temps) {
         let dest = c.output_path(format);
         if c.checksum {

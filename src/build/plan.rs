@@ -36,12 +36,13 @@ pub struct Plan {
 
 impl Plan {
     pub fn make(config: Config) -> Result<Plan> {
-        for f in &config.formats {
+        let ramdisk = matches!(config.kind, super::config::Kind::Ramdisk(_));
+        for f in config.formats.iter().filter(|_| !ramdisk) {
             if !FORMATS.contains(&f.as_str()) {
                 bail!("unknown output format `{f}` in -t: kiln writes {}", FORMATS.join(", "));
             }
         }
-        if !config.formats.iter().all(|f| TREE_FORMATS.contains(&f.as_str())) {
+        if !ramdisk && !config.formats.iter().all(|f| TREE_FORMATS.contains(&f.as_str())) {
             crate::disk::FsType::parse(&config.fs_type).context("FS_TYPE")?;
         }
         let search = SearchPath::new(&config.user_flavour_path, config.builtin_flavours.clone());
@@ -58,7 +59,7 @@ impl Plan {
         let (bootstrap_packages, phase_packages) = split_packages(&packages, &config.packages);
 
         let layout = layout_of(&resolved, &config)?;
-        let needs_disk = config.formats.iter().any(|f| !TREE_FORMATS.contains(&f.as_str()));
+        let needs_disk = !ramdisk && config.formats.iter().any(|f| !TREE_FORMATS.contains(&f.as_str()));
         let tools = Tools::find(&needed_tools(&resolved, &config, &layout, needs_disk)?)?;
         let seccomp = match &config.seccomp_profile {
             Some(p) => Profile::from_file(p).map_err(|e| anyhow!("{e}"))?,
@@ -173,7 +174,13 @@ fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: 
             t.push((pick, tools::package_of(pick)));
         }
     }
-    let formats = config.formats.iter().map(|f| crate::disk::Format::parse(f)).collect::<Result<Vec<_>>>()?;
+    if let super::config::Kind::Ramdisk(c) = config.kind {
+        t.extend(c.tool());
+    }
+    let formats = match config.kind {
+        super::config::Kind::Ramdisk(_) => Vec::new(),
+        super::config::Kind::Disk => config.formats.iter().map(|f| crate::disk::Format::parse(f)).collect::<Result<Vec<_>>>()?,
+    };
     let fs = crate::disk::FsType::parse(&config.fs_type)?;
     let layout = if needs_disk { crate::disk::Layout::parse(layout)? } else { crate::disk::Layout::None };
     let disk_formats: Vec<_> = formats.iter().copied().filter(|f| needs_disk || !f.is_disk()).collect();

@@ -135,3 +135,20 @@ impl DiskImageArgs {
             .collect()
     }
 }
+
+/// Build a kernel + initramfs pair that boots bare metal into a maintenance job
+/// (deployment, inventory, burn-in), as an ordinary user.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ramdisk-image-create", version, after_help = ENV_HELP)]
+pub struct RamdiskArgs {
+    #[command(flatten)]
+    pub common: DiskImageArgs,
+
+    /// The flavour that turns the tree into a ramdisk, added first.
+    #[arg(long, value_name = "FLAVOUR", default_value = "ramdisk")]
+    pub ramdisk_element: String,
+
+    /// initramfs compression: zstd (default), gzip, xz or none.
+    #[arg(long, value_name = "ALGO", default_value = "zstd")]
+    pub compression: String,
+}

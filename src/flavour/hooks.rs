@@ -145,7 +145,7 @@ fn phase_dirs(
         }
         match Phase::from_dir_name(&name) {
             Some(phase) => found.push((phase, path)),
-            None if name.ends_with(".d") && name != "environment.d" => warnings.push(format!(
+            None if name.ends_with(".d") && !NOT_PHASES.contains(&name.as_str()) => warnings.push(format!(
                 "flavour `{flavour}`: {} is not a phase directory and will not run",
                 path.display()
             )),
@@ -154,6 +154,10 @@ fn phase_dirs(
     }
     Ok(found)
 }
+
+/// `*.d` directories of the contract that are not hook phases: sourced
+/// (environment.d) or read by the ramdisk flavour (DIB's ramdisk element).
+pub const NOT_PHASES: [&str; 4] = ["environment.d", "init.d", "binary-deps.d", "ramdisk-install.d"];
 
 fn sorted_entries(flavour: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, FlavourError> {
     let read = fs::read_dir(dir).map_err(|e| FlavourError::io("list", dir, &e).flavour(flavour))?;

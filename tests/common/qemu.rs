@@ -359,3 +359,67 @@ fn strip_escapes(s: &str) -> String {
 pub fn tail_for_tests(bytes: &[u8], lines: usize) -> String {
     tail(bytes, lines)
 }
+
+/// Direct kernel boot, for ramdisks: no disk image of its own (disks come in
+/// `opts.extra_args`), SeaBIOS, `opts.memory_mib`; `opts.firmware`, `format` and
+/// `snapshot` do not apply.
+impl Boot {
+    pub fn start_kernel(kernel: &Path, initrd: &Path, append: &str, opts: &BootOptions) -> Result<Boot> {
+        for f in [kernel, initrd] {
+            if !f.is_file() {
+                bail!("{} is not a file", f.display());
+            }
+        }
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", accel(), "-m", &opts.memory_mib.to_string(), "-machine", "pc"])
+            .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .arg("-append")
+            .arg(append)
+            .args(&opts.extra_args);
+        let command = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+        let console = Shared::default();
+        let stderr = Shared::default();
+        pump(child.stdout.take(), console.clone());
+        pump(child.stderr.take(), stderr.clone());
+        Ok(Boot {
+            stdin: child.stdin.take(),
+            child,
+            console,
+            stderr,
+            cursor: 0,
+            started: Instant::now(),
+            command,
+            _vars: None,
+        })
+    }
+
+    /// Waits for QEMU to exit by itself (the guest powered off; `-no-reboot`
+    /// turns a reboot into an exit too), so its disk files are complete.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "qemu did not exit within {}s\ncommand: {}\nconsole:\n{}",
+                    timeout.as_secs(),
+                    self.command,
+                    self.console().lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
