@@ -117,6 +117,13 @@ impl Runner<'_> {
                 (View::Host, self.work.path.clone())
             }
         };
+        if progress.trace {
+            let v = match &view {
+                View::Host => "host side".to_string(),
+                View::Image(r) => format!("image root {}", r.display()),
+            };
+            progress.say(&format!("+ sandbox ({v}, CAP_SYS_ADMIN {}): {}", phase == Phase::Root, argv.get(4).or(argv.last()).map(String::as_str).unwrap_or("")));
+        }
         let job = sandbox::Job {
             argv,
             env,
