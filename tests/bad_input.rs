@@ -166,3 +166,34 @@ fn unknown_fs_type_is_refused_at_plan_time() {
     assert!(!o.status.success());
     assert!(text.contains("reiserfs") && text.contains("ext4"), "{text}");
 }
+
+const MBR_CONFIG: &str = "- local_loop:\n    name: image0\n- partitioning:\n    base: image0\n    label: mbr\n    partitions:\n      - name: root\n        flags: [ boot, primary ]\n        size: 100%\n        mkfs:\n          type: ext4\n          mount:\n            mount_point: /\n";
+
+#[test]
+fn dib_block_device_config_chooses_the_layout() {
+    let s = Scratch::new("dib-config");
+    s.flavour("myos", &[README, OS]);
+    let o = kiln("disk-image-create", &["--dry-run", "-o", "/tmp/x", "-n", "myos", "vm"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .env("DIB_BLOCK_DEVICE_CONFIG", MBR_CONFIG)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(text.contains("disk layout: mbr"), "{text}");
+}
+
+#[test]
+fn dib_block_device_config_with_lvm_is_refused_with_what_works() {
+    let s = Scratch::new("dib-config-lvm");
+    s.flavour("myos", &[README, OS]);
+    let lvm = format!("{MBR_CONFIG}- lvm:\n    name: lvm\n    base: [root]\n    pvs:\n      - name: pv\n        base: root\n");
+    let o = kiln("disk-image-create", &["--dry-run", "-o", "/tmp/x", "-n", "myos", "vm"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .env("DIB_BLOCK_DEVICE_CONFIG", lvm)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(text.contains("lvm") && text.contains("DIB_BLOCK_DEVICE_CONFIG") && text.contains("supported"), "{text}");
+}

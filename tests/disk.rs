@@ -35,7 +35,9 @@ fn vm_build() -> &'static VmBuild {
         let mut args = vec!["-t", "qcow2,raw,vhd,vmdk,tar", "--checksum", "-o", out.to_str().unwrap()];
         args.extend(IMAGE_FLAVOURS);
         args.push("boot-report");
-        run_ok(kiln("disk-image-create", &args).env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", &tmp));
+        let o = run_ok(kiln("disk-image-create", &args).env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", &tmp));
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(log.contains("KILN-BLOCK-DEVICE disk.raw partitions=3"), "block-device.d did not see the laid-out disk:\n{log}");
         let mut expected = vec!["tmp".to_string()];
         for f in ["qcow2", "raw", "vhd", "vmdk", "tar"] {
             for suffix in ["", ".sha256", ".md5"] {

@@ -35,7 +35,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn make(config: Config) -> Result<Plan> {
+    pub fn make(mut config: Config) -> Result<Plan> {
+        let dib_layout = dib_block_device_config(&mut config)?;
         let ramdisk = matches!(config.kind, super::config::Kind::Ramdisk(_));
         for f in config.formats.iter().filter(|_| !ramdisk) {
             if !FORMATS.contains(&f.as_str()) {
@@ -58,7 +59,10 @@ impl Plan {
         let packages = flavour::collect_packages(&resolved, &target).map_err(|e| anyhow!("{e}"))?;
         let (bootstrap_packages, phase_packages) = split_packages(&packages, &config.packages);
 
-        let layout = layout_of(&resolved, &config)?;
+        let layout = match dib_layout {
+            Some(l) => l.to_string(),
+            None => layout_of(&resolved, &config)?,
+        };
         let needs_disk = !ramdisk && config.formats.iter().any(|f| !TREE_FORMATS.contains(&f.as_str()));
         let tools = Tools::find(&needed_tools(&resolved, &config, &layout, needs_disk)?)?;
         let seccomp = match &config.seccomp_profile {
@@ -141,6 +145,28 @@ fn split_packages(reqs: &[PackageRequest], extra: &[String]) -> (Vec<String>, BT
     boot.sort();
     boot.dedup();
     (boot, later)
+}
+
+/// diskimage-builder's DIB_BLOCK_DEVICE_CONFIG (YAML text, or file://PATH), for
+/// the layouts kiln builds without a block device; it overrides FS_TYPE and the
+/// root label where it names them, as in diskimage-builder.
+fn dib_block_device_config(config: &mut Config) -> Result<Option<&'static str>> {
+    let Some(value) = config.vars.get("DIB_BLOCK_DEVICE_CONFIG").map(str::to_string) else { return Ok(None) };
+    let (text, origin) = match value.strip_prefix("file://") {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading DIB_BLOCK_DEVICE_CONFIG file {path}"))?,
+            format!("DIB_BLOCK_DEVICE_CONFIG ({path})"),
+        ),
+        None => (value, "DIB_BLOCK_DEVICE_CONFIG".to_string()),
+    };
+    let l = crate::disk::dib_config::parse(&text, &origin)?;
+    if let Some(fs) = l.fs_type {
+        config.fs_type = fs;
+    }
+    if let Some(label) = l.root_label {
+        config.root_label = label;
+    }
+    Ok(Some(l.layout))
 }
 
 fn layout_of(resolved: &Resolved, config: &Config) -> Result<String> {

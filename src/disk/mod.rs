@@ -17,6 +17,7 @@
 //! mksquashfs. [`host_tools`] lists those a build needs, for the plan's check.
 
 mod convert;
+pub mod dib_config;
 mod esp;
 mod fs;
 mod gpt;
