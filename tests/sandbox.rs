@@ -174,3 +174,11 @@ fn build_reports_progress_and_timings() {
     assert!(e.contains("install.d/50-probe-facts  (flavour probe)"), "{e}");
     assert!(e.contains("timings:") && e.contains("total"), "{e}");
 }
+
+#[test]
+fn static_files_of_flavours_are_installed() {
+    let b = probe_build();
+    let o = Command::new("tar").arg("-xOf").arg(&b.tar).arg("./etc/kiln-static-test").output().unwrap();
+    assert!(o.status.success(), "no /etc/kiln-static-test in the image");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "from the probe flavour's static/\n");
+}

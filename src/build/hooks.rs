@@ -45,9 +45,10 @@ impl Runner<'_> {
         for e in &self.plan.env_files {
             copy_any(&e.path, &dst.join("environment.d").join(&e.name))?;
         }
-        // Read inside the image by the ramdisk flavour, merged across flavours.
+        // Read inside the image (static/ by install_static, the rest by the ramdisk
+        // flavour), merged across flavours.
         for f in &self.plan.resolved.flavours {
-            for d in crate::ramdisk::STAGED_DIRS {
+            for d in crate::ramdisk::STAGED_DIRS.iter().chain(&["static"]) {
                 let src = f.dir.join(d);
                 if src.is_dir() {
                     copy_any(&src, &dst.join(d))?;
@@ -136,6 +137,22 @@ impl Runner<'_> {
         };
         let out = sandbox::run(&job, &mut |l| progress.output(l))?;
         Ok((out.code, out.tail))
+    }
+
+    /// diskimage-builder's install-static: every flavour's `static/` tree copied
+    /// into the image before install.d. Done inside the image root, so an absolute
+    /// symlink in the image cannot send the copy to a host path.
+    pub fn install_static(&self, progress: &mut Progress) -> Result<()> {
+        if !self.work.hooks().join("static").is_dir() {
+            return Ok(());
+        }
+        progress.step("install.d/static", "static/ files of the flavours");
+        let script = format!("cp -RP --preserve=mode,timestamps {IN_TARGET}/static/. /");
+        let (code, tail) = self.exec(Phase::Install, vec!["/bin/sh".into(), "-c".into(), script], progress)?;
+        if code != 0 {
+            bail!("copying the flavours' static/ files into the image failed (exit {code}):\n    {}", tail.join("\n    "));
+        }
+        Ok(())
     }
 
     /// diskimage-builder's package-installs for a phase the bootstrap could not

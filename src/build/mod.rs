@@ -204,6 +204,9 @@ fn check_interrupted() -> Result<()> {
 
 fn run_phase(runner: &Runner, phase: Phase, progress: &mut Progress) -> Result<()> {
     check_interrupted()?;
+    if phase == Phase::Install {
+        runner.install_static(progress)?;
+    }
     runner.install_packages(phase, true, progress)?;
     runner.run_phase(phase, progress)?;
     runner.install_packages(phase, false, progress)
