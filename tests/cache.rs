@@ -61,8 +61,8 @@ fn changed_package_list_misses_the_cache() {
 fn changed_mirror_misses_the_cache() {
     let s = Scratch::new("key-mirror");
     std::fs::create_dir_all(s.join("flavours")).unwrap();
-    let a = key(&s, &["debian"], &[("DIB_DISTRIBUTION_MIRROR", "http://mirror-a.example.org/debian")]);
-    let b = key(&s, &["debian"], &[("DIB_DISTRIBUTION_MIRROR", "http://mirror-b.example.org/debian")]);
+    let a = key(&s, &["debian"], &[("DIB_DISTRIBUTION_MIRROR", "http://example.org/mirror-a")]);
+    let b = key(&s, &["debian"], &[("DIB_DISTRIBUTION_MIRROR", "http://example.org/mirror-b")]);
     assert_ne!(a, b);
 }
 

@@ -94,14 +94,14 @@ mod tests {
 
     #[test]
     fn deb822_skips_security_and_updates() {
-        let t = "Types: deb\nURIs: http://m.example.org/debian-security\nSuites: bookworm-security\n\n\
-                 Types: deb\nURIs: http://m.example.org/debian/\nSuites: bookworm bookworm-updates\nComponents: main\n";
-        assert_eq!(deb822(t).as_deref(), Some("http://m.example.org/debian"));
+        let t = "Types: deb\nURIs: http://example.org/debian-security\nSuites: bookworm-security\n\n\
+                 Types: deb\nURIs: http://example.org/debian/\nSuites: bookworm bookworm-updates\nComponents: main\n";
+        assert_eq!(deb822(t).as_deref(), Some("http://example.org/debian"));
     }
 
     #[test]
     fn one_line_format_with_options() {
-        let t = "# c\ndeb-src http://x.example.org/debian bookworm main\ndeb [arch=amd64] http://m.example.org/debian bookworm main\n";
-        assert_eq!(one_line(t).as_deref(), Some("http://m.example.org/debian"));
+        let t = "# c\ndeb-src http://example.org/source bookworm main\ndeb [arch=amd64] http://example.org/debian bookworm main\n";
+        assert_eq!(one_line(t).as_deref(), Some("http://example.org/debian"));
     }
 }
