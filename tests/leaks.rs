@@ -4,56 +4,19 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-fn setup(name: &str) -> (Scratch, std::path::PathBuf) {
-    let s = Scratch::new(name);
-    let tmp = s.join("tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
-    if let Some(u) = &env().user {
-        nix::unistd::chown(&tmp, Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid))).unwrap();
-    }
-    (s, tmp)
-}
-
-/// Runs kiln in its own process group and sends the group SIGINT (as Ctrl-C
-/// does) when a stderr line contains `marker`; returns the exit code and stderr.
+/// Sends the process group SIGINT (as Ctrl-C does) when a stderr line contains
+/// `marker`; returns the exit code and stderr.
 fn interrupt_at(args: &[&str], tmp: &std::path::Path, marker: &'static str) -> (Option<i32>, String) {
     let mut cmd = kiln("disk-image-create", args);
     cmd.env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", tmp);
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut seen = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains(marker) {
-                nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).unwrap();
-            }
-        }
-        seen
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(start.elapsed() < Duration::from_secs(900), "kiln did not stop after SIGINT");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let seen = reader.join().unwrap();
-    assert!(seen.contains(marker), "the build never reached {marker:?}:\n{seen}");
+    let (status, seen) = signal_at(cmd, marker, nix::sys::signal::Signal::SIGINT, true);
     (status.code(), seen)
 }
 
 #[test]
 fn failing_hook_names_flavour_and_file_and_leaves_nothing() {
-    let (s, tmp) = setup("leak-fail");
+    let (s, tmp) = scratch_with_tmp("leak-fail");
     let out = s.join("img");
     let mut args = vec!["-t", "tar,qcow2", "-o", out.to_str().unwrap()];
     args.extend(IMAGE_FLAVOURS);
@@ -68,7 +31,7 @@ fn failing_hook_names_flavour_and_file_and_leaves_nothing() {
 
 #[test]
 fn sigint_during_install_leaves_no_mounts_processes_or_files() {
-    let (s, tmp) = setup("leak-sigint");
+    let (s, tmp) = scratch_with_tmp("leak-sigint");
     let out = s.join("img");
     let mut args = vec!["-t", "tar", "-o", out.to_str().unwrap()];
     args.extend(IMAGE_FLAVOURS);
@@ -88,7 +51,7 @@ fn sigint_during_install_leaves_no_mounts_processes_or_files() {
 
 #[test]
 fn failing_finalise_hook_leaves_no_image_and_nothing_else() {
-    let (s, tmp) = setup("leak-finalise");
+    let (s, tmp) = scratch_with_tmp("leak-finalise");
     let out = s.join("img");
     let mut args = vec!["-t", "qcow2,raw", "-o", out.to_str().unwrap()];
     args.extend(IMAGE_FLAVOURS);
@@ -102,7 +65,7 @@ fn failing_finalise_hook_leaves_no_image_and_nothing_else() {
 
 #[test]
 fn sigint_during_assembly_leaves_no_partial_image() {
-    let (s, tmp) = setup("leak-assemble");
+    let (s, tmp) = scratch_with_tmp("leak-assemble");
     let out = s.join("img");
     // An existing output must survive an interrupted rebuild untouched.
     std::fs::write(s.join("img.qcow2"), b"previous image").unwrap();
@@ -116,7 +79,7 @@ fn sigint_during_assembly_leaves_no_partial_image() {
 
 #[test]
 fn image_size_too_small_for_the_content_is_a_clear_error() {
-    let (s, tmp) = setup("small-size");
+    let (s, tmp) = scratch_with_tmp("small-size");
     let out = s.join("img");
     let mut args = vec!["--image-size", "300M", "-o", out.to_str().unwrap()];
     args.extend(IMAGE_FLAVOURS);

@@ -4,7 +4,7 @@ use super::plan::Plan;
 use super::progress::Progress;
 use super::workdir::WorkDir;
 use crate::flavour::{Hook, Phase, Side};
-use crate::sandbox::{self, Bind, View};
+use crate::sandbox::{self, lend::Lend, Bind, View};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -59,13 +59,18 @@ impl Runner<'_> {
     }
 
     pub fn run_phase(&self, phase: Phase, progress: &mut Progress) -> Result<()> {
+        self.run_phase_lending(phase, None, progress)
+    }
+
+    /// Runs the phase's hooks; with `lend`, they may open a real block device.
+    pub fn run_phase_lending(&self, phase: Phase, lend: Option<&Lend>, progress: &mut Progress) -> Result<()> {
         for hook in self.plan.hooks.phase(phase) {
-            self.run_hook(phase, hook, progress)?;
+            self.run_hook(phase, hook, lend, progress)?;
         }
         Ok(())
     }
 
-    fn run_hook(&self, phase: Phase, hook: &Hook, progress: &mut Progress) -> Result<()> {
+    fn run_hook(&self, phase: Phase, hook: &Hook, lend: Option<&Lend>, progress: &mut Progress) -> Result<()> {
         progress.step(&format!("{phase}/{}", hook.name), &format!("(flavour {})", hook.flavour));
         let (argv, env_dir) = match phase.side() {
             Side::Inside => (
@@ -77,7 +82,8 @@ impl Runner<'_> {
                 self.work.hooks().join("environment.d").display().to_string(),
             ),
         };
-        let code = self.exec(phase, vec!["/bin/bash".into(), "-c".into(), WRAPPER.into(), "kiln-hook".into(), argv, env_dir], progress)?;
+        let argv = vec!["/bin/bash".into(), "-c".into(), WRAPPER.into(), "kiln-hook".into(), argv, env_dir];
+        let code = self.exec_lending(phase, argv, lend, progress)?;
         if code.0 != 0 {
             bail!(
                 "flavour {}, hook {phase}/{}: exit {}\n  file: {}\n  last output:\n    {}",
@@ -93,6 +99,10 @@ impl Runner<'_> {
 
     /// Runs a command in the phase's sandbox view; returns (exit code, output tail).
     pub fn exec(&self, phase: Phase, argv: Vec<String>, progress: &mut Progress) -> Result<(i32, Vec<String>)> {
+        self.exec_lending(phase, argv, None, progress)
+    }
+
+    fn exec_lending(&self, phase: Phase, argv: Vec<String>, lend: Option<&Lend>, progress: &mut Progress) -> Result<(i32, Vec<String>)> {
         let side = phase.side();
         let mut env = self.env.clone();
         let root = self.work.root();
@@ -134,6 +144,7 @@ impl Runner<'_> {
             // Bootstrapping mounts /proc and /dev into the new tree; nothing else may mount.
             sys_admin: phase == Phase::Root,
             seccomp: Some(&self.plan.seccomp),
+            lend,
         };
         let out = sandbox::run(&job, &mut |l| progress.output(l))?;
         Ok((out.code, out.tail))

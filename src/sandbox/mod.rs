@@ -3,6 +3,7 @@
 
 pub mod caps;
 pub mod idmap;
+pub mod lend;
 pub mod mounts;
 pub mod namespace;
 pub mod run;

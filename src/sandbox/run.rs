@@ -8,6 +8,7 @@
 //! killing A tears the whole thing down.
 
 use super::caps;
+use super::lend::{self, Lend};
 use super::mounts::{self, Bind, View};
 use super::seccomp::{Filter, Profile};
 use super::signals;
@@ -20,7 +21,8 @@ use nix::unistd::{fork, ForkResult, Pid};
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 pub struct Job<'a> {
@@ -32,6 +34,8 @@ pub struct Job<'a> {
     /// Keep CAP_SYS_ADMIN of kiln's namespace (bootstrapping needs to mount).
     pub sys_admin: bool,
     pub seccomp: Option<&'a Profile>,
+    /// A real block device the job may open (block-device.d with kiln-helper).
+    pub lend: Option<&'a Lend<'a>>,
 }
 
 pub struct Outcome {
@@ -50,6 +54,11 @@ pub fn run(job: &Job, line: &mut dyn FnMut(&str)) -> Result<Outcome> {
         Some(p) => Some(p.compile(&caps::names(&keep)).map_err(|e| anyhow!("{e}"))?),
         None => None,
     };
+    let notify = match job.lend {
+        Some(_) => Some(lend::filter().map_err(|e| anyhow!("building the device-lending filter: {e}"))?),
+        None => None,
+    };
+    let stages = Stages { job, keep: &keep, filter: filter.as_ref(), notify: notify.as_ref() };
     let argv = cstrings(job.argv.iter().map(String::as_str))?;
     let envp = cstrings(job.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().iter().map(String::as_str))?;
     let cwd = CString::new(job.cwd.as_os_str().as_encoded_bytes()).context("cwd contains NUL")?;
@@ -60,7 +69,7 @@ pub fn run(job: &Job, line: &mut dyn FnMut(&str)) -> Result<Outcome> {
     let a = match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
             drop(rd);
-            let code = stage_a(job, &keep, filter.as_ref(), &argv, &envp, &cwd, wr);
+            let code = stage_a(&stages, &argv, &envp, &cwd, wr);
             unsafe { libc::_exit(code) }
         }
         ForkResult::Parent { child } => child,
@@ -139,7 +148,15 @@ fn die_with_parent() {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
 }
 
-fn stage_a(job: &Job, keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
+/// What the forked stages need, borrowed from `run`.
+struct Stages<'a> {
+    job: &'a Job<'a>,
+    keep: &'a caps::CapsHashSet,
+    filter: Option<&'a Filter>,
+    notify: Option<&'a libseccomp::ScmpFilterContext>,
+}
+
+fn stage_a(s: &Stages, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
     signals::reset_defaults();
     die_with_parent();
     if let Err(e) = unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC) {
@@ -147,7 +164,7 @@ fn stage_a(job: &Job, keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &
     }
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let code = stage_b(job, keep, filter, argv, envp, cwd, out);
+            let code = stage_b(s, argv, envp, cwd, out);
             unsafe { libc::_exit(code) }
         }
         Ok(ForkResult::Parent { child }) => {
@@ -159,19 +176,37 @@ fn stage_a(job: &Job, keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &
 }
 
 /// PID 1 of the job's namespace.
-fn stage_b(job: &Job, keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
+fn stage_b(s: &Stages, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
     die_with_parent();
-    if let Err(e) = mounts::set_up(&Linux, &job.view, &job.binds) {
+    if let Err(e) = mounts::set_up(&Linux, &s.job.view, &s.job.binds) {
         return report(&out, &e.to_string());
     }
+    // The job hands its notification listener to us over this pair.
+    let pair = match s.notify {
+        Some(_) => match socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC) {
+            Ok(p) => Some(p),
+            Err(e) => return report(&out, &format!("socketpair: {}", e.desc())),
+        },
+        None => None,
+    };
     let c = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let code = stage_c(keep, filter, argv, envp, cwd, out);
+            let notify = s.notify.zip(pair.as_ref().map(|p| p.1.as_raw_fd()));
+            let code = stage_c(s.keep, s.filter, notify, argv, envp, cwd, out);
             unsafe { libc::_exit(code) }
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => return report(&out, &format!("fork: {}", e.desc())),
     };
+    if let (Some(lend), Some((ours, theirs))) = (s.job.lend, pair) {
+        drop(theirs);
+        if let Some(listener) = receive_fd(&ours) {
+            let say = |m: &str| {
+                let _ = nix::unistd::write(&out, format!("{m}\n").as_bytes());
+            };
+            return lend::supervise(listener, c, lend, &say);
+        }
+    }
     drop(out);
     // Reap everything re-parented to us until the job itself exits.
     loop {
@@ -185,7 +220,30 @@ fn stage_b(job: &Job, keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &
     }
 }
 
-fn stage_c(keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
+/// One descriptor passed with SCM_RIGHTS; None when the sender went away.
+fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            return fds.first().map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    None
+}
+
+fn stage_c(
+    keep: &caps::CapsHashSet,
+    filter: Option<&Filter>,
+    notify: Option<(&libseccomp::ScmpFilterContext, RawFd)>,
+    argv: &[CString],
+    envp: &[CString],
+    cwd: &CString,
+    out: OwnedFd,
+) -> i32 {
     // A new session: no controlling terminal, so no TIOCSTI into the caller's.
     let _ = nix::unistd::setsid();
     let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
@@ -198,8 +256,16 @@ fn stage_c(keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &[CString], 
         libc::dup2(out.as_raw_fd(), 2);
     }
     std::mem::forget(out);
+    // The listener's way out to PID 1 stays at fd 3 until it is sent.
+    let first_closed = match notify {
+        Some((_, sock)) => {
+            unsafe { libc::dup2(sock, 3) };
+            4u32
+        }
+        None => 3,
+    };
     // Only stdio crosses into the hook.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    unsafe { libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32) };
     let stderr = unsafe { OwnedFd::from_raw_fd(2) };
     if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
         return report(&stderr, &format!("chdir {}: {}", cwd.to_string_lossy(), nix::errno::Errno::last().desc()));
@@ -209,6 +275,11 @@ fn stage_c(keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &[CString], 
     }
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return report(&stderr, "prctl(PR_SET_NO_NEW_PRIVS) failed");
+    }
+    if let Some((ctx, _)) = notify {
+        if let Err(e) = send_listener(ctx) {
+            return report(&stderr, &format!("loading the device-lending filter: {e}"));
+        }
     }
     if let Some(f) = filter {
         if let Err(e) = f.load() {
@@ -223,6 +294,20 @@ fn stage_c(keep: &caps::CapsHashSet, filter: Option<&Filter>, argv: &[CString], 
     let err = nix::errno::Errno::last();
     report(&stderr, &format!("cannot run {}: {}", argv[0].to_string_lossy(), err.desc()));
     if err == nix::errno::Errno::ENOENT { 127 } else { 126 }
+}
+
+/// Loads the notification filter and hands its listener to PID 1 (fd 3).
+fn send_listener(ctx: &libseccomp::ScmpFilterContext) -> Result<(), String> {
+    ctx.load().map_err(|e| e.to_string())?;
+    let listener = ctx.get_notify_fd().map_err(|e| e.to_string())?;
+    let fds = [listener];
+    let iov = [std::io::IoSlice::new(b"l")];
+    let sent = sendmsg::<()>(3, &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None);
+    unsafe {
+        libc::close(listener);
+        libc::close(3);
+    }
+    sent.map(|_| ()).map_err(|e| e.desc().to_string())
 }
 
 /// Child-side failure: one line on the job's output, then a distinctive status.

@@ -35,3 +35,12 @@ pub fn reset_defaults() {
         let _ = unsafe { sigaction(sig, &dfl) };
     }
 }
+
+/// For a process that must outlive a Ctrl-C to clean up after the build.
+pub fn ignore_interrupts() {
+    let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: ignoring is always safe.
+        let _ = unsafe { sigaction(sig, &ign) };
+    }
+}

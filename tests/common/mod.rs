@@ -182,3 +182,51 @@ pub fn assert_no_leftovers(tmpdir: &Path, outdir: &Path, expected_outputs: &[&st
     want.sort();
     assert_eq!(names, want, "unexpected files in the output directory {}", outdir.display());
 }
+
+/// A scratch directory with a `tmp` inside it that the test user owns (the
+/// build's TMPDIR, so leftovers are easy to see).
+pub fn scratch_with_tmp(name: &str) -> (Scratch, PathBuf) {
+    let s = Scratch::new(name);
+    let tmp = s.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    if let Some(u) = &env().user {
+        nix::unistd::chown(&tmp, Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid))).unwrap();
+    }
+    (s, tmp)
+}
+
+/// Runs `cmd` and sends `sig` when a stderr line contains `marker`: to kiln's
+/// whole process group with `group` (as Ctrl-C does), else to kiln alone.
+/// Returns the exit status and the stderr seen; insists the marker was reached.
+pub fn signal_at(mut cmd: Command, marker: &'static str, sig: nix::sys::signal::Signal, group: bool) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    if group {
+        cmd.process_group(0);
+    }
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(marker) {
+                let _ = if group { nix::sys::signal::killpg(pid, sig) } else { nix::sys::signal::kill(pid, sig) };
+            }
+        }
+        seen
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(900), "kiln did not stop after {sig}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seen = reader.join().unwrap();
+    assert!(seen.contains(marker), "the build never reached {marker:?}:\n{seen}");
+    (status, seen)
+}

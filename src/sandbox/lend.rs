@@ -1,0 +1,341 @@
+//! A real block device lent to a `block-device.d` hook (DESIGN §6).
+//!
+//! The hook runs as root of kiln's user namespace, which does not own the host's
+//! /dev/loopN nodes (host root's, mode 0600): its open(2) of them would fail, and
+//! kiln never chowns a node (a node given to a user outlives the build). Instead,
+//! a seccomp user-notification filter sends the hook's opens to its PID 1, which
+//! answers an open of the lent disk or one of its partitions with a descriptor
+//! kiln holds (SECCOMP_IOCTL_NOTIF_ADDFD) and lets every other open proceed
+//! untouched. A partition-table re-read (BLKRRPART, BLKPG) on the disk becomes a
+//! `kiln-helper rescan`. Nothing here grants more than the caller already holds:
+//! the descriptors are the caller's own, and they die with the hook.
+
+use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlags, ScmpSyscall};
+use nix::errno::Errno;
+use nix::sys::stat::{fstat, SFlag};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// `_IO(0x12, 95)` and `_IO(0x12, 105)`.
+const BLKRRPART: u64 = 0x125f;
+const BLKPG: u64 = 0x1269;
+/// A path argument longer than this is not one of ours.
+const PATH_MAX: usize = 4096;
+
+/// What a hook borrows.
+pub struct Lend<'a> {
+    /// The whole disk, as kiln holds it.
+    pub disk: BorrowedFd<'a>,
+    /// Makes the kernel's partitions match the table on the disk and returns a
+    /// fresh descriptor of each (number, fd); an error is a message for the hook.
+    pub partitions: &'a dyn Fn() -> Result<Vec<(u32, OwnedFd)>, String>,
+}
+
+/// The notification filter, loaded in the hook before kiln's own filter: it
+/// only diverts opens and partition-table ioctls; the kernel rules on the rest.
+pub fn filter() -> Result<ScmpFilterContext, libseccomp::error::SeccompError> {
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow)?;
+    for name in ["open", "openat", "openat2"] {
+        ctx.add_rule(ScmpAction::Notify, ScmpSyscall::from_name(name)?)?;
+    }
+    let ioctl = ScmpSyscall::from_name("ioctl")?;
+    for request in [BLKRRPART, BLKPG] {
+        ctx.add_rule_conditional(ScmpAction::Notify, ioctl, &[ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(0xffff_ffff), request)])?;
+    }
+    Ok(ctx)
+}
+
+enum Answer {
+    /// Not ours: the kernel performs the call as if nothing intercepted it.
+    Continue,
+    Fd { fd: OwnedFd, cloexec: bool },
+    Value(i64),
+    Error(Errno),
+}
+
+struct Calls {
+    open: i32,
+    openat: i32,
+    openat2: i32,
+    ioctl: i32,
+}
+
+/// PID 1 of the hook: answers notifications until `job` exits; returns its
+/// exit code. `say` reaches the hook's output (rescan failures).
+pub fn supervise(listener: OwnedFd, job: nix::unistd::Pid, lend: &Lend, say: &dyn Fn(&str)) -> i32 {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let nr = |n: &str| ScmpSyscall::from_name(n).map(i32::from).unwrap_or(-1);
+    let calls = Calls { open: nr("open"), openat: nr("openat"), openat2: nr("openat2"), ioctl: nr("ioctl") };
+    let disk_rdev = fstat(lend.disk.as_raw_fd()).map(|s| s.st_rdev).unwrap_or(0);
+    let mut listening = true;
+    loop {
+        loop {
+            let flags = if listening { Some(WaitPidFlag::WNOHANG) } else { None };
+            match waitpid(None, flags) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == job => return code,
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == job => return 128 + sig as i32,
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => return 255,
+            }
+        }
+        let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd. (50 ms: reaping the job is polled too.)
+        match unsafe { libc::poll(&mut pfd, 1, 50) } {
+            0 => continue,
+            n if n < 0 => {
+                if Errno::last() != Errno::EINTR {
+                    listening = false;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if pfd.revents & libc::POLLIN != 0 {
+            if let Ok(req) = ScmpNotifReq::receive(listener.as_raw_fd()) {
+                let answer = decide(&req, &calls, disk_rdev, lend, say);
+                respond(listener.as_raw_fd(), &req, answer);
+            }
+        } else if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            // Every process under the filter is gone; only reaping is left.
+            listening = false;
+        }
+    }
+}
+
+fn respond(listener: RawFd, req: &ScmpNotifReq, answer: Answer) {
+    let empty = ScmpNotifRespFlags::empty();
+    let _ = match answer {
+        Answer::Continue => ScmpNotifResp::new_continue(req.id, empty).respond(listener),
+        Answer::Value(v) => ScmpNotifResp::new_val(req.id, v, empty).respond(listener),
+        Answer::Error(e) => ScmpNotifResp::new_error(req.id, -(e as i32), empty).respond(listener),
+        Answer::Fd { fd, cloexec } => {
+            let add = libc::seccomp_notif_addfd {
+                id: req.id,
+                flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
+                srcfd: fd.as_raw_fd() as u32,
+                newfd: 0,
+                newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+            };
+            // SAFETY: a plain ioctl with a fully initialised argument.
+            let r = unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ADDFD, &add) };
+            if r < 0 {
+                // The target died meanwhile, or cannot take another descriptor.
+                let e = Errno::last();
+                let _ = ScmpNotifResp::new_error(req.id, -(e as i32), empty).respond(listener);
+            }
+            Ok(())
+        }
+    };
+}
+
+fn decide(req: &ScmpNotifReq, calls: &Calls, disk_rdev: u64, lend: &Lend, say: &dyn Fn(&str)) -> Answer {
+    let nr = i32::from(req.data.syscall);
+    let a = req.data.args;
+    let pid = req.pid;
+    if nr == calls.ioctl {
+        return table_reread(pid, a[0] as i32, disk_rdev, lend, say);
+    }
+    let (dirfd, path, flags) = if nr == calls.open {
+        (libc::AT_FDCWD, a[0], a[1])
+    } else if nr == calls.openat {
+        (a[0] as i32, a[1], a[2])
+    } else if nr == calls.openat2 {
+        match read_u64(pid, a[2]) {
+            Some(f) => (a[0] as i32, a[1], f),
+            None => return Answer::Continue,
+        }
+    } else {
+        return Answer::Continue;
+    };
+    let Some(path) = read_path(pid, path) else { return Answer::Continue };
+    let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
+    match target_of(pid, dirfd, &path, flags & libc::O_NOFOLLOW as u64 != 0, disk_rdev) {
+        Target::Disk => match dup_at_start(lend.disk) {
+            Ok(fd) => Answer::Fd { fd, cloexec },
+            Err(e) => Answer::Error(e),
+        },
+        Target::Partition(want) => {
+            let parts = match (lend.partitions)() {
+                Ok(p) => p,
+                Err(msg) => {
+                    say(&format!("kiln: partitions of the lent device: {msg}"));
+                    return Answer::Error(Errno::EIO);
+                }
+            };
+            match parts.into_iter().find(|(number, _)| *number == want) {
+                Some((_, fd)) => Answer::Fd { fd, cloexec },
+                None => Answer::Continue,
+            }
+        }
+        Target::Other => Answer::Continue,
+    }
+}
+
+/// BLKRRPART/BLKPG on the lent disk: the kernel would refuse (no CAP_SYS_ADMIN
+/// in the host's namespace), kiln-helper does it for the caller.
+fn table_reread(pid: u32, fd: i32, disk_rdev: u64, lend: &Lend, say: &dyn Fn(&str)) -> Answer {
+    let Ok(st) = nix::sys::stat::stat(format!("/proc/{pid}/fd/{fd}").as_str()) else { return Answer::Continue };
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK || st.st_rdev != disk_rdev {
+        return Answer::Continue;
+    }
+    match (lend.partitions)() {
+        Ok(_) => Answer::Value(0),
+        Err(msg) => {
+            say(&format!("kiln: re-reading the partition table of the lent device: {msg}"));
+            Answer::Error(if msg.contains("in use") { Errno::EBUSY } else { Errno::EIO })
+        }
+    }
+}
+
+enum Target {
+    Disk,
+    /// By number: a rescan may give an unchanged partition a new minor.
+    Partition(u32),
+    Other,
+}
+
+/// What the hook's path names, resolved from the hook's own root and cwd.
+fn target_of(pid: u32, dirfd: i32, path: &[u8], nofollow: bool, disk_rdev: u64) -> Target {
+    let base = if path.first() == Some(&b'/') {
+        format!("/proc/{pid}/root")
+    } else if dirfd == libc::AT_FDCWD {
+        format!("/proc/{pid}/cwd/")
+    } else {
+        format!("/proc/{pid}/fd/{dirfd}/")
+    };
+    let mut full = base.into_bytes();
+    full.extend_from_slice(path);
+    let Ok(c) = CString::new(full) else { return Target::Other };
+    let flags = libc::O_PATH | libc::O_CLOEXEC | if nofollow { libc::O_NOFOLLOW } else { 0 };
+    // SAFETY: plain open of a NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
+    if fd < 0 {
+        // A partition a rescan has yet to create: name it like the kernel would.
+        return match Errno::last() {
+            Errno::ENOENT => partition_by_name(path, disk_rdev),
+            _ => Target::Other,
+        };
+    }
+    // SAFETY: fd was just opened and is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let Ok(st) = fstat(fd.as_raw_fd()) else { return Target::Other };
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK {
+        return Target::Other;
+    }
+    if st.st_rdev == disk_rdev {
+        return Target::Disk;
+    }
+    match partition_number(st.st_rdev, disk_rdev) {
+        Some(k) => Target::Partition(k),
+        None => Target::Other,
+    }
+}
+
+/// sysfs puts a partition's directory inside its disk's, with its number.
+fn partition_number(rdev: u64, disk_rdev: u64) -> Option<u32> {
+    let dev = |r: u64| format!("/sys/dev/block/{}:{}", libc::major(r), libc::minor(r));
+    let part = std::fs::canonicalize(dev(rdev)).ok()?;
+    let disk = std::fs::canonicalize(dev(disk_rdev)).ok()?;
+    if part.parent() != Some(disk.as_path()) {
+        return None;
+    }
+    std::fs::read_to_string(part.join("partition")).ok()?.trim().parse().ok()
+}
+
+/// `/dev/loopNpK` that does not exist yet.
+fn partition_by_name(path: &[u8], disk_rdev: u64) -> Target {
+    let Ok(disk) = std::fs::canonicalize(format!("/sys/dev/block/{}:{}", libc::major(disk_rdev), libc::minor(disk_rdev))) else {
+        return Target::Other;
+    };
+    let Some(name) = disk.file_name() else { return Target::Other };
+    let mut prefix = b"/dev/".to_vec();
+    prefix.extend_from_slice(name.as_bytes());
+    prefix.push(b'p');
+    match path.strip_prefix(prefix.as_slice()).and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.parse::<u32>().ok()) {
+        Some(k) if k > 0 => Target::Partition(k),
+        _ => Target::Other,
+    }
+}
+
+/// Every open of the disk starts at offset 0, as a fresh open would (the
+/// descriptors share one file position).
+fn dup_at_start(disk: BorrowedFd) -> Result<OwnedFd, Errno> {
+    let fd = disk.try_clone_to_owned().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    nix::unistd::lseek(fd.as_raw_fd(), 0, nix::unistd::Whence::SeekSet)?;
+    Ok(fd)
+}
+
+fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> Option<usize> {
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    mem.read_at(buf, addr).ok()
+}
+
+fn read_u64(pid: u32, addr: u64) -> Option<u64> {
+    let mut b = [0u8; 8];
+    (read_mem(pid, addr, &mut b)? == 8).then(|| u64::from_ne_bytes(b))
+}
+
+/// The NUL-terminated path at `addr` in the hook's memory, read a page-safe
+/// chunk at a time (a string may end just before an unmapped page).
+fn read_path(pid: u32, addr: u64) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = addr;
+    while out.len() < PATH_MAX {
+        let room = 256 - (at % 256) as usize;
+        let mut chunk = vec![0u8; room];
+        let n = read_mem(pid, at, &mut chunk)?;
+        if n == 0 {
+            return None;
+        }
+        if let Some(end) = chunk[..n].iter().position(|&b| b == 0) {
+            out.extend_from_slice(&chunk[..end]);
+            return Some(out);
+        }
+        out.extend_from_slice(&chunk[..n]);
+        at += n as u64;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_diverts_opens_and_table_rereads_only() {
+        let pfc = String::from_utf8(export_pfc(&filter().unwrap())).unwrap();
+        assert!(pfc.contains("action NOTIFY") || pfc.contains("ACT_NOTIFY"), "{pfc}");
+        for name in ["openat", "ioctl"] {
+            assert!(pfc.contains(name), "{name} missing:\n{pfc}");
+        }
+        assert!(pfc.contains(&format!("{BLKRRPART}")) || pfc.contains(&format!("{BLKRRPART:#x}")), "{pfc}");
+        assert!(!pfc.contains("read "), "{pfc}");
+    }
+
+    fn export_pfc(ctx: &ScmpFilterContext) -> Vec<u8> {
+        use std::io::{Read, Seek};
+        let mut f = tempfile::tempfile().unwrap();
+        ctx.export_pfc(&f).unwrap();
+        f.rewind().unwrap();
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn a_path_is_read_across_chunk_boundaries() {
+        let s = format!("{}\0", "x".repeat(700));
+        let got = read_path(std::process::id(), s.as_ptr() as u64).unwrap();
+        assert_eq!(got.len(), 700);
+    }
+
+    #[test]
+    fn only_the_disks_own_partition_names_count() {
+        // /dev/null's rdev has no loop disk in sysfs: nothing matches.
+        let null = nix::sys::stat::stat("/dev/null").unwrap().st_rdev;
+        assert!(matches!(partition_by_name(b"/dev/loop0p1", null), Target::Other));
+    }
+}
