@@ -89,6 +89,11 @@ impl Format {
 /// Converts the raw disk into `format` at `out_tmp` (the caller renames it into place
 /// once every output is complete). `compress` applies to qcow2 (`-u` turns it off);
 /// `qemu_img_options` is `--qemu-img-options`, passed as `qemu-img convert -o`.
+///
+/// Compressed qcow2 uses zstd clusters: on a 758 MiB `debian vm` disk, 3.7 s instead
+/// of zlib's 15.6 s for a 2% smaller file (README, "Speed"). Readers need qemu ≥ 5.1;
+/// `--qemu-img-options compression_type=zlib` (or `compat=0.10`) writes what older
+/// ones read.
 pub fn convert(
     raw: &Path,
     format: Format,
@@ -105,6 +110,7 @@ pub fn convert(
                 format!("cannot copy {} to {}", raw.display(), out_tmp.display())
             });
         }
+        Format::Qcow2 if compress && !qcow2_v2(qemu_img_options) => ("qcow2", &["compression_type=zstd"]),
         Format::Qcow2 => ("qcow2", &[]),
         // force_size keeps the virtual size exact instead of rounding it to a CHS
         // geometry (clouds reject VHDs whose size is not a whole MiB).
@@ -130,6 +136,11 @@ pub fn convert(
     cmd.arg(raw).arg(out_tmp);
     run(&mut cmd).with_context(|| format!("cannot convert the disk to {}", format.extension()))?;
     Ok(())
+}
+
+/// `compat=0.10` asks for qcow2 version 2, which has no compression type field.
+fn qcow2_v2(user: &str) -> bool {
+    user.split(',').map(str::trim).any(|o| matches!(o, "compat=0.10" | "compat=v2"))
 }
 
 /// Our defaults, minus any key the user sets: qemu-img rejects a repeated option.
@@ -247,6 +258,13 @@ mod tests {
     }
 
     #[test]
+    fn qcow2_version_2_is_recognised() {
+        assert!(qcow2_v2("cluster_size=2M, compat=0.10"));
+        assert!(!qcow2_v2("compat=1.1"));
+        assert!(!qcow2_v2(""));
+    }
+
+    #[test]
     fn user_options_replace_defaults() {
         assert_eq!(
             merge_options(&["subformat=streamOptimized"], ""),
@@ -277,6 +295,15 @@ mod tests {
         assert_eq!(md5, "900150983cd24fb0d6963f7d28e17f72  image.qcow2\n");
     }
 
+    fn qemu_img_info(image: &Path) -> serde_json::Value {
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(image)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&info.stdout).unwrap()
+    }
+
     #[test]
     fn raw_copy_and_qcow2_convert() {
         let dir = tempfile::tempdir().unwrap();
@@ -291,26 +318,27 @@ mod tests {
             return;
         }
         let q = dir.path().join("disk.qcow2");
-        convert(&raw, Format::Qcow2, &q, true, "compat=1.1").unwrap();
-        let info = Command::new("qemu-img")
-            .args(["info", "--output=json"])
-            .arg(&q)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-        assert_eq!(v["format"], "qcow2");
-        assert_eq!(v["virtual-size"], 8 << 20);
+        let qinfo = |options: &str, compress: bool| {
+            let _ = std::fs::remove_file(&q);
+            convert(&raw, Format::Qcow2, &q, compress, options).unwrap();
+            let v = qemu_img_info(&q);
+            assert_eq!(v["format"], "qcow2");
+            assert_eq!(v["virtual-size"], 8 << 20);
+            v["format-specific"]["data"].clone()
+        };
+        // zstd clusters by default; the user's options can ask for zlib or for v2.
+        assert_eq!(qinfo("compat=1.1", true)["compression-type"], "zstd");
+        assert_eq!(qinfo("", true)["compression-type"], "zstd");
+        assert_eq!(qinfo("compression_type=zlib", true)["compression-type"], "zlib");
+        assert_eq!(qinfo("compat=0.10", true)["compat"], "0.10");
+        // Uncompressed: no zstd header bit that old readers would refuse for nothing.
+        assert_eq!(qinfo("", false)["compression-type"], "zlib");
         assert!(convert(&raw, Format::Tar, &q, true, "").is_err());
 
         for (format, name) in [(Format::Vhd, "vpc"), (Format::Vmdk, "vmdk")] {
             let out = dir.path().join(format!("disk.{}", format.extension()));
             convert(&raw, format, &out, true, "").unwrap();
-            let info = Command::new("qemu-img")
-                .args(["info", "--output=json"])
-                .arg(&out)
-                .output()
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+            let v = qemu_img_info(&out);
             assert_eq!(v["format"], name);
             // force_size keeps the VHD's virtual size exact.
             assert_eq!(v["virtual-size"], 8 << 20, "{format:?}");

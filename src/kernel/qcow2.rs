@@ -1,5 +1,6 @@
 //! qcow2 (versions 2 and 3) read in place: L1 → L2 → cluster, inflating compressed
-//! clusters on demand. Only what a read asks for is fetched, which is what makes a
+//! clusters (deflate, or zstd where the v3 header's compression type says so — kiln's
+//! own default) on demand. Only what a read asks for is fetched, which is what makes a
 //! 2 GiB image cost the same as a small one.
 
 use super::image::{io_reason, Disk};
@@ -8,6 +9,7 @@ use miniz_oxide::inflate::core::{decompress, inflate_flags, DecompressorOxide};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use zstd::stream::raw::{Decoder as ZstdDecoder, InBuffer, Operation, OutBuffer};
 
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const COMPRESSED: u64 = 1 << 62;
@@ -32,7 +34,8 @@ pub struct Qcow2 {
     l2_bits: u32,
     virtual_size: u64,
     extended_l2: bool,
-    zstd: bool,
+    /// Set when the header's compression type is zstd (1).
+    zstd: Option<ZstdDecoder<'static>>,
     l1: Vec<u64>,
     l2_cache: HashMap<u64, Vec<u64>>,
     /// Inflated clusters, keyed by guest cluster: ext4 metadata reads hit the same one often.
@@ -92,8 +95,8 @@ impl Qcow2 {
         }
         let compression = if header_len > 104 { h[104] } else { 0 };
         let zstd = match compression {
-            0 => false,
-            1 => true,
+            0 => None,
+            1 => Some(ZstdDecoder::new().map_err(|e| anyhow::anyhow!("starting the zstd decoder: {e}"))?),
             t => bail!("qcow2 compression type {t} is unknown"),
         };
         let extended_l2 = incompat & INCOMPAT_EXTENDED_L2 != 0;
@@ -239,12 +242,6 @@ impl Qcow2 {
     }
 
     fn inflate(&mut self, entry: u64, out: &mut [u8]) -> Result<()> {
-        if self.zstd {
-            bail!(
-                "the qcow2 image has zstd-compressed clusters, which disk-image-get-kernel does not support; \
-                 convert it first: qemu-img convert -O qcow2 -c -o compression_type=zlib IMAGE new.qcow2"
-            );
-        }
         // The descriptor packs the host offset and a sector count; the split point
         // depends on the cluster size (qcow2 spec, "Compressed Clusters Descriptor").
         let x = 62 - (self.cluster_bits - 8);
@@ -260,6 +257,11 @@ impl Qcow2 {
         // The last cluster's sector count may overshoot the end of the file.
         let mut data = vec![0u8; csize.min(self.file_size - off) as usize];
         self.pread(&mut data, off)?;
+        if let Some(dec) = &mut self.zstd {
+            return unzstd(dec, &data, out).map_err(|why| {
+                anyhow::anyhow!("qcow2 image is truncated or corrupt: the zstd-compressed cluster at byte {off} {why}")
+            });
+        }
         self.inflater.init();
         let flags = inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
         let (_, _, produced) = decompress(&mut self.inflater, &data, out, 0, flags);
@@ -267,6 +269,38 @@ impl Qcow2 {
             bail!("qcow2 image is truncated or corrupt: the compressed cluster at byte {off} does not inflate");
         }
         Ok(())
+    }
+}
+
+/// One zstd frame into exactly `out`, as qemu's qcow2_zstd_decompress reads it: the
+/// frame must fill the cluster and end; bytes after it (sector padding) are ignored.
+fn unzstd(dec: &mut ZstdDecoder<'static>, data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    dec.reinit().map_err(|e| format!("does not decompress ({e})"))?;
+    let mut input = InBuffer::around(data);
+    let mut output = OutBuffer::around(out);
+    loop {
+        let before = (input.pos(), output.pos());
+        let left = dec.run(&mut input, &mut output).map_err(|e| format!("does not decompress ({e})"))?;
+        let full = output.pos() == output.capacity();
+        if left == 0 {
+            // The frame ended: it must have filled the cluster exactly.
+            return if full { Ok(()) } else { Err(format!("decompresses to {} bytes, short of a cluster", output.pos())) };
+        }
+        if full {
+            // The cluster is full but the frame goes on: only its epilogue (a
+            // checksum) may remain, never more data.
+            let mut spare = [0u8; 1];
+            let mut more = OutBuffer::around(&mut spare[..]);
+            let left = dec.run(&mut input, &mut more).map_err(|e| format!("does not decompress ({e})"))?;
+            return match (more.pos(), left) {
+                (0, 0) => Ok(()),
+                (0, _) => Err("ends inside its zstd frame".to_string()),
+                _ => Err("decompresses to more than a cluster".to_string()),
+            };
+        }
+        if (input.pos(), output.pos()) == before {
+            return Err("ends inside its zstd frame".to_string());
+        }
     }
 }
 
@@ -305,5 +339,92 @@ impl Disk for Qcow2 {
 
     fn format(&self) -> &'static str {
         "qcow2"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn frame(data: &[u8], checksum: bool) -> Vec<u8> {
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.include_checksum(checksum).unwrap();
+        c.compress(data).unwrap()
+    }
+
+    #[test]
+    fn zstd_frames_fill_the_cluster_exactly() {
+        let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8 ^ (i >> 12) as u8).collect();
+        let mut dec = ZstdDecoder::new().unwrap();
+        let mut out = vec![0u8; data.len()];
+        for checksum in [false, true] {
+            let f = frame(&data, checksum);
+            unzstd(&mut dec, &f, &mut out).unwrap();
+            assert!(out == data);
+            // Sector padding after the frame is ignored, as qemu does.
+            let mut padded = f.clone();
+            padded.extend_from_slice(&[0xaa; 511]);
+            out.fill(0);
+            unzstd(&mut dec, &padded, &mut out).unwrap();
+            assert!(out == data);
+            let e = unzstd(&mut dec, &f[..f.len() - 5], &mut out).unwrap_err();
+            assert!(e.contains("ends inside") || e.contains("does not decompress"), "{e}");
+        }
+        let e = unzstd(&mut dec, &frame(&data[..1000], false), &mut out).unwrap_err();
+        assert!(e.contains("short of a cluster"), "{e}");
+        let mut small = vec![0u8; 1000];
+        let e = unzstd(&mut dec, &frame(&data, false), &mut small).unwrap_err();
+        assert!(e.contains("more than a cluster"), "{e}");
+        let e = unzstd(&mut dec, b"not zstd at all, just text", &mut out).unwrap_err();
+        assert!(e.contains("does not decompress"), "{e}");
+    }
+
+    /// qemu-img's own zstd clusters (kiln's default output) read back byte for byte.
+    #[test]
+    fn reads_qemu_img_zstd_clusters() {
+        if which::which("qemu-img").is_err() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        let mut data = vec![0u8; 6 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for (i, chunk) in data.chunks_mut(4096).enumerate() {
+            match i % 4 {
+                0 => chunk.iter_mut().enumerate().for_each(|(j, b)| *b = (j % 7) as u8 + b'a'),
+                1 => chunk.iter_mut().for_each(|b| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }),
+                2 => {}
+                _ => chunk[..100].copy_from_slice(&[b'k'; 100]),
+            }
+        }
+        std::fs::write(&raw, &data).unwrap();
+        for opts in ["compression_type=zstd", "compression_type=zstd,cluster_size=4096", "compression_type=zstd,cluster_size=2M"] {
+            let q = dir.path().join("disk.qcow2");
+            let _ = std::fs::remove_file(&q);
+            let st = Command::new("qemu-img")
+                .args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", opts])
+                .arg(&raw)
+                .arg(&q)
+                .status()
+                .unwrap();
+            assert!(st.success(), "{opts}");
+            let f = File::open(&q).unwrap();
+            let size = f.metadata().unwrap().len();
+            let mut img = Qcow2::open(f, size).unwrap();
+            assert!(img.zstd.is_some(), "{opts}: header's compression type not seen");
+            let mut back = vec![0u8; data.len()];
+            img.read_at(0, &mut back).unwrap();
+            assert!(back == data, "{opts}: whole-image read differs");
+            // Reads inside a cluster go through the cluster cache.
+            let mut part = vec![0u8; 1000];
+            img.read_at(4096 * 8 + 123, &mut part).unwrap();
+            assert!(part[..] == data[4096 * 8 + 123..4096 * 8 + 1123], "{opts}: partial read differs");
+        }
     }
 }

@@ -151,6 +151,7 @@ fn gpt_raw_and_every_qcow2_variant_give_identical_files() {
         ("huge.qcow2", &["-c", "-o", "cluster_size=2M"][..]),
         ("subclusters.qcow2", &["-o", "extended_l2=on,cluster_size=128k"][..]),
         ("subclusters-c.qcow2", &["-c", "-o", "extended_l2=on,cluster_size=128k"][..]),
+        ("zstd.qcow2", &["-c", "-o", "compression_type=zstd"][..]),
     ] {
         qcow2(&c.p("raw"), &c.p(name), args);
         c.expect(name, &boot(KERNEL), &boot(INITRD));
@@ -320,8 +321,6 @@ fn errors_name_the_problem_and_leave_nothing() {
     std::fs::write(c.p("half.raw"), &std::fs::read(c.p("raw")).unwrap()[..3 << 20]).unwrap();
     assert!(c.err("half.raw").contains("truncated"));
 
-    qcow2(&c.p("raw"), &c.p("zstd.qcow2"), &["-c", "-o", "compression_type=zstd"]);
-    assert!(c.err("zstd.qcow2").contains("zstd"));
     let img = |args: &[&str], name: &str| {
         run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).args(args).arg(c.p(name)).arg("16M"));
     };
