@@ -5,6 +5,7 @@ pub mod build;
 pub mod cli;
 pub mod disk;
 pub mod flavour;
+pub mod helper;
 pub mod kernel;
 pub mod ramdisk;
 pub mod sandbox;

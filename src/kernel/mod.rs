@@ -15,6 +15,10 @@ mod tests;
 
 pub use select::{version_cmp, Patterns};
 
+/// For kiln-helper, which reads the table of a device it attached.
+pub use image::Disk;
+pub use partitions::table_only as partition_table_only;
+
 use crate::sandbox::{signals, Interrupted};
 use anyhow::{bail, Context, Result};
 use ext4::{Ext4, Inode, S_IFDIR, S_IFLNK, S_IFREG};

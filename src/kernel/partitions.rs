@@ -32,21 +32,30 @@ pub enum Table {
 }
 
 pub fn find(disk: &mut dyn Disk) -> Result<(Table, Vec<Partition>)> {
+    if let Some(found) = table_only(disk)? {
+        return Ok(found);
+    }
+    let size = disk.size();
+    if probe::identify_at(disk, 0, size)?.is_some() {
+        return Ok((Table::None, vec![Partition { number: 0, name: String::new(), start: 0, len: size }]));
+    }
+    bail!("not a disk image: no qcow2 header, no partition table and no filesystem found");
+}
+
+/// The partition table alone, GPT else MBR; None for a blank disk or a bare
+/// filesystem (kiln-helper reads what a user may have just partitioned).
+pub fn table_only(disk: &mut dyn Disk) -> Result<Option<(Table, Vec<Partition>)>> {
     for sector in [512u64, 4096] {
         if let Some(parts) = gpt(disk, sector)? {
-            return Ok((Table::Gpt, parts));
+            return Ok(Some((Table::Gpt, parts)));
         }
     }
-    let whole = Partition { number: 0, name: String::new(), start: 0, len: disk.size() };
     // A bare filesystem first: vfat carries the 0x55AA signature an MBR does.
     let size = disk.size();
     if probe::identify_at(disk, 0, size)?.is_some() {
-        return Ok((Table::None, vec![whole]));
+        return Ok(None);
     }
-    if let Some(parts) = mbr(disk)? {
-        return Ok((Table::Mbr, parts));
-    }
-    bail!("not a disk image: no qcow2 header, no partition table and no filesystem found");
+    Ok(mbr(disk)?.map(|parts| (Table::Mbr, parts)))
 }
 
 fn le32(b: &[u8], off: usize) -> u32 {

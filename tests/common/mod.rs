@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod helper;
 pub mod qemu;
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,665 @@
+//! kiln-helper as an unprivileged user meets it: installed setuid root or
+//! through sudo, run as the test user, given good and hostile requests. Every
+//! refusal is checked for its exit status and for naming what was refused.
+//! Run as root (the tests install the helper and create users).
+
+mod common;
+
+use common::helper::{as_user, assert_no_loop_device, expected_partitions, image, install_setuid, install_sudo, loop_devices_of, other_user, sfdisk, user, TestUser};
+use common::Scratch;
+use kiln::helper::client::{exchange, Attached, Devices, Helper, Mode, Partition, Reply};
+use kiln::helper::protocol::Message;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+/// Three partitions: 8 MiB, 16 MiB and the rest of a 64 MiB disk.
+const THREE: &str = "label: gpt\n,8M\n,16M\n,\n";
+
+fn setuid_helper(verb: &str) -> Command {
+    as_user(&user(), &[install_setuid().as_os_str(), OsStr::new(verb)])
+}
+
+fn sudo_helper(verb: &str) -> Command {
+    let program = install_sudo();
+    as_user(&user(), &[OsStr::new("sudo"), OsStr::new("-n"), program.as_os_str(), OsStr::new(verb)])
+}
+
+fn open_rw(path: &Path) -> File {
+    File::options().read(true).write(true).open(path).unwrap()
+}
+
+fn stdin(f: impl Into<OwnedFd>) -> Stdio {
+    Stdio::from(f.into())
+}
+
+fn dup(fd: BorrowedFd) -> Stdio {
+    Stdio::from(fd.try_clone_to_owned().unwrap())
+}
+
+fn show(r: &Reply) -> String {
+    format!("status {}, reply {:?}, stderr:\n{}", r.status, r.message, r.stderr)
+}
+
+/// The helper refused: status 1, the reason on stderr and (when it could
+/// reply) in an `error` reply, naming `what`.
+fn assert_refused(r: &Reply, what: &str) {
+    assert_eq!(r.status.code(), Some(1), "expected a refusal naming {what:?}; {}", show(r));
+    assert!(r.stderr.contains(what), "stderr does not name {what:?}; {}", show(r));
+    assert!(r.fds.is_empty(), "a refusal carried descriptors; {}", show(r));
+    match &r.message {
+        Some(Message::Error(m)) => assert!(m.contains(what), "{}", show(r)),
+        None => {}
+        Some(m) => panic!("refusal replied {m:?}"),
+    }
+}
+
+/// The devices of an `ok` reply; the whole reply shown if it is not one.
+fn devices(r: Reply) -> Devices {
+    let shown = show(&r);
+    r.devices().unwrap_or_else(|e| panic!("{e:#}; {shown}"))
+}
+
+fn attach(cmd: Command, image: &Path) -> Attached {
+    let (disk, partitions) = devices(exchange(cmd, stdin(open_rw(image))).unwrap());
+    let (line, disk) = disk.expect("attach names the disk");
+    Attached { name: line.name, size: line.size, disk, partitions }
+}
+
+/// Detaches `a` with `cmd`, closes it, and expects the image free.
+fn detach(cmd: Command, a: Attached, image: &Path) {
+    let r = exchange(cmd, dup(a.disk.as_fd())).unwrap();
+    assert!(r.status.success() && r.message.is_some(), "{}", show(&r));
+    drop(a);
+    assert_no_loop_device(image);
+}
+
+/// attach, run as the test user with `input` on standard input, is refused naming `what`.
+fn attach_refused(input: impl Into<OwnedFd>, what: &str) {
+    assert_refused(&exchange(setuid_helper("attach"), stdin(input)).unwrap(), what);
+}
+
+fn device_size(fd: BorrowedFd) -> u64 {
+    nix::ioctl_read_bad!(blk_getsize64, nix::request_code_read!(0x12, 114, std::mem::size_of::<usize>()), u64);
+    let mut size = 0;
+    unsafe { blk_getsize64(fd.as_raw_fd(), &mut size) }.unwrap();
+    size
+}
+
+/// Every partition as sfdisk sees it in the image, with a descriptor of the
+/// right size; and the kernel has exactly these.
+fn assert_partitions_match(name: &str, parts: &[Partition], image: &Path) {
+    let got: Vec<(u32, u64, u64)> = parts.iter().map(|p| (p.number, p.start, p.size)).collect();
+    assert_eq!(got, expected_partitions(image));
+    for p in parts {
+        assert_eq!(device_size(p.fd.as_fd()), p.size, "partition {}", p.number);
+        let sys = format!("/sys/block/{name}/{name}p{}", p.number);
+        let start: u64 = std::fs::read_to_string(format!("{sys}/start")).unwrap().trim().parse().unwrap();
+        assert_eq!(start * 512, p.start, "{sys}");
+    }
+    let kernel = std::fs::read_dir(format!("/sys/block/{name}")).unwrap().flatten().filter(|e| e.path().join("partition").exists()).count();
+    assert_eq!(kernel, parts.len(), "the kernel's partitions of {name}");
+}
+
+/// Writing through a partition's descriptor lands at its offset in the image.
+fn assert_writes_land(p: &Partition, image: &Path) {
+    let f = File::from(p.fd.try_clone().unwrap());
+    let marker = format!("kiln partition {} at {}", p.number, p.start);
+    f.write_all_at(marker.as_bytes(), 4096).unwrap();
+    f.sync_all().unwrap();
+    let mut back = vec![0u8; marker.len()];
+    File::open(image).unwrap().read_exact_at(&mut back, p.start + 4096).unwrap();
+    assert_eq!(String::from_utf8_lossy(&back), marker);
+}
+
+fn scratch_image(s: &Scratch, name: &str) -> PathBuf {
+    image(&s.join(name), 64, THREE, &user())
+}
+
+/// A three-partition image of the test user's, attached through the setuid helper.
+fn attached_image(test: &str) -> (Scratch, PathBuf, Attached) {
+    let s = Scratch::new(test);
+    let img = scratch_image(&s, "disk.img");
+    let a = attach(setuid_helper("attach"), &img);
+    (s, img, a)
+}
+
+#[test]
+fn attach_setuid_gives_the_partitions_at_their_offsets() {
+    let (_s, img, a) = attached_image("helper-attach");
+    assert!(a.name.starts_with("loop"), "{}", a.name);
+    assert_eq!((a.size, device_size(a.disk.as_fd())), (64 * MIB, 64 * MIB));
+    assert_eq!(loop_devices_of(&img), vec![a.name.clone()]);
+    assert_partitions_match(&a.name, &a.partitions, &img);
+    for p in &a.partitions {
+        assert_writes_land(p, &img);
+    }
+    detach(setuid_helper("detach"), a, &img);
+}
+
+#[test]
+fn attach_through_sudo_answers_to_the_sudo_user() {
+    let s = Scratch::new("helper-sudo");
+    let img = scratch_image(&s, "disk.img");
+    let a = attach(sudo_helper("attach"), &img);
+    assert_partitions_match(&a.name, &a.partitions, &img);
+    assert_writes_land(&a.partitions[1], &img);
+    // The caller is SUDO_UID, not root: root's file is not the test user's.
+    let root_file = s.join("root.img");
+    File::create(&root_file).unwrap().set_len(MIB).unwrap();
+    let r = exchange(sudo_helper("attach"), stdin(open_rw(&root_file))).unwrap();
+    assert_refused(&r, &format!("owned by uid 0, not by you (uid {})", user().uid));
+    detach(sudo_helper("detach"), a, &img);
+}
+
+#[test]
+fn locate_finds_a_setuid_install_and_reports_install_steps_otherwise() {
+    let program = install_setuid();
+    let h = Helper::locate(Some(&program)).unwrap();
+    assert_eq!((h.program.as_path(), h.mode), (program.as_path(), Mode::Setuid));
+    let missing = Helper::locate(Some(Path::new("/nonexistent/kiln-helper"))).err().unwrap().to_string();
+    for step in ["install -o root -g root -m 4755", "cp contrib/sudoers.d/* /etc/sudoers.d/", "visudo -c", "usermod -aG kiln"] {
+        assert!(missing.contains(step), "{missing}");
+    }
+}
+
+// ---- hostile standard input for attach ----
+
+#[test]
+fn refuses_a_symlink() {
+    let s = Scratch::new("helper-symlink");
+    let img = scratch_image(&s, "disk.img");
+    let link = s.join("link.img");
+    std::os::unix::fs::symlink(&img, &link).unwrap();
+    // A descriptor of the link itself: the only way a symlink reaches stdin.
+    attach_refused(File::options().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW).open(&link).unwrap(), "standard input is a symbolic link");
+    // Opening through the link yields the file it names: a link to someone
+    // else's file is refused as their file.
+    let root_file = s.join("root.img");
+    File::create(&root_file).unwrap().set_len(MIB).unwrap();
+    std::os::unix::fs::symlink(&root_file, s.join("to-root.img")).unwrap();
+    attach_refused(open_rw(&s.join("to-root.img")), "owned by uid 0");
+    assert_no_loop_device(&img);
+}
+
+#[test]
+fn refuses_an_o_path_descriptor() {
+    let s = Scratch::new("helper-opath");
+    let img = scratch_image(&s, "disk.img");
+    attach_refused(File::options().read(true).custom_flags(libc::O_PATH).open(&img).unwrap(), "opened with O_PATH");
+    assert_no_loop_device(&img);
+}
+
+#[test]
+fn refuses_the_image_as_a_path_argument() {
+    let s = Scratch::new("helper-patharg");
+    let img = scratch_image(&s, "disk.img");
+    let cmd = as_user(&user(), &[install_setuid().as_os_str(), OsStr::new("attach"), img.as_os_str()]);
+    let r = exchange(cmd, Stdio::null()).unwrap();
+    assert_refused(&r, "extra arguments refused");
+    assert_no_loop_device(&img);
+}
+
+#[test]
+fn refuses_a_hard_linked_image() {
+    let s = Scratch::new("helper-hardlink");
+    let img = scratch_image(&s, "disk.img");
+    std::fs::hard_link(&img, s.join("second-name.img")).unwrap();
+    attach_refused(open_rw(&img), "has 2 hard links");
+    assert_no_loop_device(&img);
+}
+
+#[test]
+fn refuses_a_deleted_image() {
+    let s = Scratch::new("helper-deleted");
+    let img = scratch_image(&s, "disk.img");
+    let f = open_rw(&img);
+    std::fs::remove_file(&img).unwrap();
+    attach_refused(f, "has no name");
+}
+
+#[test]
+fn refuses_another_users_file() {
+    let s = Scratch::new("helper-otheruser");
+    let img = image(&s.join("theirs.img"), 64, THREE, &other_user());
+    attach_refused(open_rw(&img), &format!("owned by uid {}, not by you (uid {})", other_user().uid, user().uid));
+    assert_no_loop_device(&img);
+}
+
+#[test]
+fn refuses_a_device_file() {
+    attach_refused(open_rw(Path::new("/dev/null")), "standard input is a character device");
+}
+
+#[test]
+fn refuses_a_fifo() {
+    let s = Scratch::new("helper-fifo");
+    let fifo = s.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::chown(&fifo, Some(user().uid.into()), None).unwrap();
+    attach_refused(open_rw(&fifo), "standard input is a FIFO");
+}
+
+#[test]
+fn refuses_a_directory() {
+    let s = Scratch::new("helper-dir");
+    attach_refused(File::open(&s.path).unwrap(), "standard input is a directory");
+}
+
+#[test]
+fn refuses_a_read_only_descriptor() {
+    let s = Scratch::new("helper-readonly");
+    let img = scratch_image(&s, "disk.img");
+    attach_refused(File::open(&img).unwrap(), "opened read-only");
+    assert_no_loop_device(&img);
+}
+
+#[test]
+fn refuses_a_proc_file() {
+    // Regular, writable, but a loop device's kernel threads would write it
+    // with their own credentials: only data filesystems are allowed.
+    attach_refused(open_rw(Path::new("/proc/self/comm")), "is on proc");
+}
+
+// ---- hostile invocations ----
+
+#[test]
+fn refuses_argc_0() {
+    let program = std::ffi::CString::new(install_setuid().into_os_string().into_encoded_bytes()).unwrap();
+    let u = user();
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let null = File::open("/dev/null").unwrap();
+    let empty: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: between fork and exec the child makes raw system calls only.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(write_end.as_raw_fd(), 2);
+            if libc::setgroups(0, std::ptr::null()) == 0 && libc::setresgid(u.gid, u.gid, u.gid) == 0 && libc::setresuid(u.uid, u.uid, u.uid) == 0 {
+                libc::execve(program.as_ptr(), empty.as_ptr(), empty.as_ptr());
+            }
+            libc::_exit(127)
+        },
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(write_end);
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut File::from(read_end), &mut stderr).unwrap();
+            let status = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 1), "stderr: {stderr}");
+            assert!(stderr.contains("empty argument list (argc 0)"), "stderr: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn refuses_an_unknown_verb() {
+    let r = exchange(setuid_helper("mount"), Stdio::null()).unwrap();
+    assert_refused(&r, "unknown verb \"mount\"");
+}
+
+#[test]
+fn refuses_extra_arguments() {
+    let cmd = as_user(&user(), &[install_setuid().as_os_str(), OsStr::new("detach"), OsStr::new("--force")]);
+    let r = exchange(cmd, Stdio::null()).unwrap();
+    assert_refused(&r, "extra arguments refused: [\"--force\"]");
+}
+
+#[test]
+fn refuses_no_verb() {
+    let r = exchange(as_user(&user(), &[install_setuid().as_os_str()]), Stdio::null()).unwrap();
+    assert_refused(&r, "no verb given");
+}
+
+fn refuses_environment(name: &str, value: &str) {
+    let s = Scratch::new(&format!("helper-env-{}", name.to_lowercase()));
+    let img = scratch_image(&s, "disk.img");
+    let mut cmd = setuid_helper("attach");
+    cmd.env(name, value);
+    let r = exchange(cmd, stdin(open_rw(&img))).unwrap();
+    assert_refused(&r, &format!("refusing to run with {name} in the environment"));
+    assert_no_loop_device(&img);
+}
+
+#[test]
+fn refuses_ld_preload() {
+    // The loader drops LD_PRELOAD from a setuid program's environment before
+    // main; the helper still sees that it was asked for.
+    refuses_environment("LD_PRELOAD", "/tmp/evil.so");
+}
+
+#[test]
+fn refuses_ld_library_path() {
+    refuses_environment("LD_LIBRARY_PATH", "/tmp");
+}
+
+#[test]
+fn refuses_glibc_tunables() {
+    refuses_environment("GLIBC_TUNABLES", "glibc.malloc.check=3");
+}
+
+#[test]
+fn refuses_lc_all() {
+    refuses_environment("LC_ALL", "C.UTF-8");
+}
+
+#[test]
+fn refuses_lang() {
+    refuses_environment("LANG", "en_US.UTF-8");
+}
+
+#[test]
+fn refuses_stdout_that_is_not_a_socket() {
+    let s = Scratch::new("helper-stdout");
+    let img = scratch_image(&s, "disk.img");
+    let out = setuid_helper("attach").stdin(stdin(open_rw(&img))).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("standard output is not a socket (a FIFO)"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_no_loop_device(&img);
+}
+
+/// The helper run with descriptor `fd` closed.
+fn with_closed(fd: i32) -> Reply {
+    let mut cmd = setuid_helper("detach");
+    // SAFETY: close(2) only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    exchange(cmd, Stdio::null()).unwrap()
+}
+
+#[test]
+fn refuses_a_closed_standard_input() {
+    assert_refused(&with_closed(0), "file descriptor 0 was not open");
+}
+
+#[test]
+fn refuses_a_closed_standard_error() {
+    // The reason goes to the reply (and syslog) instead.
+    let r = with_closed(2);
+    assert_eq!(r.status.code(), Some(1), "{}", show(&r));
+    assert!(matches!(&r.message, Some(Message::Error(m)) if m.contains("file descriptor 2 was not open")), "{}", show(&r));
+}
+
+#[test]
+fn refuses_to_run_without_privilege() {
+    // The build's own copy: not setuid, so the test user runs it unprivileged.
+    let cmd = as_user(&user(), &[OsStr::new(env!("CARGO_BIN_EXE_kiln-helper")), OsStr::new("attach")]);
+    let r = exchange(cmd, Stdio::null()).unwrap();
+    assert_refused(&r, "kiln-helper is not privileged");
+}
+
+// ---- requests about devices ----
+
+#[test]
+fn refuses_to_detach_or_rescan_a_device_attached_for_another_uid() {
+    let (_s, img, a) = attached_image("helper-otheruid");
+    let other: TestUser = other_user();
+    for verb in ["detach", "rescan"] {
+        let cmd = as_user(&other, &[install_setuid().as_os_str(), OsStr::new(verb)]);
+        let r = exchange(cmd, dup(a.disk.as_fd())).unwrap();
+        assert_refused(&r, &format!("{} was attached by kiln-helper for another user, not for you (uid {})", a.name, other.uid));
+    }
+    assert_eq!(loop_devices_of(&img), vec![a.name.clone()], "the refused detach detached");
+    drop(a);
+    assert_no_loop_device(&img);
+}
+
+#[test]
+fn refuses_to_detach_a_device_it_never_attached() {
+    let s = Scratch::new("helper-foreign");
+    let img = scratch_image(&s, "disk.img");
+    let out = Command::new("losetup").args(["-f", "--show"]).arg(&img).output().unwrap();
+    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let fd = open_rw(Path::new(&dev));
+    let r = exchange(setuid_helper("detach"), dup(fd.as_fd())).unwrap();
+    let name = dev.trim_start_matches("/dev/");
+    let still = loop_devices_of(&img);
+    let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+    assert_refused(&r, &format!("{name} was not attached by kiln-helper"));
+    assert_eq!(still, vec![name.to_string()], "the refused detach detached");
+    drop(fd);
+    assert_no_loop_device(&img);
+}
+
+#[test]
+fn refuses_a_partition_or_a_file_where_a_loop_device_is_expected() {
+    let (_s, img, a) = attached_image("helper-notloop");
+    let r = exchange(setuid_helper("detach"), dup(a.partitions[0].fd.as_fd())).unwrap();
+    assert_refused(&r, "not a loop device");
+    let r = exchange(setuid_helper("detach"), stdin(open_rw(&img))).unwrap();
+    assert_refused(&r, "standard input is a regular file, not a loop device");
+    drop(a);
+    assert_no_loop_device(&img);
+}
+
+/// Copies the table regions (first MiB, last 33 sectors) of `from` onto `disk`,
+/// as a hook partitioning the device through its descriptor would.
+fn write_table_through(disk: BorrowedFd, from: &Path) {
+    let src = std::fs::read(from).unwrap();
+    let dev = File::from(disk.try_clone_to_owned().unwrap());
+    dev.write_all_at(&src[..MIB as usize], 0).unwrap();
+    let tail = src.len() - 33 * 512;
+    dev.write_all_at(&src[tail..], tail as u64).unwrap();
+    dev.sync_all().unwrap();
+}
+
+#[test]
+fn rescan_adds_the_partitions_a_new_table_has() {
+    let s = Scratch::new("helper-rescan");
+    let img = image(&s.join("disk.img"), 64, "label: gpt\n,8M\n,16M\n", &user());
+    let a = attach(setuid_helper("attach"), &img);
+    assert_eq!(a.partitions.len(), 2);
+    let bigger = image(&s.join("bigger.img"), 64, "label: gpt\n,8M\n,16M\n,20M\n", &user());
+    let disk = a.disk;
+    drop(a.partitions);
+    write_table_through(disk.as_fd(), &bigger);
+    let (none, parts) = devices(exchange(setuid_helper("rescan"), dup(disk.as_fd())).unwrap());
+    assert!(none.is_none());
+    assert_partitions_match(&a.name, &parts, &img);
+    assert_eq!(parts[2].size, 20 * MIB);
+    assert_writes_land(&parts[2], &img);
+    drop(parts);
+    drop(disk);
+    assert_no_loop_device(&img);
+}
+
+#[test]
+fn rescan_refuses_to_remove_a_partition_in_use() {
+    let (_s, img, mut a) = attached_image("helper-rescan-busy");
+    // The table changes behind the device's back, in the backing file:
+    // partition 2 shrinks, 3 stays where it was.
+    let third = a.partitions[2].start / 512;
+    sfdisk(&img, &format!("label: gpt\n,8M\n,12M\nstart={third},\n"));
+    let r = exchange(setuid_helper("rescan"), dup(a.disk.as_fd())).unwrap();
+    assert_refused(&r, "partition 2 is in use");
+    a.partitions.clear();
+    let (_, parts) = devices(exchange(setuid_helper("rescan"), dup(a.disk.as_fd())).unwrap());
+    assert_partitions_match(&a.name, &parts, &img);
+    assert_eq!(parts[1].size, 12 * MIB);
+    drop(parts);
+    drop(a);
+    assert_no_loop_device(&img);
+}
+
+// ---- installation ----
+
+#[test]
+fn sudoers_file_is_valid_exact_and_installed_0440() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/sudoers.d/kiln");
+    let out = Command::new("visudo").arg("-cf").arg(&file).output().unwrap();
+    assert!(out.status.success(), "visudo -cf: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // sudo skips files in sudoers.d whose names contain a dot.
+    assert!(!file.file_name().unwrap().to_string_lossy().contains('.'));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let rule: String = text.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join(" ");
+    assert!(!rule.contains('*') && !rule.contains("ALL:") && !rule.contains(", ALL"), "no wildcards: {rule}");
+    for verb in ["attach", "rescan", "detach"] {
+        assert!(rule.contains(&format!("/usr/local/libexec/kiln/kiln-helper {verb}")), "{verb}: {rule}");
+    }
+    install_sudo();
+    assert_eq!(common::helper::mode(Path::new("/etc/sudoers.d/kiln")), 0o440);
+    let check = Command::new("visudo").arg("-c").output().unwrap();
+    assert!(check.status.success(), "visudo -c: {}", String::from_utf8_lossy(&check.stderr));
+    // The rule allows the fixed verbs only.
+    let listed = as_user(&user(), &[OsStr::new("sudo"), OsStr::new("-n"), OsStr::new("-l"), OsStr::new(common::helper::SUDO_PROGRAM), OsStr::new("attach")]).stdout(Stdio::null()).status().unwrap();
+    assert!(listed.success());
+    let other = as_user(&user(), &[OsStr::new("sudo"), OsStr::new("-n"), OsStr::new("-l"), OsStr::new(common::helper::SUDO_PROGRAM), OsStr::new("mount")]).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    assert!(!other.success(), "sudo allows an unlisted verb");
+}
+
+// ---- load ----
+
+#[test]
+fn twenty_parallel_attach_detach_cycles() {
+    let s = Scratch::new("helper-parallel");
+    let images: Vec<PathBuf> = (0..20).map(|i| scratch_image(&s, &format!("disk{i}.img"))).collect();
+    let expected = expected_partitions(&images[0]);
+    let t0 = Instant::now();
+    std::thread::scope(|scope| {
+        for img in &images {
+            let expected = &expected;
+            scope.spawn(move || {
+                let a = attach(setuid_helper("attach"), img);
+                let got: Vec<(u32, u64, u64)> = a.partitions.iter().map(|p| (p.number, p.start, p.size)).collect();
+                assert_eq!(&got, expected, "{}", a.name);
+                for p in &a.partitions {
+                    assert_eq!(device_size(p.fd.as_fd()), p.size);
+                }
+                let r = exchange(setuid_helper("detach"), dup(a.disk.as_fd())).unwrap();
+                assert!(r.status.success(), "{}", show(&r));
+            });
+        }
+    });
+    eprintln!("20 parallel attach/detach cycles: {:?}", t0.elapsed());
+    for img in &images {
+        assert_no_loop_device(img);
+    }
+}
+
+// ---- leaks: the caller killed at each step ----
+
+/// Run by the leak tests, as the test user, in a process of its own that the
+/// test kills: a client that stops at `KILN_HELPER_LEAK_STEP`.
+#[test]
+#[ignore = "a child process of the leak tests"]
+fn leak_client() {
+    let Ok(step) = std::env::var("KILN_HELPER_LEAK_STEP") else { return };
+    let image = open_rw(Path::new(&std::env::var("KILN_HELPER_LEAK_IMAGE").unwrap()));
+    let helper = Helper { program: std::env::var("KILN_HELPER_LEAK_PROGRAM").unwrap().into(), mode: Mode::Setuid };
+    let spawn_unread = |verb: &str, input: Stdio| {
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let mut cmd = helper.command(verb);
+        cmd.stdin(input).stdout(Stdio::from(theirs));
+        let child = cmd.spawn().unwrap();
+        (ours, child)
+    };
+    let _keep = match step.as_str() {
+        "before-reply" => {
+            let kept = spawn_unread("attach", stdin(image));
+            println!("READY attaching helper={}", kept.1.id());
+            Some(kept)
+        }
+        "after-fds" => {
+            let a = helper.attach(&image).unwrap();
+            println!("READY {} with {} partitions", a.name, a.partitions.len());
+            std::mem::forget(a);
+            None
+        }
+        "during-detach" => {
+            let a = helper.attach(&image).unwrap();
+            let kept = spawn_unread("detach", dup(a.disk.as_fd()));
+            println!("READY detaching {} helper={}", a.name, kept.1.id());
+            std::mem::forget(a);
+            Some(kept)
+        }
+        other => panic!("unknown step {other}"),
+    };
+    std::io::stdout().flush().unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Starts leak_client as the test user, waits for it to reach `step`, then
+/// after `delay` kills it with SIGKILL (with the helper it started, when
+/// `with_helper`), and expects no loop device left on the image. Returns the
+/// devices the image had at the moment of the kill.
+fn kill_caller_at(step: &str, delay: Duration, with_helper: bool) -> Vec<String> {
+    let s = Scratch::new(&format!("helper-leak-{step}-{}", with_helper as u8));
+    let img = scratch_image(&s, "disk.img");
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = as_user(&user(), &[exe.as_os_str(), OsStr::new("--exact"), OsStr::new("leak_client"), OsStr::new("--ignored"), OsStr::new("--nocapture")]);
+    cmd.env("KILN_HELPER_LEAK_STEP", step).env("KILN_HELPER_LEAK_IMAGE", &img).env("KILN_HELPER_LEAK_PROGRAM", install_setuid());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("READY")));
+    let Some(Ok(ready)) = ready else { panic!("the client never reached {step}: {:?}", child.wait()) };
+    let helper = ready.split_once("helper=").map(|(_, pid)| pid.trim().to_string());
+    std::thread::sleep(delay);
+    let attached = loop_devices_of(&img);
+    if with_helper {
+        nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    } else {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    // A helper that outlived its caller may attach after this: wait for its end.
+    if let Some(pid) = helper {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let alive = || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| !st.contains(") Z "));
+        while alive() {
+            assert!(Instant::now() < deadline, "helper {pid} still runs 10 s after its caller died");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert_no_loop_device(&img);
+    attached
+}
+
+#[test]
+fn killed_before_reading_the_reply_leaves_no_device() {
+    // The caller dies while the helper works; the helper then dies too, or
+    // finds nobody to reply to, or its reply dies unread with the socket.
+    kill_caller_at("before-reply", Duration::ZERO, true);
+    kill_caller_at("before-reply", Duration::from_millis(20), true);
+    kill_caller_at("before-reply", Duration::ZERO, false);
+    // By now the reply, descriptors and all, waits unread in the socket.
+    let attached = kill_caller_at("before-reply", Duration::from_millis(500), false);
+    assert_eq!(attached.len(), 1, "the helper had not attached within 500 ms");
+}
+
+#[test]
+fn killed_after_receiving_the_descriptors_leaves_no_device() {
+    let attached = kill_caller_at("after-fds", Duration::ZERO, true);
+    assert_eq!(attached.len(), 1);
+}
+
+#[test]
+fn killed_during_detach_leaves_no_device() {
+    assert_eq!(kill_caller_at("during-detach", Duration::ZERO, true).len(), 1);
+    // The detach has run; the caller's descriptor kept the device until now.
+    assert_eq!(kill_caller_at("during-detach", Duration::from_millis(200), false).len(), 1);
+}
