@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod devices;
 pub mod hooks;
 pub mod image_root;
 pub mod mirror;
@@ -13,7 +14,8 @@ pub mod workdir;
 
 use crate::cli::{DiskImageArgs, Vars};
 use crate::flavour::Phase;
-use crate::sandbox::{namespace, signals, Interrupted};
+use crate::sandbox::{lend::Lend, namespace, signals, Interrupted};
+use std::os::fd::{AsFd, AsRawFd};
 use anyhow::{bail, Context, Result};
 use cache::{Lookup, TreeCache};
 use config::Config;
@@ -54,7 +56,13 @@ fn build(config: Config) -> Result<i32> {
     signals::install();
     let mut work = WorkDir::create(&plan.maps)?;
     work.temp_outputs = outputs::temp_names(&plan.config);
-    let code = namespace::enter(&plan.maps, || worker(&plan, &work))?;
+    // Outside the namespace, where kiln-helper can still gain its privilege.
+    let broker = match &plan.helper {
+        Some((helper, _)) => Some(devices::Broker::start(helper)?),
+        None => None,
+    };
+    let code = namespace::enter(&plan.maps, || worker(&plan, &work, broker.as_ref()))?;
+    drop(broker);
     drop(work);
     Ok(if signals::interrupted() && code != 0 { EXIT_INTERRUPTED } else { code })
 }
@@ -106,9 +114,9 @@ fn add_sbin_to_path() {
 
 /// Inside the namespace: run the pipeline, then remove the build tree (only
 /// here can kiln delete files that belong to subordinate ids).
-fn worker(plan: &Plan, work: &WorkDir) -> i32 {
+fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 {
     let mut progress = Progress::new(plan.config.trace);
-    let result = pipeline(plan, work, &mut progress);
+    let result = pipeline(plan, work, broker, &mut progress);
     progress.finish();
     if let Err(e) = std::fs::remove_dir_all(&work.path) {
         eprintln!("kiln: removing {}: {e}", work.path.display());
@@ -133,7 +141,7 @@ fn worker(plan: &Plan, work: &WorkDir) -> i32 {
     }
 }
 
-fn pipeline(plan: &Plan, work: &WorkDir, progress: &mut Progress) -> Result<()> {
+fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progress: &mut Progress) -> Result<()> {
     let c = &plan.config;
     let root = work.root();
     for d in [work.hooks(), work.image(), work.home()] {
@@ -148,11 +156,11 @@ fn pipeline(plan: &Plan, work: &WorkDir, progress: &mut Progress) -> Result<()> 
     make_root(plan, &runner, &root, progress)?;
     image_root::prepare(&root)?;
     for phase in [Phase::ExtraData, Phase::PreInstall, Phase::Install, Phase::PostInstall, Phase::PostRoot] {
-        run_phase(&runner, phase, progress)?;
+        run_phase(&runner, phase, None, progress)?;
     }
     image_root::install_first_boot(&work.hooks(), &root)?;
 
-    let disk = if plan.needs_disk {
+    let mut disk = if plan.needs_disk {
         progress.step("block-device", &format!("layout {}", plan.layout));
         let content = crate::disk::content_size(&root)?;
         let size = match c.image_size {
@@ -173,8 +181,15 @@ fn pipeline(plan: &Plan, work: &WorkDir, progress: &mut Progress) -> Result<()> 
     } else {
         None
     };
-    for phase in [Phase::BlockDevice, Phase::PreFinalise, Phase::Finalise, Phase::Cleanup] {
-        run_phase(&runner, phase, progress)?;
+    match (broker, &mut disk) {
+        (Some(broker), Some((d, raw))) => {
+            block_device_phase(&mut runner, broker, raw, progress)?;
+            adopt_partitions(d, raw, progress)?;
+        }
+        _ => run_phase(&runner, Phase::BlockDevice, None, progress)?,
+    }
+    for phase in [Phase::PreFinalise, Phase::Finalise, Phase::Cleanup] {
+        run_phase(&runner, phase, None, progress)?;
     }
     image_root::tidy(&root)?;
 
@@ -202,14 +217,58 @@ fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-fn run_phase(runner: &Runner, phase: Phase, progress: &mut Progress) -> Result<()> {
+fn run_phase(runner: &Runner, phase: Phase, lend: Option<&Lend>, progress: &mut Progress) -> Result<()> {
     check_interrupted()?;
     if phase == Phase::Install {
         runner.install_static(progress)?;
     }
     runner.install_packages(phase, true, progress)?;
-    runner.run_phase(phase, progress)?;
+    runner.run_phase_lending(phase, lend, progress)?;
     runner.install_packages(phase, false, progress)
+}
+
+/// block-device.d with the image attached to a loop device (kiln-helper): the
+/// hooks open /dev/loopN and its partitions; everything after works on the file.
+fn block_device_phase(runner: &mut Runner, broker: &devices::Broker, raw: &Path, progress: &mut Progress) -> Result<()> {
+    check_interrupted()?;
+    let image = std::fs::OpenOptions::new().read(true).write(true).open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    progress.step("block-device", "attaching the image to a loop device (kiln-helper)");
+    let attached = broker.attach(&image)?;
+    progress.say(&format!("block-device: the image is /dev/{} until block-device.d ends", attached.name));
+    runner.image_block_device = Some(PathBuf::from("/dev").join(&attached.name));
+    let partitions = || broker.partitions();
+    let lend = Lend { disk: attached.disk.as_fd(), partitions: &partitions };
+    let ran = run_phase(runner, Phase::BlockDevice, Some(&lend), progress);
+    // What the hooks wrote through the device must be in the file before kiln reads it.
+    let synced = nix::unistd::fsync(attached.disk.as_raw_fd()).context("flushing the loop device");
+    let detached = broker.detach();
+    drop(attached);
+    runner.image_block_device = Some(raw.to_path_buf());
+    ran?;
+    synced?;
+    detached
+}
+
+/// A block-device.d hook may have moved or resized kiln's partitions: kiln fills
+/// them where the table now says they are.
+fn adopt_partitions(d: &mut crate::disk::DiskPlan, raw: &Path, progress: &mut Progress) -> Result<()> {
+    let table = crate::kernel::partition_table(raw).context("re-reading the partition table after block-device.d")?;
+    let numbers = d.partitions.iter().map(|q| q.number.to_string()).collect::<Vec<_>>().join(", ");
+    for p in &mut d.partitions {
+        let Some(&(_, start, len)) = table.iter().find(|(n, _, _)| *n == p.number) else {
+            bail!(
+                "after block-device.d the image has no partition {} ({:?}) for kiln to fill; a hook that repartitions must keep kiln's partitions (numbers {numbers})",
+                p.number,
+                p.role,
+            );
+        };
+        if (start, len) != (p.start, p.size) {
+            progress.say(&format!("block-device: partition {} is now at {} MiB, {} MiB long", p.number, start >> 20, len >> 20));
+            p.start = start;
+            p.size = len;
+        }
+    }
+    Ok(())
 }
 
 /// root: from the base-tree cache when every input matches, else the OS

@@ -2,7 +2,9 @@
 //! downloaded (DESIGN §2).
 
 use super::config::Config;
+use super::devices::ASK_FILE;
 use super::tools::{self, Tools};
+use crate::helper::client::Helper;
 use crate::flavour::{self, EnvFile, HookSet, PackageRequest, Phase, Resolved, SearchPath};
 use crate::sandbox::{seccomp::Profile, IdMaps};
 use anyhow::{anyhow, bail, Context, Result};
@@ -32,6 +34,8 @@ pub struct Plan {
     pub seccomp: Profile,
     pub maps: IdMaps,
     pub distro: String,
+    /// kiln-helper, when a flavour asks for a real block device.
+    pub helper: Option<(Helper, Vec<String>)>,
 }
 
 impl Plan {
@@ -71,6 +75,7 @@ impl Plan {
         };
         let maps = IdMaps::for_caller()?;
         let mut warnings = hooks.warnings.clone();
+        let helper = block_device_helper(&resolved, needs_disk, &mut warnings)?;
         warnings.extend(maps.single_id_warning());
         let cache_key = cache_key(&config, &distro, &hooks, &env_files, &bootstrap_packages)?;
         Ok(Plan {
@@ -88,6 +93,7 @@ impl Plan {
             seccomp,
             maps,
             distro,
+            helper,
         })
     }
 
@@ -122,6 +128,14 @@ impl Plan {
         }
         let outs: Vec<String> = c.formats.iter().map(|f| c.output_path(f).display().to_string()).collect();
         let _ = writeln!(s, "disk layout: {}", self.layout);
+        match &self.helper {
+            Some((h, askers)) => {
+                let _ = writeln!(s, "block device: a loop device through {} ({:?}), for {}", h.program.display(), h.mode, askers.join(", "));
+            }
+            None => {
+                let _ = writeln!(s, "block device: a plain file (no flavour asks for a real one)");
+            }
+        }
         let _ = writeln!(s, "outputs: {}", outs.join(" "));
         let _ = writeln!(s, "base-tree cache key: {}", &self.cache_key[..16]);
         s
@@ -129,6 +143,23 @@ impl Plan {
 }
 
 pub const DEFAULT_PROFILE: &str = include_str!("../../seccomp/default.json");
+
+/// Flavours with a `real-block-device` file get a loop device in block-device.d,
+/// which only kiln-helper can attach: without it, fail now with how to install it.
+fn block_device_helper(resolved: &Resolved, needs_disk: bool, warnings: &mut Vec<String>) -> Result<Option<(Helper, Vec<String>)>> {
+    let askers: Vec<String> = resolved.flavours.iter().filter(|f| f.dir.join(ASK_FILE).exists()).map(|f| f.name.clone()).collect();
+    if askers.is_empty() {
+        return Ok(None);
+    }
+    if !needs_disk {
+        warnings.push(format!("flavour {} asks for a real block device ({ASK_FILE}), but this build makes no disk image: ignored", askers.join(", ")));
+        return Ok(None);
+    }
+    let explicit = std::env::var_os("KILN_HELPER").map(std::path::PathBuf::from);
+    let helper = Helper::locate(explicit.as_deref())
+        .with_context(|| format!("flavour {} asks for a real block device (its `{ASK_FILE}` file), which needs kiln-helper", askers.join(", ")))?;
+    Ok(Some((helper, askers)))
+}
 
 fn split_packages(reqs: &[PackageRequest], extra: &[String]) -> (Vec<String>, BTreeMap<Phase, (Vec<String>, Vec<String>)>) {
     let mut boot: Vec<String> = extra.to_vec();

@@ -19,6 +19,14 @@ pub use select::{version_cmp, Patterns};
 pub use image::Disk;
 pub use partitions::table_only as partition_table_only;
 
+/// The partitions of a raw or qcow2 image as (number, start, length) in bytes;
+/// empty for a bare filesystem. For kiln's own re-read after block-device.d.
+pub fn partition_table(path: &std::path::Path) -> Result<Vec<(u32, u64, u64)>> {
+    let mut disk = image::open(path)?;
+    let (_, parts) = partitions::find(disk.as_mut())?;
+    Ok(parts.into_iter().filter(|p| p.number > 0).map(|p| (p.number, p.start, p.len)).collect())
+}
+
 use crate::sandbox::{signals, Interrupted};
 use anyhow::{bail, Context, Result};
 use ext4::{Ext4, Inode, S_IFDIR, S_IFLNK, S_IFREG};

@@ -1,0 +1,148 @@
+//! A flavour that asks for a real block device (DESIGN §6): kiln attaches the
+//! image through kiln-helper (setuid, or through sudo), its block-device.d hook
+//! repartitions /dev/loopN with sfdisk and makes a filesystem on a partition,
+//! the result boots; nothing is left attached whatever happens to the build.
+
+mod common;
+
+use common::helper::{install_setuid, install_sudo};
+use common::qemu::{Boot, BootOptions, Firmware};
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Loop devices whose backing file lies under `dir`.
+fn loops_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            if b.trim().starts_with(&dir.display().to_string()) {
+                found.push(format!("{name} -> {}", b.trim()));
+            }
+        }
+    }
+    found
+}
+
+/// Loop devices are freed when the last descriptor closes, which happens as the
+/// killed build's processes exit: allow that a moment.
+fn assert_no_loop_device(dir: &Path) {
+    let start = Instant::now();
+    loop {
+        let left = loops_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "loop devices left attached: {left:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn assert_no_mount(dir: &Path) {
+    let needle = dir.display().to_string();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(mi) = std::fs::read_to_string(p.path().join("mountinfo")) {
+            assert!(!mi.contains(&needle), "a mount under {needle} is left in {}", p.path().display());
+        }
+    }
+}
+
+fn build_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--image-size", "3G", "-o", out];
+    args.extend(extra);
+    args.extend(IMAGE_FLAVOURS);
+    args
+}
+
+/// disk-image-create with the test flavours (and `flavours`), TMPDIR and KILN_HELPER set.
+fn build_cmd(args: &[&str], tmp: &Path, helper: impl AsRef<std::ffi::OsStr>, flavours: &[&Path]) -> std::process::Command {
+    let mut cmd = kiln("disk-image-create", args);
+    cmd.env("ELEMENTS_PATH", test_flavours_path(flavours)).env("TMPDIR", tmp).env("KILN_HELPER", helper);
+    cmd
+}
+
+#[test]
+fn without_kiln_helper_a_flavour_that_asks_fails_at_plan_time_with_the_install_steps() {
+    let (s, tmp) = scratch_with_tmp("bdev-nohelper");
+    let out = s.join("img");
+    let mut args = build_args(out.to_str().unwrap(), &["--dry-run"]);
+    args.push("real-disk");
+    let o = build_cmd(&args, &tmp, "/nonexistent/kiln-helper", &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{}", output_text(&o));
+    assert!(err.contains("real-disk") && err.contains("real-block-device"), "names neither flavour nor file:\n{err}");
+    assert!(err.contains("4755") && err.contains("sudoers.d") && err.contains("visudo"), "no install instructions:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_hook_repartitions_the_real_device_and_the_image_boots() {
+    let helper = install_setuid();
+    let (s, tmp) = scratch_with_tmp("bdev-setuid");
+    let out = s.join("img");
+    let mut args = build_args(out.to_str().unwrap(), &["-t", "qcow2"]);
+    args.extend(["real-disk", "boot-report"]);
+    let started = Instant::now();
+    let o = run_ok(&mut build_cmd(&args, &tmp, &helper, &[]));
+    eprintln!("build with a real block device: {:.1}s", started.elapsed().as_secs_f64());
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("KILN-REAL-DISK loop") && log.contains("partitions=4") && log.contains("p4=67108864"), "the hook did not repartition:\n{log}");
+    assert!(log.contains("partition 3 is now at"), "kiln did not adopt the shrunk root partition:\n{log}");
+    assert_no_loop_device(&s.path);
+    assert_no_leftovers(&tmp, &s.path, &["img.qcow2"]);
+
+    let mut g = Boot::start(&s.join("img.qcow2"), &BootOptions::new(Firmware::Bios, "qcow2")).unwrap();
+    g.wait_for("KILN-DATA-LABEL kiln-data", Duration::from_secs(420)).unwrap_or_else(|e| panic!("{e:#}"));
+    g.wait_for("login:", Duration::from_secs(240)).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[test]
+fn through_sudo_the_same_build_works() {
+    let helper = install_sudo();
+    let (s, tmp) = scratch_with_tmp("bdev-sudo");
+    let out = s.join("img");
+    let mut args = build_args(out.to_str().unwrap(), &["-t", "raw"]);
+    args.push("real-disk");
+    let o = run_ok(&mut build_cmd(&args, &tmp, &helper, &[]));
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("KILN-REAL-DISK loop") && log.contains("partitions=4"), "{log}");
+    assert_no_loop_device(&s.path);
+    assert_no_leftovers(&tmp, &s.path, &["img.raw"]);
+    let parts = std::process::Command::new("sfdisk").arg("--dump").arg(s.join("img.raw")).output().unwrap();
+    let table = String::from_utf8_lossy(&parts.stdout);
+    assert_eq!(table.matches("start=").count(), 4, "{table}");
+}
+
+/// Starts a build whose block-device.d hook runs `hook`, kills kiln (the
+/// caller) with SIGKILL when a stderr line contains `marker`, and checks that
+/// no loop device and no mount of the build is left.
+fn sigkill_at(name: &str, hook: &str, marker: &'static str) {
+    let helper = install_setuid();
+    let (s, tmp) = scratch_with_tmp(name);
+    let flavours = s.flavour("hold-device", &[("README.md", "holds the lent device\n", false), ("real-block-device", "", false), ("block-device.d/50-hold", hook, true)]);
+    let out = s.join("img");
+    let mut args = build_args(out.to_str().unwrap(), &["-t", "raw"]);
+    args.push("hold-device");
+    let cmd = build_cmd(&args, &tmp, &helper, &[&flavours]);
+    signal_at(cmd, marker, nix::sys::signal::Signal::SIGKILL, false);
+    assert_no_loop_device(&s.path);
+    assert_no_mount(&s.path);
+}
+
+#[test]
+fn sigkill_while_the_helper_attaches_leaves_no_loop_device() {
+    sigkill_at("bdev-kill-attach", "#!/bin/sh\nsleep 600\n", "attaching the image to a loop device");
+}
+
+#[test]
+fn sigkill_while_a_hook_holds_a_partition_leaves_no_loop_device() {
+    let hook = "#!/bin/bash\nexec 3<>\"${IMAGE_BLOCK_DEVICE}p3\"\necho KILN-HOLDING-PARTITION\nsleep 600\n";
+    sigkill_at("bdev-kill-hold", hook, "KILN-HOLDING-PARTITION");
+}
+
+#[test]
+fn sigkill_after_a_rescan_leaves_no_loop_device() {
+    let hook = "#!/bin/bash\nset -e\necho ',,L' | sfdisk --quiet --append \"$IMAGE_BLOCK_DEVICE\" || true\nblockdev --rereadpt \"$IMAGE_BLOCK_DEVICE\"\necho KILN-RESCANNED\nsleep 600\n";
+    sigkill_at("bdev-kill-rescan", hook, "KILN-RESCANNED");
+}
