@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::helper::{as_user, assert_no_loop_device, expected_partitions, image, install_setuid, install_sudo, loop_devices_of, other_user, sfdisk, user, TestUser};
+use common::helper::{
+    as_user, assert_no_loop_device, expected_partitions, image, install_setuid, install_sudo, install_unprivileged, loop_devices_of, other_user,
+    runnable_test_binary, sfdisk, user, TestUser,
+};
 use common::Scratch;
 use kiln::helper::client::{exchange, Attached, Devices, Helper, Mode, Partition, Reply};
 use kiln::helper::protocol::Message;
@@ -395,9 +398,56 @@ fn refuses_a_closed_standard_error() {
 #[test]
 fn refuses_to_run_without_privilege() {
     // The build's own copy: not setuid, so the test user runs it unprivileged.
-    let cmd = as_user(&user(), &[OsStr::new(env!("CARGO_BIN_EXE_kiln-helper")), OsStr::new("attach")]);
+    let cmd = as_user(&user(), &[install_unprivileged().as_os_str(), OsStr::new("attach")]);
     let r = exchange(cmd, Stdio::null()).unwrap();
     assert_refused(&r, "kiln-helper is not privileged");
+}
+
+/// The helper attaching `image`, found by its standard input.
+fn helper_reading(image: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for p in std::fs::read_dir("/proc").unwrap().flatten() {
+            if std::fs::read_link(p.path().join("fd/0")).is_ok_and(|t| t == image) && std::fs::read_link(p.path().join("exe")).is_ok_and(|e| e == install_setuid()) {
+                return p.file_name().to_string_lossy().into_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "no helper process reads {}", image.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn runs_as_root_with_one_capability_that_its_caller_cannot_stop() {
+    let s = Scratch::new("helper-locked");
+    let img = scratch_image(&s, "disk.img");
+    // Holding /dev/loop-control's lock keeps the helper waiting, inspectable.
+    let control = File::open("/dev/loop-control").unwrap();
+    assert_eq!(unsafe { libc::flock(control.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let input = open_rw(&img);
+    let waiting = std::thread::spawn(move || exchange(setuid_helper("attach"), stdin(input)).unwrap());
+    let pid = helper_reading(&img);
+    let field = |name: &str| -> String {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while field("Uid:") != "0 0 0 0" {
+        assert!(Instant::now() < deadline, "the helper's ids: {}", field("Uid:"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!((field("Gid:"), field("Groups:")), ("0 0 0 0".to_string(), String::new()));
+    // CAP_SYS_ADMIN (bit 21) only, nothing to pass on at exec.
+    for (set, want) in [("CapEff:", "0000000000200000"), ("CapPrm:", "0000000000200000"), ("CapInh:", "0000000000000000"), ("CapBnd:", "0000000000000000"), ("CapAmb:", "0000000000000000"), ("NoNewPrivs:", "1")] {
+        assert_eq!(field(set), want, "{set}");
+    }
+    let stop = as_user(&user(), &[OsStr::new("kill"), OsStr::new("-STOP"), OsStr::new(&pid)]).output().unwrap();
+    assert!(!stop.status.success() && String::from_utf8_lossy(&stop.stderr).contains("not permitted"), "the caller stopped the helper: {stop:?}");
+    drop(control);
+    let (disk, parts) = devices(waiting.join().unwrap());
+    assert!(disk.is_some() && parts.len() == 3);
+    drop((disk, parts));
+    assert_no_loop_device(&img);
 }
 
 // ---- requests about devices ----
@@ -527,9 +577,22 @@ fn twenty_parallel_attach_detach_cycles() {
     let s = Scratch::new("helper-parallel");
     let images: Vec<PathBuf> = (0..20).map(|i| scratch_image(&s, &format!("disk{i}.img"))).collect();
     let expected = expected_partitions(&images[0]);
+    // A rival that binds loop devices without the helper's lock, as losetup
+    // does: the helper must retry a device taken under it, never fail.
+    let rival_file = s.join("rival.img");
+    File::create(&rival_file).unwrap().set_len(MIB).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
     let t0 = Instant::now();
     std::thread::scope(|scope| {
-        for img in &images {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("losetup").args(["-f", "--show"]).arg(&rival_file).output().unwrap();
+                if out.status.success() {
+                    let _ = Command::new("losetup").arg("-d").arg(String::from_utf8_lossy(&out.stdout).trim()).status();
+                }
+            }
+        });
+        let cycles: Vec<_> = images.iter().map(|img| {
             let expected = &expected;
             scope.spawn(move || {
                 let a = attach(setuid_helper("attach"), img);
@@ -540,11 +603,14 @@ fn twenty_parallel_attach_detach_cycles() {
                 }
                 let r = exchange(setuid_helper("detach"), dup(a.disk.as_fd())).unwrap();
                 assert!(r.status.success(), "{}", show(&r));
-            });
-        }
+            })
+        }).collect();
+        let failed = cycles.into_iter().map(|c| c.join()).filter(Result::is_err).count();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(failed, 0, "{failed} of 20 cycles failed");
     });
     eprintln!("20 parallel attach/detach cycles: {:?}", t0.elapsed());
-    for img in &images {
+    for img in images.iter().chain([&rival_file]) {
         assert_no_loop_device(img);
     }
 }
@@ -599,14 +665,30 @@ fn leak_client() {
     }
 }
 
+#[derive(Clone, Copy)]
+enum When {
+    After(Duration),
+    /// Once the helper has registered the device (its last step before replying).
+    Replied,
+}
+
+fn wait_for_registration(image: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !loop_devices_of(image).iter().any(|d| Path::new("/run/kiln-helper").join(d).exists()) {
+        assert!(Instant::now() < deadline, "the helper did not attach {} within 10 s", image.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+}
+
 /// Starts leak_client as the test user, waits for it to reach `step`, then
 /// after `delay` kills it with SIGKILL (with the helper it started, when
 /// `with_helper`), and expects no loop device left on the image. Returns the
 /// devices the image had at the moment of the kill.
-fn kill_caller_at(step: &str, delay: Duration, with_helper: bool) -> Vec<String> {
+fn kill_caller_at(step: &str, when: When, with_helper: bool) -> Vec<String> {
     let s = Scratch::new(&format!("helper-leak-{step}-{}", with_helper as u8));
     let img = scratch_image(&s, "disk.img");
-    let exe = std::env::current_exe().unwrap();
+    let exe = runnable_test_binary();
     let mut cmd = as_user(&user(), &[exe.as_os_str(), OsStr::new("--exact"), OsStr::new("leak_client"), OsStr::new("--ignored"), OsStr::new("--nocapture")]);
     cmd.env("KILN_HELPER_LEAK_STEP", step).env("KILN_HELPER_LEAK_IMAGE", &img).env("KILN_HELPER_LEAK_PROGRAM", install_setuid());
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
@@ -617,7 +699,10 @@ fn kill_caller_at(step: &str, delay: Duration, with_helper: bool) -> Vec<String>
     let ready = lines.find(|l| l.as_ref().is_ok_and(|l| l.starts_with("READY")));
     let Some(Ok(ready)) = ready else { panic!("the client never reached {step}: {:?}", child.wait()) };
     let helper = ready.split_once("helper=").map(|(_, pid)| pid.trim().to_string());
-    std::thread::sleep(delay);
+    match when {
+        When::After(delay) => std::thread::sleep(delay),
+        When::Replied => wait_for_registration(&img),
+    }
     let attached = loop_devices_of(&img);
     if with_helper {
         nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -636,6 +721,11 @@ fn kill_caller_at(step: &str, delay: Duration, with_helper: bool) -> Vec<String>
         }
     }
     assert_no_loop_device(&img);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for name in &attached {
+        assert!(!mounts.contains(&format!("/dev/{name} ")), "/dev/{name} is mounted");
+    }
+    assert!(!mounts.contains(&s.path.display().to_string()), "a mount under {}", s.path.display());
     attached
 }
 
@@ -643,23 +733,22 @@ fn kill_caller_at(step: &str, delay: Duration, with_helper: bool) -> Vec<String>
 fn killed_before_reading_the_reply_leaves_no_device() {
     // The caller dies while the helper works; the helper then dies too, or
     // finds nobody to reply to, or its reply dies unread with the socket.
-    kill_caller_at("before-reply", Duration::ZERO, true);
-    kill_caller_at("before-reply", Duration::from_millis(20), true);
-    kill_caller_at("before-reply", Duration::ZERO, false);
-    // By now the reply, descriptors and all, waits unread in the socket.
-    let attached = kill_caller_at("before-reply", Duration::from_millis(500), false);
-    assert_eq!(attached.len(), 1, "the helper had not attached within 500 ms");
+    kill_caller_at("before-reply", When::After(Duration::ZERO), true);
+    kill_caller_at("before-reply", When::After(Duration::from_millis(20)), true);
+    kill_caller_at("before-reply", When::After(Duration::ZERO), false);
+    // The reply, descriptors and all, waits unread in the socket.
+    assert_eq!(kill_caller_at("before-reply", When::Replied, false).len(), 1);
 }
 
 #[test]
 fn killed_after_receiving_the_descriptors_leaves_no_device() {
-    let attached = kill_caller_at("after-fds", Duration::ZERO, true);
+    let attached = kill_caller_at("after-fds", When::After(Duration::ZERO), true);
     assert_eq!(attached.len(), 1);
 }
 
 #[test]
 fn killed_during_detach_leaves_no_device() {
-    assert_eq!(kill_caller_at("during-detach", Duration::ZERO, true).len(), 1);
+    assert_eq!(kill_caller_at("during-detach", When::After(Duration::ZERO), true).len(), 1);
     // The detach has run; the caller's descriptor kept the device until now.
-    assert_eq!(kill_caller_at("during-detach", Duration::from_millis(200), false).len(), 1);
+    assert_eq!(kill_caller_at("during-detach", When::After(Duration::from_millis(200)), false).len(), 1);
 }

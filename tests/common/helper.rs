@@ -42,9 +42,9 @@ pub fn other_user() -> TestUser {
     .clone()
 }
 
-/// The helper setuid root in a root-owned prefix of its own (made once per
-/// test process; prefixes of test processes that are gone are removed).
-pub fn install_setuid() -> PathBuf {
+/// A root-owned prefix of this test process's own, readable by everyone
+/// (prefixes of test processes that are gone are removed).
+fn prefix() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
         for old in std::fs::read_dir("/var/tmp").unwrap().flatten() {
@@ -56,10 +56,31 @@ pub fn install_setuid() -> PathBuf {
             }
         }
         let prefix = PathBuf::from(format!("{PREFIX}{}", std::process::id()));
-        let program = prefix.join("libexec/kiln-helper");
-        install(&program, 0o4755);
+        std::fs::create_dir_all(&prefix).unwrap();
         std::fs::set_permissions(&prefix, std::fs::Permissions::from_mode(0o755)).unwrap();
-        program
+        prefix
+    })
+}
+
+/// The helper setuid root in the test prefix.
+pub fn install_setuid() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| copy_in(Path::new(env!("CARGO_BIN_EXE_kiln-helper")), &prefix().join("libexec/kiln-helper"), 0o4755)).clone()
+}
+
+/// The helper as built, not setuid: what an unprivileged user running it gets.
+pub fn install_unprivileged() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| copy_in(Path::new(env!("CARGO_BIN_EXE_kiln-helper")), &prefix().join("libexec/kiln-helper-plain"), 0o755)).clone()
+}
+
+/// A copy of the running test binary that the test user can run (the build
+/// directory may not be reachable for it).
+pub fn runnable_test_binary() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        copy_in(&exe, &prefix().join("bin").join(exe.file_name().unwrap()), 0o755)
     })
     .clone()
 }
@@ -69,7 +90,7 @@ pub fn install_setuid() -> PathBuf {
 pub fn install_sudo() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        install(Path::new(SUDO_PROGRAM), 0o755);
+        copy_in(Path::new(env!("CARGO_BIN_EXE_kiln-helper")), Path::new(SUDO_PROGRAM), 0o755);
         let sudoers = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/sudoers.d/kiln");
         let tmp = Path::new("/etc/sudoers.d/.kiln.tmp");
         std::fs::create_dir_all("/etc/sudoers.d").unwrap();
@@ -84,18 +105,19 @@ pub fn install_sudo() -> PathBuf {
     .clone()
 }
 
-/// Copies the built helper to `path` (root's, `mode`) by rename, so that a
-/// copy someone is running is never written over.
-fn install(path: &Path, mode: u32) {
+/// Copies `program` to `path` (root's, `mode`) by rename, so that a copy
+/// someone is running is never written over.
+fn copy_in(program: &Path, path: &Path, mode: u32) -> PathBuf {
     let dir = path.parent().unwrap();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let tmp = dir.join(format!(".kiln-helper.{}", std::process::id()));
-    std::fs::copy(env!("CARGO_BIN_EXE_kiln-helper"), &tmp).unwrap();
+    let tmp = dir.join(format!(".copy.{}", std::process::id()));
+    std::fs::copy(program, &tmp).unwrap();
     nix::unistd::chown(&tmp, Some(0.into()), Some(0.into())).unwrap();
     // After chown, which clears the setuid bit.
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+    path.to_path_buf()
 }
 
 /// `argv` run as `user` (real and effective ids, and the user's groups), with a

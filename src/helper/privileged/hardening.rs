@@ -162,6 +162,13 @@ impl Privileged {
         if !caps::has_cap(None, CapSet::Permitted, admin).unwrap_or(false) {
             bail!("{NOT_PRIVILEGED}");
         }
+        // A process whose real uid is the caller's can be stopped by the caller,
+        // and a helper stopped while it holds a lock stalls every other user's.
+        // All ids root (the caller was read at exec), none of the caller's groups.
+        // SAFETY: plain system calls; CAP_SETUID and CAP_SETGID are still held.
+        if unsafe { libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 } {
+            bail!("{NOT_PRIVILEGED} (cannot become root: {})", std::io::Error::last_os_error());
+        }
         // The bounding set only matters at exec, which the helper never does;
         // clearing it all, CAP_SYS_ADMIN too, must happen while CAP_SETPCAP is held.
         caps::drop(None, CapSet::Bounding, admin).context("dropping CAP_SYS_ADMIN from the bounding set")?;

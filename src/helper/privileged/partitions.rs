@@ -11,6 +11,7 @@ use nix::errno::Errno;
 use std::ffi::{c_int, c_void};
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 /// The kernel numbers partitions below DISK_MAX_PARTS (256).
 const MAX_NUMBER: u32 = 255;
@@ -66,7 +67,7 @@ pub fn sync(p: &Privileged, dev: BorrowedFd, name: &str, want: &[PartLine]) -> R
     have.sort_by_key(|h| h.number);
     let mut busy = Vec::new();
     for h in have.iter().filter(|h| !want.contains(h)) {
-        match blkpg(p, dev, BLKPG_DEL_PARTITION, h) {
+        match remove(p, dev, h) {
             Ok(()) => {}
             Err(Errno::EBUSY) => busy.push(h.number.to_string()),
             Err(e) => bail!("removing partition {} of {name}: {}", h.number, e.desc()),
@@ -81,6 +82,18 @@ pub fn sync(p: &Privileged, dev: BorrowedFd, name: &str, want: &[PartLine]) -> R
         blkpg(p, dev, BLKPG_ADD_PARTITION, w).map_err(|e| anyhow::anyhow!("adding partition {} to {name}: {}", w.number, e.desc()))?;
     }
     Ok(())
+}
+
+/// EBUSY may be a prober (udev's blkid) holding the partition for a moment:
+/// only one still open after a second counts as in use.
+fn remove(p: &Privileged, dev: BorrowedFd, part: &PartLine) -> nix::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match blkpg(p, dev, BLKPG_DEL_PARTITION, part) {
+            Err(Errno::EBUSY) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            r => return r,
+        }
+    }
 }
 
 /// One open descriptor per partition, in `want`'s order.
