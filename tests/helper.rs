@@ -150,7 +150,10 @@ fn attach_setuid_gives_the_partitions_at_their_offsets() {
 fn attach_through_sudo_answers_to_the_sudo_user() {
     let s = Scratch::new("helper-sudo");
     let img = scratch_image(&s, "disk.img");
-    let a = attach(sudo_helper("attach"), &img);
+    // sudo keeps LANG (and PAM may add it): there it is cleared, not refused.
+    let mut cmd = sudo_helper("attach");
+    cmd.env("LANG", "C.UTF-8");
+    let a = attach(cmd, &img);
     assert_partitions_match(&a.name, &a.partitions, &img);
     assert_writes_land(&a.partitions[1], &img);
     // The caller is SUDO_UID, not root: root's file is not the test user's.
@@ -268,6 +271,46 @@ fn refuses_a_proc_file() {
     // Regular, writable, but a loop device's kernel threads would write it
     // with their own credentials: only data filesystems are allowed.
     attach_refused(open_rw(Path::new("/proc/self/comm")), "is on proc");
+}
+
+/// A DOS boot record with `entries` (type, first sector, sectors).
+fn mbr(entries: &[(u8, u32, u32)]) -> Vec<u8> {
+    let mut sector = vec![0u8; 512];
+    for (i, &(kind, first, count)) in entries.iter().enumerate() {
+        let e = &mut sector[446 + 16 * i..462 + 16 * i];
+        e[4] = kind;
+        e[8..12].copy_from_slice(&first.to_le_bytes());
+        e[12..16].copy_from_slice(&count.to_le_bytes());
+    }
+    sector[510..].copy_from_slice(&[0x55, 0xaa]);
+    sector
+}
+
+#[test]
+fn refuses_a_hostile_partition_table_and_detaches_again() {
+    let s = Scratch::new("helper-badtable");
+    let disk_sectors = (64 * MIB / 512) as u32;
+    // Each table is read after the device is bound: a refusal must undo that.
+    let cases: [(&str, Vec<(u64, Vec<u8>)>, &str); 5] = [
+        ("past-end", vec![(0, mbr(&[(0x83, 2048, disk_sectors)]))], "partition 1 (bytes 1048576..+67108864) lies past the end of the device"),
+        ("overlap", vec![(0, mbr(&[(0x83, 2048, 4096), (0x83, 4096, 4096)]))], "partitions 1 and 2 overlap"),
+        ("beyond-u32", vec![(0, mbr(&[(0x83, u32::MAX, u32::MAX)]))], "lies past the end of the device"),
+        // An extended partition whose boot record names itself as the next one.
+        ("ebr-loop", vec![(0, mbr(&[(0x05, 2048, 8192)])), (2048 * 512, mbr(&[(0x83, 1, 100), (0x05, 0, 100)]))], "the chain of logical partitions does not end"),
+        ("gpt-crc", vec![(512 + 24, vec![0xff])], "the GPT header checksum does not match"),
+    ];
+    for (name, writes, says) in cases {
+        let img = scratch_image(&s, &format!("{name}.img"));
+        let f = open_rw(&img);
+        if name != "gpt-crc" {
+            f.write_all_at(&vec![0u8; MIB as usize], 0).unwrap();
+        }
+        for (at, bytes) in writes {
+            f.write_all_at(&bytes, at).unwrap();
+        }
+        attach_refused(f, says);
+        assert_no_loop_device(&img);
+    }
 }
 
 // ---- hostile invocations ----

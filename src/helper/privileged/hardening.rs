@@ -58,8 +58,13 @@ impl Start {
         let real_uid = unsafe { libc::getuid() };
         // sudo says who asked; anyone else could set SUDO_UID, so only root's is heard.
         let sudo_uid = if real_uid == 0 { std::env::var_os("SUDO_UID").map(|v| v.into_encoded_bytes()) } else { None };
+        // Only an unprivileged caller's environment is refused. Under sudo (or
+        // root) it is root's: sudo has already sanitised it, and PAM adds LANG
+        // from /etc/default/locale on ordinary installs. It is cleared all the same.
         let (forbidden_env, env_unreadable) = match environment_names() {
-            Ok(names) => (names.into_iter().find(|n| forbidden(n)).map(|n| String::from_utf8_lossy(&n).into_owned()), None),
+            _ if real_uid == 0 => (None, None),
+            // The name goes to logs: printable ASCII only.
+            Ok(names) => (names.into_iter().find(|n| forbidden(n)).map(|n| n.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect()), None),
             Err(e) => (None, Some(e)),
         };
         unsafe {
