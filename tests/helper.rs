@@ -291,7 +291,9 @@ fn refuses_a_hostile_partition_table_and_detaches_again() {
     let s = Scratch::new("helper-badtable");
     let disk_sectors = (64 * MIB / 512) as u32;
     // Each table is read after the device is bound: a refusal must undo that.
-    let cases: [(&str, Vec<(u64, Vec<u8>)>, &str); 5] = [
+    // (name, bytes to write at offsets, what the refusal says)
+    type Case = (&'static str, Vec<(u64, Vec<u8>)>, &'static str);
+    let cases: [Case; 5] = [
         ("past-end", vec![(0, mbr(&[(0x83, 2048, disk_sectors)]))], "partition 1 (bytes 1048576..+67108864) lies past the end of the device"),
         ("overlap", vec![(0, mbr(&[(0x83, 2048, 4096), (0x83, 4096, 4096)]))], "partitions 1 and 2 overlap"),
         ("beyond-u32", vec![(0, mbr(&[(0x83, u32::MAX, u32::MAX)]))], "lies past the end of the device"),

@@ -106,16 +106,16 @@ pub fn install_sudo() -> PathBuf {
 }
 
 /// Copies `program` to `path` (root's, `mode`) by rename, so that a copy
-/// someone is running is never written over.
+/// someone is running is never written over. install(1) writes it: a
+/// descriptor open for writing in this process would be inherited by any
+/// child another test thread forks meanwhile, and exec of the copy would fail
+/// with ETXTBSY until that child execs.
 fn copy_in(program: &Path, path: &Path, mode: u32) -> PathBuf {
     let dir = path.parent().unwrap();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let tmp = dir.join(format!(".copy.{}", std::process::id()));
-    std::fs::copy(program, &tmp).unwrap();
-    nix::unistd::chown(&tmp, Some(0.into()), Some(0.into())).unwrap();
-    // After chown, which clears the setuid bit.
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+    let tmp = dir.join(format!(".copy-{}", path.file_name().unwrap().to_string_lossy()));
+    run(Command::new("install").args(["-o", "root", "-g", "root", "-m", &format!("{mode:o}")]).arg(program).arg(&tmp));
     std::fs::rename(&tmp, path).unwrap();
     path.to_path_buf()
 }
