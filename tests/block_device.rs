@@ -89,6 +89,7 @@ fn a_hook_repartitions_the_real_device_and_the_image_boots() {
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(log.contains("KILN-REAL-DISK loop") && log.contains("partitions=4") && log.contains("p4=67108864"), "the hook did not repartition:\n{log}");
     assert!(log.contains("partition 3 is now at"), "kiln did not adopt the shrunk root partition:\n{log}");
+    assert!(log.contains("KILN-LOOP-DETACH refused"), "a hook could detach the lent device:\n{log}");
     assert_no_loop_device(&s.path);
     assert_no_leftovers(&tmp, &s.path, &["img.qcow2"]);
 
