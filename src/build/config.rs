@@ -41,6 +41,8 @@ pub struct Config {
     pub qemu_img_options: String,
     pub mkfs_options: Vec<String>,
     pub seccomp_profile: Option<PathBuf>,
+    /// The tree goes into a tmpfs when this much memory is free (bytes); None: on disk.
+    pub tmpfs_min: Option<u64>,
 }
 
 impl Config {
@@ -107,6 +109,7 @@ impl Config {
             qemu_img_options: a.qemu_img_options.clone().unwrap_or_default(),
             mkfs_options: mkfs.split_whitespace().map(str::to_string).collect(),
             seccomp_profile: a.seccomp_profile.clone(),
+            tmpfs_min: tmpfs_min(&a, &vars)?,
             vars,
         };
         Ok(cfg)
@@ -205,4 +208,18 @@ mod tests {
         assert_eq!(parse_size("1536M").unwrap(), 1536 << 20);
         assert!(parse_size("big").unwrap_err().to_string().contains("not a size"));
     }
+}
+
+/// diskimage-builder builds in a tmpfs unless told not to (--no-tmpfs) or
+/// memory is short (--min-tmpfs / DIB_MIN_TMPFS, GiB, default 2).
+fn tmpfs_min(a: &DiskImageArgs, vars: &Vars) -> Result<Option<u64>> {
+    if a.no_tmpfs || vars.get("DIB_NO_TMPFS").is_some_and(|v| v != "0") {
+        return Ok(None);
+    }
+    let gib = match (a.min_tmpfs, vars.get("DIB_MIN_TMPFS")) {
+        (Some(g), _) => g as u64,
+        (None, Some(v)) => v.trim().parse().map_err(|_| anyhow::anyhow!("DIB_MIN_TMPFS={v:?}: expected a whole number of GiB"))?,
+        (None, None) => 2,
+    };
+    Ok(Some(gib << 30))
 }

@@ -118,6 +118,7 @@ fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 
     let mut progress = Progress::new(plan.config.trace);
     let result = pipeline(plan, work, broker, &mut progress);
     progress.finish();
+    crate::sandbox::mounts::release(&work.root());
     if let Err(e) = std::fs::remove_dir_all(&work.path) {
         eprintln!("kiln: removing {}: {e}", work.path.display());
     }
@@ -144,9 +145,10 @@ fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 
 fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progress: &mut Progress) -> Result<()> {
     let c = &plan.config;
     let root = work.root();
-    for d in [work.hooks(), work.image(), work.home()] {
+    for d in [work.hooks(), work.image(), work.home(), work.root()] {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
+    tree_in_memory(c.tmpfs_min, &root, progress)?;
     let apt_cache = apt_cache_dir(c);
     std::fs::create_dir_all(&apt_cache).with_context(|| format!("creating {}", apt_cache.display()))?;
     let uuids = DiskIds::fresh()?;
@@ -207,6 +209,24 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
     progress.step("outputs", &c.formats.join(","));
     outputs::write_all(plan, &root, disk.as_ref().map(|(_, r)| r.as_path()), &work.temp_outputs)?;
     Ok(())
+}
+
+/// The tree in a tmpfs when memory allows: unpacking and bootstrapping on a
+/// disk filesystem costs seconds of page-cache and journal work per build.
+fn tree_in_memory(min: Option<u64>, root: &Path, progress: &mut Progress) -> Result<()> {
+    let Some(min) = min else { return Ok(()) };
+    let available = mem_available().unwrap_or(0);
+    if available < min {
+        progress.say(&format!("tree on disk: {} MiB of memory free, the tmpfs needs {} MiB (--min-tmpfs)", available >> 20, min >> 20));
+        return Ok(());
+    }
+    crate::sandbox::mounts::tree_tmpfs(root).map_err(|e| anyhow::anyhow!("{e} (--no-tmpfs builds on disk)"))
+}
+
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib << 10)
 }
 
 /// Between steps: stop promptly after SIGINT/SIGTERM.

@@ -58,12 +58,12 @@ pub struct DiskImageArgs {
     #[arg(long, value_name = "DIR")]
     pub image_cache: Option<PathBuf>,
 
-    /// Build on disk in $TMPDIR, never in a tmpfs (kiln's default; accepted for compatibility).
+    /// Build the tree on disk in $TMPDIR instead of in a tmpfs.
     #[arg(long)]
     pub no_tmpfs: bool,
 
-    /// Use a tmpfs for the build only with at least this many GiB of free memory (accepted
-    /// for compatibility; kiln builds on disk).
+    /// Use a tmpfs for the tree only with at least this many GiB of free memory
+    /// (DIB_MIN_TMPFS; default 2).
     #[arg(long, value_name = "GIB")]
     pub min_tmpfs: Option<u32>,
 

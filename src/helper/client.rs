@@ -104,6 +104,7 @@ impl Helper {
     pub fn locate(explicit: Option<&Path>) -> Result<Helper> {
         let chosen = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os("KILN_HELPER").map(PathBuf::from));
         let candidates: Vec<PathBuf> = match chosen {
+            Some(p) if !p.exists() => bail!("KILN_HELPER names {}, which does not exist.\n{INSTALL}", p.display()),
             Some(p) => vec![p],
             None => DEFAULT_PATHS.iter().map(PathBuf::from).collect(),
         };

@@ -139,6 +139,18 @@ fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
+/// A tmpfs for the build's tree (diskimage-builder builds in memory too): it
+/// lives in the build's mount namespace and vanishes with it.
+pub fn tree_tmpfs(dir: &Path) -> Result<(), MountError> {
+    nix::mount::mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
+        .step(|| format!("mount a tmpfs on {}", dir.display()))
+}
+
+/// Lets go of a mount made by `tree_tmpfs`, so its directory can be removed.
+pub fn release(dir: &Path) {
+    let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+}
+
 /// A hook of an earlier phase could plant a symlink where a later bind lands
 /// (say /tmp -> /home): the bind would then cover a host path. Refuse it.
 fn refuse_symlinks(root: &Path, target: &Path) -> Result<(), MountError> {
