@@ -93,7 +93,7 @@ impl TreeCache {
         let tmp = self.dir.join(format!(".{key}.tar.zst.{}", std::process::id()));
         let result = (|| -> Result<()> {
             let mut cmd = tools.command("tar")?;
-            cmd.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "-I"])
+            cmd.args(["--numeric-owner", "--sort=name", "--xattrs", "--xattrs-include=*", "--acls", "-I"])
                 .arg(format!("{} -T0 -3 -q", tools.path("zstd")?.display()))
                 .arg("-cf")
                 .arg(&tmp)

@@ -160,13 +160,14 @@ fn merge_options(defaults: &[&str], user: &str) -> String {
     all.join(",")
 }
 
-/// Archives the tree: tar (numeric owners, all xattrs so file capabilities survive),
-/// gzip'd tar, or squashfs.
+/// Archives the tree: tar (numeric owners, all xattrs so file capabilities survive,
+/// sorted by name so the archive does not depend on the filesystem's directory
+/// order, which differs between tmpfs and disk), gzip'd tar, or squashfs.
 pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
     let mut cmd = match format {
         Format::Tar | Format::Tgz => {
             let mut c = Command::new("tar");
-            c.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-C"])
+            c.args(["--numeric-owner", "--sort=name", "--xattrs", "--xattrs-include=*", "-C"])
                 .arg(tree);
             c.arg(if format == Format::Tgz { "-czf" } else { "-cf" })
                 .arg(out)

@@ -41,7 +41,8 @@ pub fn env() -> &'static Env {
         } else {
             None
         };
-        let stage = PathBuf::from(format!("/var/tmp/kiln-tests-stage-{}", std::process::id()));
+        remove_stale_stages();
+        let stage = PathBuf::from(format!("{STAGE_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&stage);
         std::fs::create_dir_all(stage.join("bin")).unwrap();
         for (name, path) in [
@@ -57,6 +58,21 @@ pub fn env() -> &'static Env {
         make_world_readable(&stage);
         Env { stage, user }
     })
+}
+
+const STAGE_PREFIX: &str = "/var/tmp/kiln-tests-stage-";
+
+/// A test process cannot clean up after itself (statics are never dropped), so
+/// each one removes the stages of test processes that are gone.
+fn remove_stale_stages() {
+    let Ok(dir) = std::fs::read_dir("/var/tmp") else { return };
+    for e in dir.flatten() {
+        let path = e.path();
+        let Some(pid) = path.to_str().and_then(|p| p.strip_prefix(STAGE_PREFIX)) else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 fn copy_tree(src: &Path, dst: &Path) {
