@@ -9,3 +9,4 @@ pub mod helper;
 pub mod kernel;
 pub mod ramdisk;
 pub mod sandbox;
+pub mod yaml;

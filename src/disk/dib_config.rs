@@ -17,10 +17,9 @@
 
 use super::layout::{GPT_TYPE_BIOS_BOOT, GPT_TYPE_ESP, GPT_TYPE_ROOT_X86_64, MIB};
 use anyhow::{anyhow, Result};
+use crate::yaml::{Node, Value};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// What kiln can build; appended to refusals of a layout.
 const SUPPORTED: &str =
@@ -28,12 +27,6 @@ const SUPPORTED: &str =
 
 /// The label diskimage-builder gives the root filesystem when none is configured.
 const DIB_DEFAULT_ROOT_LABEL: &str = "cloudimg-rootfs";
-
-/// Limits on the YAML tree: a block-device configuration is a few dozen nodes, and
-/// these keep hostile input (deep nesting, alias bombs) from exhausting the stack or
-/// memory.
-const MAX_DEPTH: usize = 32;
-const MAX_NODES: usize = 20_000;
 
 /// GPT type of a generic Linux filesystem partition (sgdisk 8300).
 const GPT_TYPE_LINUX_FS: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
@@ -88,194 +81,15 @@ type R<T> = Result<T, Refusal>;
 
 // ---- YAML tree ---------------------------------------------------------------
 
-#[derive(Debug, Clone)]
-enum Value {
-    Null,
-    Scalar(String),
-    Seq(Vec<Node>),
-    Map(Vec<(Node, Node)>),
-}
-
-#[derive(Debug, Clone)]
-struct Node {
-    value: Value,
-    /// 1-based line where the node starts.
-    line: usize,
-}
-
-impl Node {
-    fn text(&self) -> Option<&str> {
-        match &self.value {
-            Value::Scalar(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn describe(&self) -> &'static str {
-        match &self.value {
-            Value::Null => "nothing",
-            Value::Scalar(_) => "a single value",
-            Value::Seq(_) => "a list",
-            Value::Map(_) => "a mapping",
-        }
-    }
-
-    fn count(&self) -> usize {
-        1 + match &self.value {
-            Value::Null | Value::Scalar(_) => 0,
-            Value::Seq(items) => items.iter().map(Node::count).sum(),
-            Value::Map(pairs) => pairs.iter().map(|(k, v)| k.count() + v.count()).sum(),
-        }
-    }
-}
-
-enum Frame {
-    Seq(Vec<Node>, usize, usize),
-    Map(Vec<(Node, Node)>, Option<Node>, usize, usize),
-}
-
-#[derive(Default)]
-struct TreeBuilder {
-    stack: Vec<Frame>,
-    docs: Vec<Node>,
-    anchors: HashMap<usize, Node>,
-    nodes: usize,
-    error: Option<(usize, String)>,
-}
-
-impl TreeBuilder {
-    fn fail(&mut self, line: usize, msg: &str) {
-        if self.error.is_none() {
-            self.error = Some((line, msg.to_string()));
-        }
-    }
-
-    fn finish(&mut self, node: Node, anchor: usize) {
-        if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
-        }
-        match self.stack.last_mut() {
-            None => self.docs.push(node),
-            Some(Frame::Seq(items, ..)) => items.push(node),
-            Some(Frame::Map(pairs, key, ..)) => match key.take() {
-                None => *key = Some(node),
-                Some(k) => pairs.push((k, node)),
-            },
-        }
-    }
-
-    fn count_node(&mut self, line: usize, n: usize) -> bool {
-        self.nodes = self.nodes.saturating_add(n);
-        if self.nodes > MAX_NODES {
-            self.fail(
-                line,
-                "the configuration is implausibly large (aliases expanding too far?)",
-            );
-            return false;
-        }
-        true
-    }
-}
-
-impl MarkedEventReceiver for TreeBuilder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        if self.error.is_some() {
-            return;
-        }
-        let line = mark.line();
-        match ev {
-            Event::Scalar(text, style, anchor, _) => {
-                if !self.count_node(line, 1) {
-                    return;
-                }
-                let null = style == TScalarStyle::Plain
-                    && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL");
-                let value = if null {
-                    Value::Null
-                } else {
-                    Value::Scalar(text)
-                };
-                self.finish(Node { value, line }, anchor);
-            }
-            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
-                if self.stack.len() >= MAX_DEPTH {
-                    self.fail(line, "the configuration is nested too deeply");
-                    return;
-                }
-                if !self.count_node(line, 1) {
-                    return;
-                }
-                if matches!(ev, Event::SequenceStart(..)) {
-                    self.stack.push(Frame::Seq(Vec::new(), line, anchor));
-                } else {
-                    self.stack.push(Frame::Map(Vec::new(), None, line, anchor));
-                }
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq(items, line, anchor)) => (
-                        Node {
-                            value: Value::Seq(items),
-                            line,
-                        },
-                        anchor,
-                    ),
-                    Some(Frame::Map(pairs, _, line, anchor)) => (
-                        Node {
-                            value: Value::Map(pairs),
-                            line,
-                        },
-                        anchor,
-                    ),
-                    None => return,
-                };
-                self.finish(node, anchor);
-            }
-            Event::Alias(id) => {
-                let Some(n) = self.anchors.get(&id).map(Node::count) else {
-                    self.fail(line, "alias to an unknown anchor");
-                    return;
-                };
-                if !self.count_node(line, n) {
-                    return;
-                }
-                let Some(value) = self.anchors.get(&id).map(|a| a.value.clone()) else {
-                    return;
-                };
-                self.finish(Node { value, line }, 0);
-            }
-            _ => {}
-        }
-    }
-}
-
 fn load(text: &str) -> R<Node> {
-    let mut builder = TreeBuilder::default();
-    if let Err(e) = Parser::new_from_str(text).load(&mut builder, true) {
-        let m = e.marker();
-        return refuse(
-            0,
-            format!(
-                "invalid YAML at line {} column {}: {}",
-                m.line(),
-                m.col() + 1,
-                e.info()
-            ),
-        );
+    let mut docs = crate::yaml::load(text).or_else(|e| match e.column {
+        Some(col) => refuse(0, format!("invalid YAML at line {} column {col}: {}", e.line, e.message)),
+        None => refuse(e.line, e.message.replace("the YAML", "the configuration")),
+    })?;
+    if docs.len() > 1 {
+        return refuse(docs[1].line, "more than one YAML document: the block-device configuration is one list");
     }
-    if let Some((line, msg)) = builder.error {
-        return refuse(line, msg);
-    }
-    if builder.docs.len() > 1 {
-        return refuse(
-            builder.docs[1].line,
-            "more than one YAML document: the block-device configuration is one list",
-        );
-    }
-    Ok(builder.docs.pop().unwrap_or(Node {
-        value: Value::Null,
-        line: 0,
-    }))
+    Ok(docs.pop().unwrap_or(Node { value: Value::Null, line: 0 }))
 }
 
 // ---- DIB's configuration graph -------------------------------------------------

@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+use crate::yaml::{Node, Value};
 
 use super::error::FlavourError;
 use super::phase::{Phase, Side};
@@ -75,194 +74,36 @@ pub fn collect_packages(
     Ok(out)
 }
 
-// ---- a YAML tree that remembers line numbers --------------------------------
-
-#[derive(Debug, Clone)]
-enum Value {
-    /// Scalars keep their text: diskimage-builder compares `dib_python_version`
-    /// etc. as strings, and YAML 1.1 booleans (`True`, `yes`) are judged by key.
-    Scalar {
-        text: String,
-        plain: bool,
-    },
-    Seq(Vec<Node>),
-    Map(Vec<(Node, Node)>),
-}
-
-#[derive(Debug, Clone)]
-struct Node {
-    value: Value,
-    /// 1-based; 0 when unknown (JSON fallback).
-    line: usize,
-}
-
-impl Node {
-    fn is_null(&self) -> bool {
-        matches!(&self.value, Value::Scalar { text, plain: true } if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
-    }
-
-    fn text(&self) -> Option<&str> {
-        match &self.value {
-            Value::Scalar { text, .. } => Some(text),
-            _ => None,
-        }
-    }
-
-    fn describe(&self) -> &'static str {
-        match &self.value {
-            _ if self.is_null() => "nothing",
-            Value::Scalar { .. } => "a single value",
-            Value::Seq(_) => "a list",
-            Value::Map(_) => "a mapping",
-        }
-    }
-}
-
-enum Frame {
-    Seq(Vec<Node>, usize, usize),
-    Map(Vec<(Node, Node)>, Option<Node>, usize, usize),
-}
-
-#[derive(Default)]
-struct TreeBuilder {
-    stack: Vec<Frame>,
-    docs: Vec<Node>,
-    anchors: HashMap<usize, Node>,
-}
-
-impl TreeBuilder {
-    fn finish(&mut self, node: Node, anchor: usize) {
-        if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
-        }
-        match self.stack.last_mut() {
-            None => self.docs.push(node),
-            Some(Frame::Seq(items, ..)) => items.push(node),
-            Some(Frame::Map(pairs, key, ..)) => match key.take() {
-                None => *key = Some(node),
-                Some(k) => pairs.push((k, node)),
-            },
-        }
-    }
-}
-
-impl MarkedEventReceiver for TreeBuilder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        let line = mark.line();
-        match ev {
-            Event::Scalar(text, style, anchor, _) => {
-                let plain = style == TScalarStyle::Plain;
-                self.finish(
-                    Node {
-                        value: Value::Scalar { text, plain },
-                        line,
-                    },
-                    anchor,
-                );
-            }
-            Event::SequenceStart(anchor, _) => {
-                self.stack.push(Frame::Seq(Vec::new(), line, anchor))
-            }
-            Event::MappingStart(anchor, _) => {
-                self.stack.push(Frame::Map(Vec::new(), None, line, anchor))
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq(items, line, anchor)) => (
-                        Node {
-                            value: Value::Seq(items),
-                            line,
-                        },
-                        anchor,
-                    ),
-                    Some(Frame::Map(pairs, _, line, anchor)) => (
-                        Node {
-                            value: Value::Map(pairs),
-                            line,
-                        },
-                        anchor,
-                    ),
-                    None => return,
-                };
-                self.finish(node, anchor);
-            }
-            Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().unwrap_or(Node {
-                    value: Value::Scalar {
-                        text: String::new(),
-                        plain: true,
-                    },
-                    line,
-                });
-                self.finish(node, 0);
-            }
-            _ => {}
-        }
-    }
-}
+// ---- YAML ------------------------------------------------------------------
 
 fn parse_yaml(flavour: &str, path: &Path, text: &str) -> Result<Option<Node>, FlavourError> {
-    let mut builder = TreeBuilder::default();
-    Parser::new_from_str(text)
-        .load(&mut builder, true)
-        .map_err(|e| {
-            let m = e.marker();
-            FlavourError::new(format!(
-                "invalid YAML at column {}: {}",
-                m.col() + 1,
-                e.info()
-            ))
-            .flavour(flavour)
-            .file(path)
-            .line(m.line())
-        })?;
-    if builder.docs.len() > 1 {
-        let line = builder.docs[1].line;
+    let mut docs = crate::yaml::load(text).map_err(|e| {
+        let message = match e.column {
+            Some(col) => format!("invalid YAML at column {col}: {}", e.message),
+            None => e.message,
+        };
+        FlavourError::new(message).flavour(flavour).file(path).line(e.line)
+    })?;
+    if docs.len() > 1 {
+        let line = docs[1].line;
         return Err(FlavourError::new("more than one YAML document")
             .flavour(flavour)
             .file(path)
             .line(line)
             .hint("remove the `---` separator; package-installs is a single mapping"));
     }
-    Ok(builder.docs.pop())
+    Ok(docs.pop())
 }
 
 fn from_json(v: serde_json::Value) -> Node {
     use serde_json::Value as J;
     let value = match v {
-        J::Null => Value::Scalar {
-            text: String::new(),
-            plain: true,
-        },
-        J::Bool(b) => Value::Scalar {
-            text: b.to_string(),
-            plain: true,
-        },
-        J::Number(n) => Value::Scalar {
-            text: n.to_string(),
-            plain: true,
-        },
-        J::String(s) => Value::Scalar {
-            text: s,
-            plain: false,
-        },
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Scalar(b.to_string()),
+        J::Number(n) => Value::Scalar(n.to_string()),
+        J::String(s) => Value::Scalar(s),
         J::Array(items) => Value::Seq(items.into_iter().map(from_json).collect()),
-        J::Object(map) => Value::Map(
-            map.into_iter()
-                .map(|(k, v)| {
-                    (
-                        Node {
-                            value: Value::Scalar {
-                                text: k,
-                                plain: false,
-                            },
-                            line: 0,
-                        },
-                        from_json(v),
-                    )
-                })
-                .collect(),
-        ),
+        J::Object(map) => Value::Map(map.into_iter().map(|(k, v)| (Node { value: Value::Scalar(k), line: 0 }, from_json(v))).collect()),
     };
     Node { value, line: 0 }
 }
@@ -426,7 +267,7 @@ impl Ctx<'_> {
     }
 
     fn phase(&self, v: &Node) -> Result<Phase, FlavourError> {
-        let text = v.text().filter(|_| !v.is_null()).unwrap_or("");
+        let text = v.text().unwrap_or("");
         let allowed: Vec<&str> = Phase::BUILD
             .into_iter()
             .filter(|p| p.side() == Side::Inside)
@@ -475,9 +316,9 @@ impl Ctx<'_> {
     /// A comma separated string or a list: `arch: amd64, arm64`.
     fn words(&self, key: &str, v: &Node) -> Result<Vec<String>, FlavourError> {
         let texts: Vec<&str> = match &v.value {
-            Value::Scalar { text, .. } => vec![text.as_str()],
+            Value::Scalar(text) => vec![text.as_str()],
             Value::Seq(items) => items.iter().filter_map(Node::text).collect(),
-            Value::Map(_) => vec![],
+            Value::Null | Value::Map(_) => vec![],
         };
         let words: Vec<String> = texts
             .iter()
