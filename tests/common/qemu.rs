@@ -98,24 +98,22 @@ pub fn boot(
     Ok(guest.console())
 }
 
+/// QEMU with the console on the serial port and nothing else: no default
+/// devices, no display, no monitor; a guest that reboots (kernel panic with
+/// panic=N, triple fault) ends the test.
+fn base_command(opts: &BootOptions) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", accel(), "-m", &opts.memory_mib.to_string()])
+        .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]);
+    cmd
+}
+
 impl Boot {
     pub fn start(image: &Path, opts: &BootOptions) -> Result<Boot> {
         if !image.is_file() {
             bail!("{} is not a file", image.display());
         }
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", accel(), "-m", &opts.memory_mib.to_string()])
-            .args([
-                "-nodefaults",
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-monitor",
-                "none",
-            ])
-            // A guest that reboots (kernel panic with panic=N, triple fault) ends the test.
-            .arg("-no-reboot");
+        let mut cmd = base_command(opts);
         let mut drive = format!(
             "file={},if=virtio,format={}",
             drive_path(image)?,
@@ -154,6 +152,11 @@ impl Boot {
             }
         };
         cmd.args(&opts.extra_args);
+        Boot::spawn(cmd, vars)
+    }
+
+    /// Starts QEMU with the console on its stdio, read in the background.
+    fn spawn(mut cmd: Command, vars: Option<tempfile::NamedTempFile>) -> Result<Boot> {
         let command = format!("{cmd:?}");
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -370,9 +373,8 @@ impl Boot {
                 bail!("{} is not a file", f.display());
             }
         }
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", accel(), "-m", &opts.memory_mib.to_string(), "-machine", "pc"])
-            .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        let mut cmd = base_command(opts);
+        cmd.args(["-machine", "pc"])
             .arg("-kernel")
             .arg(kernel)
             .arg("-initrd")
@@ -380,27 +382,7 @@ impl Boot {
             .arg("-append")
             .arg(append)
             .args(&opts.extra_args);
-        let command = format!("{cmd:?}");
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot start qemu-system-x86_64 (Debian package qemu-system-x86)")?;
-        let console = Shared::default();
-        let stderr = Shared::default();
-        pump(child.stdout.take(), console.clone());
-        pump(child.stderr.take(), stderr.clone());
-        Ok(Boot {
-            stdin: child.stdin.take(),
-            child,
-            console,
-            stderr,
-            cursor: 0,
-            started: Instant::now(),
-            command,
-            _vars: None,
-        })
+        Boot::spawn(cmd, None)
     }
 
     /// Waits for QEMU to exit by itself (the guest powered off; `-no-reboot`
