@@ -364,6 +364,15 @@ mod tests {
         assert!(!dir.path().join("boot/.kiln-esp-content").exists());
     }
 
+    /// A scratch directory holding `tree/etc/hostname`.
+    fn tree_with_hostname() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"kiln\n").unwrap();
+        (dir, tree)
+    }
+
     fn have(tool: &str) -> bool {
         which::which(tool).is_ok()
     }
@@ -374,10 +383,7 @@ mod tests {
             eprintln!("e2fsprogs or mtools missing: skipped");
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("tree");
-        std::fs::create_dir_all(tree.join("etc")).unwrap();
-        std::fs::write(tree.join("etc/hostname"), b"kiln\n").unwrap();
+        let (dir, tree) = tree_with_hostname();
 
         let raw = dir.path().join("root.ext4");
         let plan = crate::disk::plan_disk("none", FsType::Ext4, 64 * MIB, "root", vec![]).unwrap();
@@ -411,10 +417,7 @@ mod tests {
             eprintln!("btrfs-progs missing: skipped");
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("tree");
-        std::fs::create_dir_all(tree.join("etc")).unwrap();
-        std::fs::write(tree.join("etc/hostname"), b"kiln\n").unwrap();
+        let (dir, tree) = tree_with_hostname();
         let raw = dir.path().join("disk.raw");
         let plan = crate::disk::plan_disk("efi", FsType::Btrfs, 256 * MIB, "root", vec![]).unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
@@ -439,10 +442,7 @@ mod tests {
             eprintln!("e2fsprogs missing: skipped");
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("tree");
-        std::fs::create_dir_all(tree.join("etc")).unwrap();
-        std::fs::write(tree.join("etc/hostname"), b"kiln\n").unwrap();
+        let (dir, tree) = tree_with_hostname();
         let raw = dir.path().join("disk.raw");
         let plan = crate::disk::plan_disk("mbr", FsType::Ext4, 64 * MIB, "root", vec![]).unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
