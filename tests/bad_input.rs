@@ -197,3 +197,18 @@ fn dib_block_device_config_with_lvm_is_refused_with_what_works() {
     assert!(!o.status.success());
     assert!(text.contains("lvm") && text.contains("DIB_BLOCK_DEVICE_CONFIG") && text.contains("supported"), "{text}");
 }
+
+#[test]
+fn a_min_tmpfs_that_is_not_a_number_is_named() {
+    let s = Scratch::new("bad-min-tmpfs");
+    s.flavour("myos", &[README, OS]);
+    let o = kiln("disk-image-create", &["--dry-run", "-o", "/tmp/x", "-t", "tar", "myos"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .env("DIB_MIN_TMPFS", "lots")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(text.contains("DIB_MIN_TMPFS") && text.contains("lots") && text.contains("GiB"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}

@@ -89,3 +89,16 @@ fn image_size_too_small_for_the_content_is_a_clear_error() {
     assert!(err.contains("too small") && err.contains("--image-size"), "{err}");
     assert_no_leftovers(&tmp, &s.path, &[]);
 }
+
+#[test]
+fn a_build_on_disk_when_memory_is_short_leaves_nothing_either() {
+    let (s, tmp) = scratch_with_tmp("leak-on-disk");
+    let out = s.join("img");
+    // More than any machine has free: the tree goes to $TMPDIR instead of a tmpfs.
+    let mut args = vec!["--min-tmpfs", "100000", "-t", "tar", "-o", out.to_str().unwrap()];
+    args.extend(IMAGE_FLAVOURS);
+    let o = run_ok(kiln("disk-image-create", &args).env("TMPDIR", &tmp));
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("tree on disk") && log.contains("--min-tmpfs"), "{log}");
+    assert_no_leftovers(&tmp, &s.path, &["img.tar"]);
+}
