@@ -9,4 +9,5 @@ pub mod helper;
 pub mod kernel;
 pub mod ramdisk;
 pub mod sandbox;
+pub mod tree;
 pub mod yaml;

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 /// Inside the image the hooks directory is here (diskimage-builder's path).
 pub const IN_TARGET: &str = "/tmp/in_target.d";
 pub const APT_ARCHIVES: &str = "/var/cache/apt/archives";
+/// Variables naming host paths, for host-side hooks only.
+const HOST_PATH_VARS: [&str; 4] = ["TMP_BUILD_DIR", "TMP_IMAGE_DIR", "KILN_USER_HOME", "KILN_APT_CACHE"];
 
 /// sourcing environment.d, then the hook; `$1` is the hook, `$2` the env dir.
 const WRAPPER: &str = r#"for f in "$2"/*; do [ -f "$f" ] && . "$f"; done
@@ -109,6 +111,9 @@ impl Runner<'_> {
         let mut binds = Vec::new();
         let (view, cwd) = match side {
             Side::Inside => {
+                // Host paths mean nothing inside the image and tell a hook where the
+                // user's files are: only host-side hooks get them.
+                env.retain(|(k, _)| !HOST_PATH_VARS.contains(&k.as_str()));
                 env.push(("TMP_HOOKS_PATH".into(), IN_TARGET.into()));
                 env.push(("HOME".into(), "/root".into()));
                 binds.push(Bind { src: self.work.hooks(), inside: IN_TARGET.into(), writable: false });

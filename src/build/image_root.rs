@@ -1,66 +1,71 @@
 //! What the build puts into the image root for the install phases, and takes
-//! out again before the image is assembled.
+//! out again before the image is assembled. Every path goes through
+//! [`ImageTree`]: by now hooks and packages have written the tree.
 
+use crate::tree::{ImageTree, Kind};
 use anyhow::{Context, Result};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Services must not start inside the build (invoke-rc.d honours this).
 const POLICY_RC_D: &str = "#!/bin/sh\n# written by kiln for the build; removed before assembly\nexit 101\n";
+const POLICY: &str = "usr/sbin/policy-rc.d";
+const RESOLV: &str = "etc/resolv.conf";
 const RESOLV_ASIDE: &str = "etc/resolv.conf.kiln-orig";
 
-pub fn prepare(root: &Path) -> Result<()> {
-    let policy = root.join("usr/sbin/policy-rc.d");
-    if !policy.exists() {
-        std::fs::write(&policy, POLICY_RC_D).with_context(|| format!("writing {}", policy.display()))?;
-        std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o755))?;
+pub fn prepare(tree: &ImageTree) -> Result<()> {
+    if tree.kind(Path::new(POLICY)).is_none() {
+        tree.replace(Path::new(POLICY), POLICY_RC_D.as_bytes(), 0o755)?;
     }
     // The host's resolv.conf is bound over this path during install phases; a
-    // symlink there (systemd-resolved) would send the bind outside the image.
-    let resolv = root.join("etc/resolv.conf");
-    if std::fs::symlink_metadata(&resolv).is_ok_and(|m| m.file_type().is_symlink()) {
-        std::fs::rename(&resolv, root.join(RESOLV_ASIDE))?;
+    // symlink there (systemd-resolved) would send the bind elsewhere.
+    if tree.kind(Path::new(RESOLV)) == Some(Kind::Symlink) {
+        tree.rename(Path::new(RESOLV), Path::new(RESOLV_ASIDE))?;
     }
-    if !resolv.exists() {
-        std::fs::write(&resolv, "")?;
+    if tree.kind(Path::new(RESOLV)).is_none() {
+        tree.replace(Path::new(RESOLV), b"", 0o644)?;
     }
     Ok(())
 }
 
-pub fn tidy(root: &Path) -> Result<()> {
-    let policy = root.join("usr/sbin/policy-rc.d");
-    if std::fs::read_to_string(&policy).is_ok_and(|s| s == POLICY_RC_D) {
-        std::fs::remove_file(&policy)?;
+pub fn tidy(tree: &ImageTree) -> Result<()> {
+    if tree.kind(Path::new(POLICY)) == Some(Kind::File) && tree.read(Path::new(POLICY)).is_ok_and(|s| s == POLICY_RC_D.as_bytes()) {
+        tree.remove_file(Path::new(POLICY))?;
     }
-    let aside = root.join(RESOLV_ASIDE);
-    if std::fs::symlink_metadata(&aside).is_ok() {
-        std::fs::rename(&aside, root.join("etc/resolv.conf"))?;
+    if tree.kind(Path::new(RESOLV_ASIDE)).is_some() {
+        tree.rename(Path::new(RESOLV_ASIDE), Path::new(RESOLV))?;
     }
-    // Mount points kiln created for its binds.
-    let _ = std::fs::remove_dir(root.join("tmp/in_target.d"));
-    // Each instance must get its own machine id at first boot.
-    let mid = root.join("etc/machine-id");
-    if mid.exists() {
-        std::fs::write(&mid, "")?;
+    // The mount point kiln created for its bind, if nothing was left in it.
+    tree.remove_empty_dir(Path::new("tmp/in_target.d"));
+    // Each instance must get its own machine id at first boot: an empty file (not a
+    // link, whatever a hook left there) tells systemd so.
+    if tree.kind(Path::new("etc/machine-id")).is_some() {
+        tree.replace(Path::new("etc/machine-id"), b"", 0o444)?;
     }
-    let _ = std::fs::remove_file(root.join("var/lib/dbus/machine-id"));
+    tree.remove_file(Path::new("var/lib/dbus/machine-id"))?;
     Ok(())
 }
 
 /// first-boot.d hooks go into the image; the `base` flavour's unit runs them once.
-pub fn install_first_boot(hooks_dir: &Path, root: &Path) -> Result<()> {
+/// `hooks_dir` is kiln's staging of the flavours' hooks; the destination is the
+/// image's, so a hook's planted link there is replaced, not followed.
+pub fn install_first_boot(hooks_dir: &Path, tree: &ImageTree) -> Result<()> {
     let src = hooks_dir.join("first-boot.d");
-    let names: Vec<_> = match std::fs::read_dir(&src) {
+    let mut entries: Vec<_> = match std::fs::read_dir(&src) {
         Ok(rd) => rd.flatten().collect(),
         Err(_) => return Ok(()),
     };
-    if names.is_empty() {
+    entries.retain(|e| e.file_type().is_ok_and(|t| t.is_file()));
+    if entries.is_empty() {
         return Ok(());
     }
-    let dst = root.join("usr/lib/kiln/first-boot.d");
-    std::fs::create_dir_all(&dst)?;
-    for e in names {
-        std::fs::copy(e.path(), dst.join(e.file_name())).with_context(|| format!("installing first-boot hook {}", e.path().display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    let dst = Path::new("usr/lib/kiln/first-boot.d");
+    tree.create_dir_all(dst, 0o755)?;
+    for e in entries {
+        let content = std::fs::read(e.path()).with_context(|| format!("reading first-boot hook {}", e.path().display()))?;
+        let mode = e.metadata().map(|m| m.permissions().mode() & 0o777).unwrap_or(0o755);
+        tree.replace(&dst.join(e.file_name()), &content, mode).with_context(|| format!("installing first-boot hook {}", e.path().display()))?;
     }
     Ok(())
 }

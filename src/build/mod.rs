@@ -15,6 +15,7 @@ pub mod workdir;
 use crate::cli::{DiskImageArgs, Vars};
 use crate::flavour::Phase;
 use crate::sandbox::{lend::Lend, namespace, signals, Interrupted};
+use crate::tree::ImageTree;
 use std::os::fd::{AsFd, AsRawFd};
 use anyhow::{bail, Context, Result};
 use cache::{Lookup, TreeCache};
@@ -116,12 +117,9 @@ fn add_sbin_to_path() {
 /// here can kiln delete files that belong to subordinate ids).
 fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 {
     let mut progress = Progress::new(plan.config.trace);
-    let result = pipeline(plan, work, broker, &mut progress);
+    let result = work.open_inside().and_then(|()| pipeline(plan, work, broker, &mut progress));
     progress.finish();
-    crate::sandbox::mounts::release(&work.root());
-    if let Err(e) = std::fs::remove_dir_all(&work.path) {
-        eprintln!("kiln: removing {}: {e}", work.path.display());
-    }
+    work.empty_inside();
     match result {
         Ok(()) => {
             eprint!("{}", progress.table());
@@ -156,11 +154,13 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
     runner.stage_hooks()?;
 
     make_root(plan, &runner, &root, progress)?;
-    image_root::prepare(&root)?;
+    // From here on the tree holds what hooks and packages wrote: see crate::tree.
+    let tree = ImageTree::open(&root)?;
+    image_root::prepare(&tree)?;
     for phase in [Phase::ExtraData, Phase::PreInstall, Phase::Install, Phase::PostInstall, Phase::PostRoot] {
         run_phase(&runner, phase, None, progress)?;
     }
-    image_root::install_first_boot(&work.hooks(), &root)?;
+    image_root::install_first_boot(&work.hooks(), &tree)?;
 
     let mut disk = if plan.needs_disk {
         progress.step("block-device", &format!("layout {}", plan.layout));
@@ -193,21 +193,21 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
     for phase in [Phase::PreFinalise, Phase::Finalise, Phase::Cleanup] {
         run_phase(&runner, phase, None, progress)?;
     }
-    image_root::tidy(&root)?;
+    image_root::tidy(&tree)?;
 
     if let Some((d, raw)) = &disk {
         check_interrupted()?;
         progress.step("assemble", "filesystems");
-        crate::disk::build_filesystems(raw, &root, d)?;
+        crate::disk::build_filesystems(raw, &tree, d)?;
         if plan.resolved.has("bootloader") {
             check_interrupted()?;
             progress.step("assemble", "bootloader");
-            crate::disk::install_bootloader(raw, &root, d)?;
+            crate::disk::install_bootloader(raw, &tree, d)?;
         }
     }
     check_interrupted()?;
     progress.step("outputs", &c.formats.join(","));
-    outputs::write_all(plan, &root, disk.as_ref().map(|(_, r)| r.as_path()), &work.temp_outputs)?;
+    outputs::write_all(plan, &tree, disk.as_ref().map(|(_, r)| r.as_path()), &work.temp_outputs)?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 use super::config::Config;
 use super::plan::{Plan, TREE_FORMATS};
 use super::workdir::temp_output;
+use crate::tree::ImageTree;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,7 @@ pub fn temp_names(c: &Config) -> Vec<PathBuf> {
     c.formats.iter().map(|f| temp_output(&c.output_path(f))).collect()
 }
 
-pub fn write_all(plan: &Plan, tree: &Path, raw: Option<&Path>, temps: &[PathBuf]) -> Result<()> {
+pub fn write_all(plan: &Plan, tree: &ImageTree, raw: Option<&Path>, temps: &[PathBuf]) -> Result<()> {
     let c = &plan.config;
     if let super::config::Kind::Ramdisk(compression) = c.kind {
         let opts = crate::ramdisk::RamdiskOptions {
@@ -51,7 +52,7 @@ pub fn write_all(plan: &Plan, tree: &Path, raw: Option<&Path>, temps: &[PathBuf]
     for (format, tmp) in c.formats.iter().zip(temps) {
         let fmt = crate::disk::Format::parse(format)?;
         if TREE_FORMATS.contains(&format.as_str()) {
-            crate::disk::tree_archive(tree, fmt, tmp)?;
+            crate::disk::tree_archive(tree.path(), fmt, tmp)?;
         } else {
             let raw = raw.context("internal: disk formats requested without an assembled disk")?;
             crate::disk::convert(raw, fmt, tmp, c.compress, &c.qemu_img_options)?;

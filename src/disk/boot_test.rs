@@ -92,10 +92,10 @@ fn build_and_boot(layout: &str, fs: FsType, firmwares: &[Firmware]) {
     let raw = out.join(format!("{layout}-{}.raw", fs.as_str()));
     timed("lay_out", || lay_out(&raw, &plan));
     timed("build_filesystems", || {
-        build_filesystems(&raw, &tree, &plan)
+        build_filesystems(&raw, &crate::tree::ImageTree::open(&tree).unwrap(), &plan)
     });
     timed("install_bootloader", || {
-        install_bootloader(&raw, &tree, &plan)
+        install_bootloader(&raw, &crate::tree::ImageTree::open(&tree).unwrap(), &plan)
     });
     let qcow2 = raw.with_extension("qcow2");
     timed("convert qcow2 (compressed)", || {

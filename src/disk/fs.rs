@@ -8,9 +8,9 @@ use super::layout::{DiskPlan, Partition, MIB};
 use super::sparse;
 use super::table;
 use super::tool::{run, tool, HostTool, ScratchDir};
+use crate::tree::{ImageTree, Kind};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -103,16 +103,21 @@ impl FsType {
     }
 }
 
-/// Step 2: the ESP (if any) from `tree/boot/efi`, then the root filesystem from the
-/// rest of the tree, each at its partition's offset in `raw`. `tree/boot/efi` ends up
-/// as an empty mount point in the root filesystem.
-pub fn build_filesystems(raw: &Path, tree: &Path, plan: &DiskPlan) -> Result<()> {
+/// Step 2: the ESP (if any) from the tree's /boot/efi, then the root filesystem from
+/// the rest of the tree, each at its partition's offset in `raw`. /boot/efi ends up as
+/// an empty mount point in the root filesystem. mcopy follows symlinks, so the ESP is
+/// filled from a copy the tree made of itself (links resolved inside the image).
+pub fn build_filesystems(raw: &Path, tree: &ImageTree, plan: &DiskPlan) -> Result<()> {
     table::verify(raw, plan)?;
     let root = plan.root()?;
     if let Some(p) = plan.partition(super::layout::PartRole::Esp) {
-        esp::make(raw, p, &plan.esp_uuid, &tree.join("boot/efi"))
-            .context("cannot build the ESP")?;
-        let _hidden = EmptyMountPoint::hide(&tree.join("boot/efi"))?;
+        let scratch = ScratchDir::beside(raw, "esp")?;
+        let content = scratch.path().join("efi");
+        if tree.is_dir(Path::new(ESP_DIR)) {
+            tree.stage(Path::new(ESP_DIR), &content)?;
+        }
+        esp::make(raw, p, &plan.esp_uuid, &content).context("cannot build the ESP")?;
+        let _hidden = EmptyMountPoint::hide(tree, Path::new(ESP_DIR))?;
         make_root(raw, tree, root, plan)
     } else {
         make_root(raw, tree, root, plan)
@@ -120,10 +125,14 @@ pub fn build_filesystems(raw: &Path, tree: &Path, plan: &DiskPlan) -> Result<()>
     .with_context(|| format!("cannot build the {} root filesystem", plan.fs_type.as_str()))
 }
 
-fn make_root(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Result<()> {
+/// The ESP's mount point inside the image.
+const ESP_DIR: &str = "boot/efi";
+
+fn make_root(raw: &Path, tree: &ImageTree, part: &Partition, plan: &DiskPlan) -> Result<()> {
+    // mke2fs -d and mkfs.btrfs --rootdir walk the tree without following symlinks.
     match plan.fs_type {
-        FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => mke2fs(raw, tree, part, plan),
-        FsType::Btrfs => btrfs(raw, tree, part, plan),
+        FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => mke2fs(raw, tree.path(), part, plan),
+        FsType::Btrfs => btrfs(raw, tree.path(), part, plan),
         FsType::Vfat => {
             esp::format(
                 raw,
@@ -132,7 +141,11 @@ fn make_root(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Resu
                 &plan.root_label,
                 &plan.mkfs_options,
             )?;
-            esp::copy_tree(raw, part, tree)
+            // FAT has no symlinks and mcopy follows them: copy with links resolved in the image.
+            let scratch = ScratchDir::beside(raw, "vfat")?;
+            let content = scratch.path().join("root");
+            tree.stage(Path::new("/"), &content)?;
+            esp::copy_tree(raw, part, &content)
         }
     }
 }
@@ -263,64 +276,39 @@ fn split_option(options: &[String], flag: &str) -> (Vec<String>, Vec<String>) {
 /// the original's owner and mode; its content waits in a sibling and is put back on
 /// drop, also when mkfs fails. mkfs -d has no exclude option, and the ESP's files
 /// belong on the ESP only.
-struct EmptyMountPoint {
-    dir: PathBuf,
+struct EmptyMountPoint<'a> {
+    tree: &'a ImageTree,
+    dir: &'a Path,
     aside: Option<PathBuf>,
 }
 
-impl EmptyMountPoint {
-    fn hide(dir: &Path) -> Result<EmptyMountPoint> {
-        let meta = match std::fs::symlink_metadata(dir) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-                    .with_context(|| format!("cannot chmod {}", dir.display()))?;
-                return Ok(EmptyMountPoint {
-                    dir: dir.into(),
-                    aside: None,
-                });
+impl<'a> EmptyMountPoint<'a> {
+    fn hide(tree: &'a ImageTree, dir: &'a Path) -> Result<EmptyMountPoint<'a>> {
+        let shown = || format!("the image's /{}", dir.display());
+        match tree.kind(dir) {
+            None => {
+                tree.create_dir_all(dir, 0o755)?;
+                return Ok(EmptyMountPoint { tree, dir, aside: None });
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
-        };
-        if !meta.is_dir() {
-            bail!(
-                "{} must be a directory (the ESP's mount point)",
-                dir.display()
-            );
+            Some(Kind::Dir) => {}
+            Some(_) => bail!("{} must be a directory (the ESP's mount point)", shown()),
         }
-        let empty = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read {}", dir.display()))?
-            .next()
-            .is_none();
-        if empty {
-            return Ok(EmptyMountPoint {
-                dir: dir.into(),
-                aside: None,
-            });
+        if tree.is_empty_dir(dir)? {
+            return Ok(EmptyMountPoint { tree, dir, aside: None });
         }
         let aside = dir.with_file_name(".kiln-esp-content");
-        std::fs::rename(dir, &aside)
-            .with_context(|| format!("cannot move {} aside", dir.display()))?;
-        let guard = EmptyMountPoint {
-            dir: dir.into(),
-            aside: Some(aside),
-        };
-        std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        std::os::unix::fs::chown(dir, Some(meta.uid()), Some(meta.gid()))
-            .with_context(|| format!("cannot chown {}", dir.display()))?;
-        std::fs::set_permissions(dir, meta.permissions())
-            .with_context(|| format!("cannot chmod {}", dir.display()))?;
+        tree.rename(dir, &aside).with_context(|| format!("cannot move {} aside", shown()))?;
+        let guard = EmptyMountPoint { tree, dir, aside: Some(aside) };
+        tree.create_dir_all(dir, 0o755)?;
         Ok(guard)
     }
 }
 
-impl Drop for EmptyMountPoint {
+impl Drop for EmptyMountPoint<'_> {
     fn drop(&mut self) {
         if let Some(aside) = &self.aside {
-            let _ = std::fs::remove_dir(&self.dir);
-            let _ = std::fs::rename(aside, &self.dir);
+            self.tree.remove_empty_dir(self.dir);
+            let _ = self.tree.rename(aside, self.dir);
         }
     }
 }
@@ -356,8 +344,9 @@ mod tests {
         let efi = dir.path().join("boot/efi");
         std::fs::create_dir_all(efi.join("EFI/debian")).unwrap();
         std::fs::write(efi.join("EFI/debian/grubx64.efi"), b"x").unwrap();
+        let tree = ImageTree::open(dir.path()).unwrap();
         {
-            let _g = EmptyMountPoint::hide(&efi).unwrap();
+            let _g = EmptyMountPoint::hide(&tree, Path::new(ESP_DIR)).unwrap();
             assert!(std::fs::read_dir(&efi).unwrap().next().is_none());
         }
         assert!(efi.join("EFI/debian/grubx64.efi").exists());
@@ -388,8 +377,8 @@ mod tests {
         let raw = dir.path().join("root.ext4");
         let plan = crate::disk::plan_disk("none", FsType::Ext4, 64 * MIB, "root", vec![]).unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
-        build_filesystems(&raw, &tree, &plan).unwrap();
-        crate::disk::install_bootloader(&raw, &tree, &plan).unwrap();
+        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
+        crate::disk::install_bootloader(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
         let out = Command::new("dumpe2fs")
             .arg("-h")
             .arg(&raw)
@@ -400,7 +389,7 @@ mod tests {
         let raw = dir.path().join("root.vfat");
         let plan = crate::disk::plan_disk("none", FsType::Vfat, 64 * MIB, "KILN", vec![]).unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
-        build_filesystems(&raw, &tree, &plan).unwrap();
+        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
         let out = Command::new("mtype")
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
@@ -421,7 +410,7 @@ mod tests {
         let raw = dir.path().join("disk.raw");
         let plan = crate::disk::plan_disk("efi", FsType::Btrfs, 256 * MIB, "root", vec![]).unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
-        build_filesystems(&raw, &tree, &plan).unwrap();
+        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
         let root = plan.root().unwrap();
         let file = File::open(&raw).unwrap();
         let mut magic = [0u8; 8];
@@ -446,7 +435,7 @@ mod tests {
         let raw = dir.path().join("disk.raw");
         let plan = crate::disk::plan_disk("mbr", FsType::Ext4, 64 * MIB, "root", vec![]).unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
-        build_filesystems(&raw, &tree, &plan).unwrap();
+        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
         let out = Command::new("dumpe2fs")
             .arg("-h")
             .arg(format!("{}?offset={}", raw.display(), MIB))

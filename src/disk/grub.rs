@@ -12,6 +12,7 @@
 use super::esp;
 use super::layout::{DiskPlan, PartRole, TableKind};
 use super::tool::{run, ScratchDir};
+use crate::tree::ImageTree;
 use anyhow::{bail, ensure, Context, Result};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -91,41 +92,44 @@ impl Platform {
         m
     }
 
-    /// The image's own GRUB modules for this platform.
-    fn modules_dir(self, tree: &Path) -> Result<PathBuf> {
-        let dir = tree.join("usr/lib/grub").join(self.dir());
-        if !dir.join("kernel.img").is_file() || !dir.join("moddep.lst").is_file() {
+    /// The image's own GRUB modules for this platform, copied out of the tree into
+    /// `scratch` (grub-mkimage would follow a planted symlink to a host file).
+    fn modules_dir(self, tree: &ImageTree, scratch: &Path) -> Result<PathBuf> {
+        let rel = Path::new("usr/lib/grub").join(self.dir());
+        if !tree.is_file(&rel.join("kernel.img")) || !tree.is_file(&rel.join("moddep.lst")) {
             bail!(
-                "the image has no GRUB for {}: {} is missing; install the package {} in the image \
+                "the image has no GRUB for {}: /{} is missing; install the package {} in the image \
                  (the bootloader flavour does)",
                 self.name(),
-                dir.join("kernel.img").display(),
+                rel.join("kernel.img").display(),
                 self.package()
             );
         }
+        let dir = scratch.join(self.dir());
+        tree.stage(&rel, &dir)?;
         Ok(dir)
     }
 }
 
 /// Step 3: GRUB for BIOS when the layout has a BIOS boot partition or an MBR, for UEFI
 /// when it has an ESP; nothing for a bare filesystem image.
-pub fn install_bootloader(raw: &Path, tree: &Path, plan: &DiskPlan) -> Result<()> {
+pub fn install_bootloader(raw: &Path, tree: &ImageTree, plan: &DiskPlan) -> Result<()> {
     if plan.table == TableKind::None {
         return Ok(());
     }
+    let scratch = ScratchDir::beside(raw, "grub")?;
     // Both checks before any write, so a missing package leaves the image untouched.
     let bios = if plan.needs_bios_grub() {
-        Some(Platform::Bios.modules_dir(tree)?)
+        Some(Platform::Bios.modules_dir(tree, scratch.path())?)
     } else {
         None
     };
     let efi = if plan.needs_efi_grub() {
-        Some(Platform::Efi.modules_dir(tree)?)
+        Some(Platform::Efi.modules_dir(tree, scratch.path())?)
     } else {
         None
     };
 
-    let scratch = ScratchDir::beside(raw, "grub")?;
     let early = scratch.path().join("early.cfg");
     std::fs::write(&early, early_config(&plan.root_uuid))
         .with_context(|| format!("cannot write {}", early.display()))?;
@@ -329,13 +333,14 @@ mod tests {
     #[test]
     fn missing_grub_modules_name_the_package() {
         let dir = tempfile::tempdir().unwrap();
+        let tree = ImageTree::open(dir.path()).unwrap();
         let err = Platform::Bios
-            .modules_dir(dir.path())
+            .modules_dir(&tree, dir.path())
             .unwrap_err()
             .to_string();
         assert!(err.contains("grub-pc-bin") && err.contains("BIOS"), "{err}");
         let err = Platform::Efi
-            .modules_dir(dir.path())
+            .modules_dir(&tree, dir.path())
             .unwrap_err()
             .to_string();
         assert!(err.contains("grub-efi-amd64-bin"), "{err}");

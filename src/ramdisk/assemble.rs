@@ -7,6 +7,7 @@
 
 use super::compress::{compress_into, Compression};
 use super::cpio::{self, Extra, ExtraKind};
+use crate::tree::ImageTree;
 use anyhow::{bail, Context, Result};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -37,32 +38,30 @@ pub struct Assembled {
 pub struct Staged {
     pub root: PathBuf,
     pub kernel_version: String,
+    /// Inside the image.
     pub kernel: PathBuf,
 }
 
 /// Finds what the ramdisk flavour's post-install.d hook left in `tree`.
-pub fn staged(tree: &Path) -> Result<Staged> {
-    let staging = tree.join(STAGING);
-    let root = staging.join("root");
+pub fn staged(tree: &ImageTree) -> Result<Staged> {
+    let staging = Path::new(STAGING);
     let version_file = staging.join("kernel-version");
-    if !root.join("init").is_file() || !version_file.is_file() {
+    if !tree.is_file(&staging.join("root/init")) || !tree.is_file(&version_file) {
         bail!(
-            "no ramdisk was staged in the image ({} has no root/init or kernel-version): \
-             the `ramdisk` flavour's post-install.d hook must run in this build",
-            staging.display()
+            "no ramdisk was staged in the image (/{STAGING} has no root/init or kernel-version): \
+             the `ramdisk` flavour's post-install.d hook must run in this build"
         );
     }
-    let kernel_version = std::fs::read_to_string(&version_file)
-        .with_context(|| format!("reading {}", version_file.display()))?
-        .trim()
-        .to_string();
+    // The cpio writer walks this directory without following symlinks in it.
+    let root = tree.host_dir(&staging.join("root"))?;
+    let kernel_version = String::from_utf8_lossy(&tree.read(&version_file)?).trim().to_string();
     if kernel_version.is_empty() || kernel_version.contains('/') || kernel_version.starts_with('.') {
-        bail!("{}: {kernel_version:?} is not a kernel version", version_file.display());
+        bail!("/{}: {kernel_version:?} is not a kernel version", version_file.display());
     }
     let kernel = ["vmlinuz", "vmlinux"]
         .iter()
-        .map(|p| tree.join("boot").join(format!("{p}-{kernel_version}")))
-        .find(|p| p.is_file())
+        .map(|p| Path::new("boot").join(format!("{p}-{kernel_version}")))
+        .find(|p| tree.is_file(p))
         .with_context(|| format!("the image has no /boot/vmlinuz-{kernel_version}, the kernel the ramdisk's modules were staged for"))?;
     Ok(Staged { root, kernel_version, kernel })
 }
@@ -80,11 +79,17 @@ fn synthetic_entries() -> Vec<Extra> {
 /// Writes NAME.kernel and NAME.initramfs (at the given temporary paths) from the
 /// ramdisk staged in `tree`. Run where the tree's owners read as themselves
 /// (kiln's user namespace), so the archive records root as root.
-pub fn assemble(tree: &Path, kernel_out: &Path, initramfs_out: &Path, opts: &RamdiskOptions) -> Result<Assembled> {
+pub fn assemble(tree: &ImageTree, kernel_out: &Path, initramfs_out: &Path, opts: &RamdiskOptions) -> Result<Assembled> {
     let s = staged(tree)?;
-    let kernel_bytes = std::fs::copy(&s.kernel, kernel_out)
-        .with_context(|| format!("copying {} to {}", s.kernel.display(), kernel_out.display()))?;
     // Debian and Ubuntu keep /boot/vmlinuz-* 0600; the output is for a boot server to read.
+    let mut kernel_file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(kernel_out)
+        .with_context(|| format!("creating {}", kernel_out.display()))?;
+    let kernel_bytes = tree.copy_out(&s.kernel, &mut kernel_file)?;
     std::fs::set_permissions(kernel_out, std::fs::Permissions::from_mode(0o644))?;
 
     let out = OpenOptions::new()
@@ -132,7 +137,7 @@ mod tests {
         let out = TempDir::new().unwrap();
         let (k, i) = (out.path().join("r.kernel"), out.path().join("r.initramfs"));
         let opts = RamdiskOptions { compression: Compression::Gzip, source_date_epoch: Some(1) };
-        let a = assemble(tree.path(), &k, &i, &opts).unwrap();
+        let a = assemble(&ImageTree::open(tree.path()).unwrap(), &k, &i, &opts).unwrap();
         assert_eq!(a.kernel_version, "6.1.0-1-test");
         assert_eq!(std::fs::read(&k).unwrap(), b"kernel bytes");
         assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o644);
@@ -143,7 +148,7 @@ mod tests {
         assert!(!listing.contains("kernel-version"), "{listing}");
         // Same tree, same epoch: same bytes.
         let i2 = out.path().join("again.initramfs");
-        assemble(tree.path(), &k, &i2, &opts).unwrap();
+        assemble(&ImageTree::open(tree.path()).unwrap(), &k, &i2, &opts).unwrap();
         assert_eq!(std::fs::read(&i).unwrap(), std::fs::read(&i2).unwrap());
     }
 
@@ -158,7 +163,7 @@ mod tests {
         let compression = Compression::parse(&std::env::var("KILN_RAMDISK_COMPRESSION").unwrap_or_else(|_| "zstd".into())).unwrap();
         let opts = RamdiskOptions { compression, source_date_epoch: Some(1_700_000_000) };
         let t = std::time::Instant::now();
-        let a = assemble(Path::new(&tree), Path::new(&format!("{out}.kernel")), Path::new(&format!("{out}.initramfs")), &opts).unwrap();
+        let a = assemble(&ImageTree::open(Path::new(&tree)).unwrap(), Path::new(&format!("{out}.kernel")), Path::new(&format!("{out}.initramfs")), &opts).unwrap();
         eprintln!("{a:?} in {:.2}s", t.elapsed().as_secs_f64());
     }
 
@@ -166,7 +171,7 @@ mod tests {
     fn a_tree_without_the_ramdisk_flavour_is_refused_plainly() {
         let t = TempDir::new().unwrap();
         let out = TempDir::new().unwrap();
-        let e = assemble(t.path(), &out.path().join("k"), &out.path().join("i"), &RamdiskOptions::default()).unwrap_err();
+        let e = assemble(&ImageTree::open(t.path()).unwrap(), &out.path().join("k"), &out.path().join("i"), &RamdiskOptions::default()).unwrap_err();
         assert!(format!("{e:#}").contains("`ramdisk` flavour"), "{e:#}");
     }
 
@@ -175,7 +180,7 @@ mod tests {
         let tree = fake_tree("6.1.0-2-test");
         std::fs::remove_file(tree.path().join("boot/vmlinuz-6.1.0-2-test")).unwrap();
         let out = TempDir::new().unwrap();
-        let e = assemble(tree.path(), &out.path().join("k"), &out.path().join("i"), &RamdiskOptions::default()).unwrap_err();
+        let e = assemble(&ImageTree::open(tree.path()).unwrap(), &out.path().join("k"), &out.path().join("i"), &RamdiskOptions::default()).unwrap_err();
         assert!(format!("{e:#}").contains("vmlinuz-6.1.0-2-test"), "{e:#}");
     }
 }

@@ -55,6 +55,10 @@ impl<T> Step<T> for Result<T, Errno> {
 pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// procfs entries that would let a process poke the host kernel.
 const PROC_READONLY: [&str; 4] = ["sysrq-trigger", "irq", "bus", "sys"];
+/// procfs files that tell about the host, not the hook: the user's key
+/// descriptions, other processes' timers and scheduling, kernel memory. Covered
+/// by /dev/null, as container runtimes mask them.
+const PROC_MASKED: [&str; 6] = ["keys", "key-users", "timer_list", "sched_debug", "kcore", "latency_stats"];
 
 pub fn set_up(sys: &dyn Syscall, view: &View, binds: &[Bind]) -> Result<(), MountError> {
     // Nothing we mount may propagate back to the host's namespace.
@@ -72,6 +76,11 @@ pub fn set_up(sys: &dyn Syscall, view: &View, binds: &[Bind]) -> Result<(), Moun
         View::Image(root) => {
             sys.mount(Some(root), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
                 .step(|| format!("bind the image root {} onto itself", root.display()))?;
+            // An earlier hook may have made any of these a symlink; kiln's mkdir and
+            // mount would follow it to a host path (see crate::tree).
+            for dir in ["proc", "sys", "dev"] {
+                refuse_symlinks(root, &root.join(dir))?;
+            }
             mount_proc(sys, &root.join("proc"))?;
             let sys_dir = root.join("sys");
             sys.mkdir_p(&sys_dir).step(|| "mkdir /sys".into())?;
@@ -108,6 +117,14 @@ fn mount_proc(sys: &dyn Syscall, dir: &Path) -> Result<(), MountError> {
         sys.mount(Some(&p), &p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
             .step(|| format!("bind {}", p.display()))?;
         sys.make_readonly(&p).step(|| format!("make {} read-only", p.display()))?;
+    }
+    for entry in PROC_MASKED {
+        let p = dir.join(entry);
+        if !sys.exists(&p) {
+            continue;
+        }
+        sys.mount(Some(Path::new("/dev/null")), &p, None, MsFlags::MS_BIND, None)
+            .step(|| format!("mask {}", p.display()))?;
     }
     Ok(())
 }
@@ -146,13 +163,21 @@ pub fn tree_tmpfs(dir: &Path) -> Result<(), MountError> {
         .step(|| format!("mount a tmpfs on {}", dir.display()))
 }
 
-/// Lets go of a mount made by `tree_tmpfs`, so its directory can be removed.
+/// `src` seen at `target` too, in the calling mount namespace only.
+pub fn bind_over(src: &Path, target: &Path) -> Result<(), MountError> {
+    nix::mount::mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .step(|| format!("bind {} onto {}", src.display(), target.display()))
+}
+
+/// Lets go of a mount made by `tree_tmpfs` or `bind_over`, so its directory can be removed.
 pub fn release(dir: &Path) {
     let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
 }
 
-/// A hook of an earlier phase could plant a symlink where a later bind lands
-/// (say /tmp -> /home): the bind would then cover a host path. Refuse it.
+/// A hook of an earlier phase could plant a symlink where a later mount lands
+/// (say /tmp -> /home): the mount would then cover a host path, and the mkdir
+/// before it create one. Refuse it. Nothing of the build runs while a sandbox
+/// is set up, so the check is not raced.
 fn refuse_symlinks(root: &Path, target: &Path) -> Result<(), MountError> {
     let Ok(rel) = target.strip_prefix(root) else { return Ok(()) };
     let mut p = root.to_path_buf();
@@ -198,11 +223,12 @@ mod tests {
         assert!(calls[..pivot].iter().any(|c| c.contains("/b/root/proc proc")));
         assert!(calls[..pivot].iter().any(|c| c == "readonly /b/root/sys"));
         assert!(calls[..pivot].iter().any(|c| c == "readonly /b/root/proc/sysrq-trigger"));
+        assert!(calls[..pivot].iter().any(|c| c.starts_with("mount /dev/null /b/root/proc/keys ")));
         assert!(calls[..pivot].iter().any(|c| c.contains("/b/root/tmp/in_target.d")));
         assert!(calls[..pivot].iter().any(|c| c == "readonly /b/root/tmp/in_target.d"));
         assert_eq!(calls[pivot + 1], "umount .");
         assert!(!calls.iter().any(|c| c.contains("/dev/sda")));
-        let binds_from_dev: Vec<_> = calls.iter().filter(|c| c.starts_with("mount /dev/")).collect();
+        let binds_from_dev: Vec<_> = calls.iter().filter(|c| c.starts_with("mount /dev/") && !c.contains("/proc/")).collect();
         assert_eq!(binds_from_dev.len(), DEV_NODES.len());
     }
 
