@@ -8,7 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Services must not start inside the build (invoke-rc.d honours this).
-const POLICY_RC_D: &str = "#!/bin/sh\n# written by kiln for the build; removed before assembly\nexit 101\n";
+const POLICY_RC_D: &str =
+    "#!/bin/sh\n# written by kiln for the build; removed before assembly\nexit 101\n";
 const POLICY: &str = "usr/sbin/policy-rc.d";
 const RESOLV: &str = "etc/resolv.conf";
 const RESOLV_ASIDE: &str = "etc/resolv.conf.kiln-orig";
@@ -29,7 +30,11 @@ pub fn prepare(tree: &ImageTree) -> Result<()> {
 }
 
 pub fn tidy(tree: &ImageTree) -> Result<()> {
-    if tree.kind(Path::new(POLICY)) == Some(Kind::File) && tree.read(Path::new(POLICY)).is_ok_and(|s| s == POLICY_RC_D.as_bytes()) {
+    if tree.kind(Path::new(POLICY)) == Some(Kind::File)
+        && tree
+            .read(Path::new(POLICY))
+            .is_ok_and(|s| s == POLICY_RC_D.as_bytes())
+    {
         tree.remove_file(Path::new(POLICY))?;
     }
     if tree.kind(Path::new(RESOLV_ASIDE)).is_some() {
@@ -63,9 +68,14 @@ pub fn install_first_boot(hooks_dir: &Path, tree: &ImageTree) -> Result<()> {
     let dst = Path::new("usr/lib/kiln/first-boot.d");
     tree.create_dir_all(dst, 0o755)?;
     for e in entries {
-        let content = std::fs::read(e.path()).with_context(|| format!("reading first-boot hook {}", e.path().display()))?;
-        let mode = e.metadata().map(|m| m.permissions().mode() & 0o777).unwrap_or(0o755);
-        tree.replace(&dst.join(e.file_name()), &content, mode).with_context(|| format!("installing first-boot hook {}", e.path().display()))?;
+        let content = std::fs::read(e.path())
+            .with_context(|| format!("reading first-boot hook {}", e.path().display()))?;
+        let mode = e
+            .metadata()
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0o755);
+        tree.replace(&dst.join(e.file_name()), &content, mode)
+            .with_context(|| format!("installing first-boot hook {}", e.path().display()))?;
     }
     Ok(())
 }

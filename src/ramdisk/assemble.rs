@@ -58,11 +58,13 @@ pub fn staged(tree: &ImageTree) -> Result<Staged> {
     if kernel_version.is_empty() || kernel_version.contains('/') || kernel_version.starts_with('.') {
         bail!("/{}: {kernel_version:?} is not a kernel version", version_file.display());
     }
-    let kernel = ["vmlinuz", "vmlinux"]
-        .iter()
-        .map(|p| Path::new("boot").join(format!("{p}-{kernel_version}")))
-        .find(|p| tree.is_file(p))
-        .with_context(|| format!("the image has no /boot/vmlinuz-{kernel_version}, the kernel the ramdisk's modules were staged for"))?;
+    let candidates = ["vmlinuz", "vmlinux"].map(|p| Path::new("boot").join(format!("{p}-{kernel_version}")));
+    let Some(kernel) = candidates.iter().find(|p| tree.is_file(p)).cloned() else {
+        if let Some(link) = candidates.iter().find(|p| tree.kind(p) == Some(crate::tree::Kind::Symlink)) {
+            bail!("the image's /{} is a symbolic link that leads to no regular file inside the image; kiln copies the kernel only from the image itself", link.display());
+        }
+        bail!("the image has no /boot/vmlinuz-{kernel_version}, the kernel the ramdisk's modules were staged for");
+    };
     Ok(Staged { root, kernel_version, kernel })
 }
 

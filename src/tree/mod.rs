@@ -60,11 +60,16 @@ pub enum Kind {
 impl ImageTree {
     /// `path` is kiln's own directory (the build's `root`), never a path from the image.
     pub fn open(path: &Path) -> Result<ImageTree> {
-        let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-            .with_context(|| format!("opening the image tree {}", path.display()))?;
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening the image tree {}", path.display()))?;
         // SAFETY: a fresh descriptor that nothing else owns.
         let root = unsafe { OwnedFd::from_raw_fd(fd) };
-        let path = fd_path(&root).with_context(|| format!("resolving the image tree {}", path.display()))?;
+        let path = fd_path(&root)
+            .with_context(|| format!("resolving the image tree {}", path.display()))?;
         Ok(ImageTree { root, path })
     }
 
@@ -80,7 +85,15 @@ impl ImageTree {
             .mode(mode)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let rel = relative(rel);
-        let fd = nix::fcntl::openat2(self.root.as_raw_fd(), if rel.as_os_str().is_empty() { Path::new(".") } else { rel }, how)?;
+        let fd = nix::fcntl::openat2(
+            self.root.as_raw_fd(),
+            if rel.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                rel
+            },
+            how,
+        )?;
         // SAFETY: a fresh descriptor that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
@@ -103,13 +116,19 @@ impl ImageTree {
     /// What `rel` is, its last component not followed; `None` when absent.
     pub fn kind(&self, rel: &Path) -> Option<Kind> {
         let (dir, name) = self.parent(rel).ok()?;
-        let st = nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+        let st = nix::sys::stat::fstatat(
+            Some(dir.as_raw_fd()),
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .ok()?;
         Some(kind_of(&st))
     }
 
     /// Whether `rel` resolves (inside the tree) to a directory.
     pub fn is_dir(&self, rel: &Path) -> bool {
-        self.resolve(rel, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).is_ok()
+        self.resolve(rel, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
+            .is_ok()
     }
 
     /// Whether `rel` resolves (inside the tree) to a regular file.
@@ -139,20 +158,29 @@ impl ImageTree {
     /// Non-blocking open: a FIFO is refused, not waited on.
     pub fn open_file(&self, rel: &Path) -> Result<(File, FileStat)> {
         let fd = self
-            .resolve(rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY, Mode::empty())
+            .resolve(
+                rel,
+                OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+                Mode::empty(),
+            )
             .map_err(|e| errno_error(e, &format!("the image's {}", show(rel))))?;
-        let st = nix::sys::stat::fstat(fd.as_raw_fd()).with_context(|| format!("stat of the image's {}", show(rel)))?;
+        let st = nix::sys::stat::fstat(fd.as_raw_fd())
+            .with_context(|| format!("stat of the image's {}", show(rel)))?;
         if kind_of(&st) != Kind::File {
             bail!("the image's {} is not a regular file ({}); kiln reads only regular files from the image", show(rel), describe(&st));
         }
-        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))?;
+        nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()),
+        )?;
         Ok((File::from(fd), st))
     }
 
     pub fn read(&self, rel: &Path) -> Result<Vec<u8>> {
         let (mut f, _) = self.open_file(rel)?;
         let mut buf = Vec::new();
-        f.read_to_end(&mut buf).with_context(|| format!("reading the image's {}", show(rel)))?;
+        f.read_to_end(&mut buf)
+            .with_context(|| format!("reading the image's {}", show(rel)))?;
         Ok(buf)
     }
 
@@ -176,7 +204,11 @@ impl ImageTree {
         let (dir, name) = self.parent(rel)?;
         let mut tmp_name = OsString::from(".kiln-new.");
         tmp_name.push(&name);
-        let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), tmp_name.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        let _ = nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            tmp_name.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
         let fd = nix::fcntl::openat(
             Some(dir.as_raw_fd()),
             tmp_name.as_os_str(),
@@ -192,37 +224,72 @@ impl ImageTree {
             Ok(())
         })();
         let renamed = written.map_err(anyhow::Error::from).and_then(|()| {
-            nix::fcntl::renameat(Some(dir.as_raw_fd()), tmp_name.as_os_str(), Some(dir.as_raw_fd()), name.as_os_str())
-                .map_err(|e| errno_error(e, &format!("replacing the image's {}", show(rel))))
+            nix::fcntl::renameat(
+                Some(dir.as_raw_fd()),
+                tmp_name.as_os_str(),
+                Some(dir.as_raw_fd()),
+                name.as_os_str(),
+            )
+            .map_err(|e| errno_error(e, &format!("replacing the image's {}", show(rel))))
         });
         if renamed.is_err() {
-            let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), tmp_name.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            let _ = nix::unistd::unlinkat(
+                Some(dir.as_raw_fd()),
+                tmp_name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
         }
         renamed.with_context(|| format!("writing the image's {}", show(rel)))
     }
 
     /// Removes a non-directory (a symlink itself, never its target). `Ok(false)` when absent.
     pub fn remove_file(&self, rel: &Path) -> Result<bool> {
-        let Ok((dir, name)) = self.parent(rel) else { return Ok(false) };
-        match nix::unistd::unlinkat(Some(dir.as_raw_fd()), name.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir) {
+        let Ok((dir, name)) = self.parent(rel) else {
+            return Ok(false);
+        };
+        match nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            name.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
             Ok(()) => Ok(true),
             Err(Errno::ENOENT) => Ok(false),
-            Err(e) => Err(errno_error(e, &format!("removing the image's {}", show(rel)))),
+            Err(e) => Err(errno_error(
+                e,
+                &format!("removing the image's {}", show(rel)),
+            )),
         }
     }
 
     /// Removes `rel` if it is an empty directory; leaves anything else alone.
     pub fn remove_empty_dir(&self, rel: &Path) -> bool {
-        let Ok((dir, name)) = self.parent(rel) else { return false };
-        nix::unistd::unlinkat(Some(dir.as_raw_fd()), name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir).is_ok()
+        let Ok((dir, name)) = self.parent(rel) else {
+            return false;
+        };
+        nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            name.as_os_str(),
+            nix::unistd::UnlinkatFlags::RemoveDir,
+        )
+        .is_ok()
     }
 
     /// Renames within the tree; both last components are taken as they are.
     pub fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         let (fdir, fname) = self.parent(from)?;
         let (tdir, tname) = self.parent(to)?;
-        nix::fcntl::renameat(Some(fdir.as_raw_fd()), fname.as_os_str(), Some(tdir.as_raw_fd()), tname.as_os_str())
-            .map_err(|e| errno_error(e, &format!("renaming the image's {} to {}", show(from), show(to))))
+        nix::fcntl::renameat(
+            Some(fdir.as_raw_fd()),
+            fname.as_os_str(),
+            Some(tdir.as_raw_fd()),
+            tname.as_os_str(),
+        )
+        .map_err(|e| {
+            errno_error(
+                e,
+                &format!("renaming the image's {} to {}", show(from), show(to)),
+            )
+        })
     }
 
     /// Creates `rel` and its missing parents (mode `mode`, owner root), each step
@@ -230,11 +297,24 @@ impl ImageTree {
     pub fn create_dir_all(&self, rel: &Path, mode: u32) -> Result<()> {
         let mut done = PathBuf::new();
         for c in relative(rel).components() {
-            let Component::Normal(name) = c else { bail!("{}: not a clean path inside the image", show(rel)) };
-            let dir = self.resolve(&done, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).map_err(|e| errno_error(e, &format!("the image's {}", show(&done))))?;
-            match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode)) {
+            let Component::Normal(name) = c else {
+                bail!("{}: not a clean path inside the image", show(rel))
+            };
+            let dir = self
+                .resolve(&done, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
+                .map_err(|e| errno_error(e, &format!("the image's {}", show(&done))))?;
+            match nix::sys::stat::mkdirat(
+                Some(dir.as_raw_fd()),
+                name,
+                Mode::from_bits_truncate(mode),
+            ) {
                 Ok(()) | Err(Errno::EEXIST) => {}
-                Err(e) => return Err(errno_error(e, &format!("creating the image's {}", show(&done.join(name))))),
+                Err(e) => {
+                    return Err(errno_error(
+                        e,
+                        &format!("creating the image's {}", show(&done.join(name))),
+                    ))
+                }
             }
             done.push(name);
         }
@@ -253,7 +333,11 @@ impl ImageTree {
             .map_err(|e| errno_error(e, &format!("the image's {}", show(rel))))?;
         let p = fd_path(&fd)?;
         if !p.starts_with(&self.path) {
-            bail!("the image's {} resolved to {} outside the tree", show(rel), p.display());
+            bail!(
+                "the image's {} resolved to {} outside the tree",
+                show(rel),
+                p.display()
+            );
         }
         Ok(p)
     }
@@ -301,7 +385,9 @@ fn errno_error(e: Errno, what: &str) -> anyhow::Error {
     match e {
         Errno::ENOENT => anyhow::anyhow!("{what} does not exist"),
         Errno::ENOTDIR => anyhow::anyhow!("{what}: a component of the path is not a directory"),
-        Errno::ELOOP => anyhow::anyhow!("{what}: too many levels of symbolic links inside the image"),
+        Errno::ELOOP => {
+            anyhow::anyhow!("{what}: too many levels of symbolic links inside the image")
+        }
         Errno::EXDEV => anyhow::anyhow!("{what}: the path leaves the image"),
         e => anyhow::anyhow!("{what}: {}", e.desc()),
     }

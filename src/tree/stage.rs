@@ -9,22 +9,31 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub(super) fn copy_dir(tree: &ImageTree, rel: &Path, dest: &Path) -> Result<u64> {
     let mut count = 0;
-    walk(tree, &relative(rel).to_path_buf(), dest, &mut Vec::new(), &mut count)?;
+    walk(tree, relative(rel), dest, &mut Vec::new(), &mut count)?;
     Ok(count)
 }
 
-fn walk(tree: &ImageTree, rel: &PathBuf, dest: &Path, ancestors: &mut Vec<(u64, u64)>, count: &mut u64) -> Result<()> {
+fn walk(
+    tree: &ImageTree,
+    rel: &Path,
+    dest: &Path,
+    ancestors: &mut Vec<(u64, u64)>,
+    count: &mut u64,
+) -> Result<()> {
     let fd = tree
         .resolve(rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
         .map_err(|e| errno_error(e, &format!("the image's {}", show(rel))))?;
     let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
     let id = (st.st_dev, st.st_ino);
     if ancestors.contains(&id) {
-        bail!("the image's {} is a symlink loop (it leads back to a directory above it)", show(rel));
+        bail!(
+            "the image's {} is a symlink loop (it leads back to a directory above it)",
+            show(rel)
+        );
     }
     ancestors.push(id);
     match std::fs::create_dir(dest) {
@@ -32,7 +41,8 @@ fn walk(tree: &ImageTree, rel: &PathBuf, dest: &Path, ancestors: &mut Vec<(u64, 
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
         Err(e) => return Err(e).with_context(|| format!("creating {}", dest.display())),
     }
-    let dir = nix::dir::Dir::from_fd(fd.into_raw_fd()).with_context(|| format!("reading the image's {}", show(rel)))?;
+    let dir = nix::dir::Dir::from_fd(fd.into_raw_fd())
+        .with_context(|| format!("reading the image's {}", show(rel)))?;
     let mut names: Vec<std::ffi::OsString> = Vec::new();
     for e in dir {
         let e = e.with_context(|| format!("reading the image's {}", show(rel)))?;
@@ -47,7 +57,15 @@ fn walk(tree: &ImageTree, rel: &PathBuf, dest: &Path, ancestors: &mut Vec<(u64, 
         let target = dest.join(&name);
         let fd = tree
             .resolve(&child, OFlag::O_PATH, Mode::empty())
-            .map_err(|e| errno_error(e, &format!("the image's {} (a symlink whose target is missing?)", show(&child))))?;
+            .map_err(|e| {
+                errno_error(
+                    e,
+                    &format!(
+                        "the image's {} (a symlink whose target is missing?)",
+                        show(&child)
+                    ),
+                )
+            })?;
         let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
         match kind_of(&st) {
             Kind::Dir => walk(tree, &child, &target, ancestors, count)?,

@@ -21,12 +21,21 @@ pub struct TestUser {
 
 fn lookup(name: &str) -> Option<TestUser> {
     let u = nix::unistd::User::from_name(name).ok().flatten()?;
-    Some(TestUser { name: name.to_string(), uid: u.uid.as_raw(), gid: u.gid.as_raw() })
+    Some(TestUser {
+        name: name.to_string(),
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+    })
 }
 
 /// The unprivileged user `contrib/setup --tests` creates.
 pub fn user() -> TestUser {
-    lookup(super::TEST_USER).unwrap_or_else(|| panic!("user {} is missing: run `contrib/setup --tests` as root first", super::TEST_USER))
+    lookup(super::TEST_USER).unwrap_or_else(|| {
+        panic!(
+            "user {} is missing: run `contrib/setup --tests` as root first",
+            super::TEST_USER
+        )
+    })
 }
 
 /// A second unprivileged user, for requests about the first one's devices.
@@ -35,7 +44,12 @@ pub fn other_user() -> TestUser {
     U.get_or_init(|| {
         let name = "kilntest2";
         if lookup(name).is_none() {
-            run(Command::new("useradd").args(["--no-create-home", "--shell", "/usr/sbin/nologin", name]));
+            run(Command::new("useradd").args([
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ]));
         }
         lookup(name).expect("useradd kilntest2")
     })
@@ -65,13 +79,27 @@ fn prefix() -> &'static Path {
 /// The helper setuid root in the test prefix.
 pub fn install_setuid() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| copy_in(Path::new(env!("CARGO_BIN_EXE_kiln-helper")), &prefix().join("libexec/kiln-helper"), 0o4755)).clone()
+    P.get_or_init(|| {
+        copy_in(
+            Path::new(env!("CARGO_BIN_EXE_kiln-helper")),
+            &prefix().join("libexec/kiln-helper"),
+            0o4755,
+        )
+    })
+    .clone()
 }
 
 /// The helper as built, not setuid: what an unprivileged user running it gets.
 pub fn install_unprivileged() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| copy_in(Path::new(env!("CARGO_BIN_EXE_kiln-helper")), &prefix().join("libexec/kiln-helper-plain"), 0o755)).clone()
+    P.get_or_init(|| {
+        copy_in(
+            Path::new(env!("CARGO_BIN_EXE_kiln-helper")),
+            &prefix().join("libexec/kiln-helper-plain"),
+            0o755,
+        )
+    })
+    .clone()
 }
 
 /// A copy of the running test binary that the test user can run (the build
@@ -80,7 +108,11 @@ pub fn runnable_test_binary() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
-        copy_in(&exe, &prefix().join("bin").join(exe.file_name().unwrap()), 0o755)
+        copy_in(
+            &exe,
+            &prefix().join("bin").join(exe.file_name().unwrap()),
+            0o755,
+        )
     })
     .clone()
 }
@@ -90,7 +122,11 @@ pub fn runnable_test_binary() -> PathBuf {
 pub fn install_sudo() -> PathBuf {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        copy_in(Path::new(env!("CARGO_BIN_EXE_kiln-helper")), Path::new(SUDO_PROGRAM), 0o755);
+        copy_in(
+            Path::new(env!("CARGO_BIN_EXE_kiln-helper")),
+            Path::new(SUDO_PROGRAM),
+            0o755,
+        );
         let sudoers = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/sudoers.d/kiln");
         let tmp = Path::new("/etc/sudoers.d/.kiln.tmp");
         std::fs::create_dir_all("/etc/sudoers.d").unwrap();
@@ -114,8 +150,14 @@ fn copy_in(program: &Path, path: &Path, mode: u32) -> PathBuf {
     let dir = path.parent().unwrap();
     std::fs::create_dir_all(dir).unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let tmp = dir.join(format!(".copy-{}", path.file_name().unwrap().to_string_lossy()));
-    run(Command::new("install").args(["-o", "root", "-g", "root", "-m", &format!("{mode:o}")]).arg(program).arg(&tmp));
+    let tmp = dir.join(format!(
+        ".copy-{}",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    run(Command::new("install")
+        .args(["-o", "root", "-g", "root", "-m", &format!("{mode:o}")])
+        .arg(program)
+        .arg(&tmp));
     std::fs::rename(&tmp, path).unwrap();
     path.to_path_buf()
 }
@@ -124,7 +166,9 @@ fn copy_in(program: &Path, path: &Path, mode: u32) -> PathBuf {
 /// clean environment: how an ordinary user runs the helper.
 pub fn as_user(user: &TestUser, argv: &[&std::ffi::OsStr]) -> Command {
     let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={}", user.uid)).arg(format!("--regid={}", user.gid)).arg("--init-groups");
+    cmd.arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--init-groups");
     cmd.args(argv);
     cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     cmd
@@ -141,8 +185,18 @@ pub fn image(path: &Path, mib: u64, script: &str, owner: &TestUser) -> PathBuf {
 /// Writes a new table with sfdisk (on a file or a device).
 pub fn sfdisk(path: &Path, script: &str) {
     use std::io::Write;
-    let mut child = Command::new("sfdisk").args(["-q", "--no-reread", "--no-tell-kernel"]).arg(path).stdin(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let mut child = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     assert!(child.wait().unwrap().success(), "sfdisk {}", path.display());
 }
 
@@ -159,7 +213,11 @@ pub fn expected_partitions(path: &Path) -> Vec<(u32, u64, u64)> {
         .map(|p| {
             let node = p["node"].as_str().unwrap();
             let digits = node.len() - node.bytes().rev().take_while(u8::is_ascii_digit).count();
-            (node[digits..].parse().unwrap(), p["start"].as_u64().unwrap() * sector, p["size"].as_u64().unwrap() * sector)
+            (
+                node[digits..].parse().unwrap(),
+                p["start"].as_u64().unwrap() * sector,
+                p["size"].as_u64().unwrap() * sector,
+            )
         })
         .collect()
 }
@@ -190,7 +248,11 @@ pub fn assert_no_loop_device(image: &Path) {
         }
         if std::time::Instant::now() > deadline {
             let all = Command::new("losetup").arg("-a").output().unwrap();
-            panic!("{left:?} still attached to {} after 10 s; losetup -a:\n{}", image.display(), String::from_utf8_lossy(&all.stdout));
+            panic!(
+                "{left:?} still attached to {} after 10 s; losetup -a:\n{}",
+                image.display(),
+                String::from_utf8_lossy(&all.stdout)
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -203,5 +265,9 @@ pub fn mode(path: &Path) -> u32 {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -36,8 +36,15 @@ pub fn env() -> &'static Env {
             let u = nix::unistd::User::from_name(TEST_USER)
                 .ok()
                 .flatten()
-                .unwrap_or_else(|| panic!("user {TEST_USER} is missing: run `contrib/setup --tests` as root first"));
-            Some(User { uid: u.uid.as_raw(), gid: u.gid.as_raw(), home: u.dir, name: u.name })
+                .unwrap_or_else(|| {
+                    panic!("user {TEST_USER} is missing: run `contrib/setup --tests` as root first")
+                });
+            Some(User {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                home: u.dir,
+                name: u.name,
+            })
         } else {
             None
         };
@@ -47,8 +54,14 @@ pub fn env() -> &'static Env {
         std::fs::create_dir_all(stage.join("bin")).unwrap();
         for (name, path) in [
             ("disk-image-create", env!("CARGO_BIN_EXE_disk-image-create")),
-            ("ramdisk-image-create", env!("CARGO_BIN_EXE_ramdisk-image-create")),
-            ("disk-image-get-kernel", env!("CARGO_BIN_EXE_disk-image-get-kernel")),
+            (
+                "ramdisk-image-create",
+                env!("CARGO_BIN_EXE_ramdisk-image-create"),
+            ),
+            (
+                "disk-image-get-kernel",
+                env!("CARGO_BIN_EXE_disk-image-get-kernel"),
+            ),
         ] {
             std::fs::copy(path, stage.join("bin").join(name)).unwrap();
         }
@@ -65,10 +78,14 @@ const STAGE_PREFIX: &str = "/var/tmp/kiln-tests-stage-";
 /// A test process cannot clean up after itself (statics are never dropped), so
 /// each one removes the stages of test processes that are gone.
 fn remove_stale_stages() {
-    let Ok(dir) = std::fs::read_dir("/var/tmp") else { return };
+    let Ok(dir) = std::fs::read_dir("/var/tmp") else {
+        return;
+    };
     for e in dir.flatten() {
         let path = e.path();
-        let Some(pid) = path.to_str().and_then(|p| p.strip_prefix(STAGE_PREFIX)) else { continue };
+        let Some(pid) = path.to_str().and_then(|p| p.strip_prefix(STAGE_PREFIX)) else {
+            continue;
+        };
         if !Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(&path);
         }
@@ -76,12 +93,21 @@ fn remove_stale_stages() {
 }
 
 fn copy_tree(src: &Path, dst: &Path) {
-    let st = Command::new("cp").arg("-a").arg(src).arg(dst).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
     assert!(st.success(), "copying {}", src.display());
 }
 
 fn make_world_readable(p: &Path) {
-    let st = Command::new("chmod").args(["-R", "a+rX"]).arg(p).status().unwrap();
+    let st = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(p)
+        .status()
+        .unwrap();
     assert!(st.success());
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
@@ -98,7 +124,12 @@ impl Scratch {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         if let Some(u) = &e.user {
-            nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid))).unwrap();
+            nix::unistd::chown(
+                &path,
+                Some(nix::unistd::Uid::from_raw(u.uid)),
+                Some(nix::unistd::Gid::from_raw(u.gid)),
+            )
+            .unwrap();
         }
         Scratch { path }
     }
@@ -135,12 +166,17 @@ pub fn kiln(bin: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(e.stage.join("bin").join(bin));
     cmd.args(args);
     cmd.env_clear();
-    cmd.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
     cmd.env("KILN_BUILTIN_FLAVOURS", e.stage.join("flavours"));
     cmd.stdin(Stdio::null());
     if let Some(u) = &e.user {
         cmd.uid(u.uid).gid(u.gid);
-        cmd.env("HOME", &u.home).env("USER", &u.name).env("LOGNAME", &u.name);
+        cmd.env("HOME", &u.home)
+            .env("USER", &u.name)
+            .env("LOGNAME", &u.name);
         cmd.current_dir(&u.home);
     } else {
         for k in ["HOME", "USER", "LOGNAME"] {
@@ -160,7 +196,12 @@ pub fn test_flavours_path(extra: &[&Path]) -> String {
 }
 
 pub fn output_text(o: &Output) -> String {
-    format!("status: {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Runs and insists on success, showing everything on failure.
@@ -177,27 +218,51 @@ pub const IMAGE_FLAVOURS: [&str; 3] = ["debian", "vm", "growroot"];
 /// Assertions that nothing of a build is left on the host.
 pub fn assert_no_leftovers(tmpdir: &Path, outdir: &Path, expected_outputs: &[&str]) {
     // Build directories live in TMPDIR: it must be empty again.
-    let left: Vec<_> = std::fs::read_dir(tmpdir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
-    assert!(left.is_empty(), "build directory left in {}: {left:?}", tmpdir.display());
+    let left: Vec<_> = std::fs::read_dir(tmpdir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "build directory left in {}: {left:?}",
+        tmpdir.display()
+    );
     // No mount of kiln's in any process's view.
     let needle = tmpdir.display().to_string();
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(mi) = std::fs::read_to_string(p.path().join("mountinfo")) {
-            assert!(!mi.contains(&needle), "a mount under {needle} is left in {}", p.path().display());
+            assert!(
+                !mi.contains(&needle),
+                "a mount under {needle} is left in {}",
+                p.path().display()
+            );
         }
         // No process of the build left: none has its cwd or root under the build dir.
         for link in ["cwd", "root"] {
             if let Ok(t) = std::fs::read_link(p.path().join(link)) {
-                assert!(!t.starts_with(tmpdir), "process {} is left in {}", p.path().display(), t.display());
+                assert!(
+                    !t.starts_with(tmpdir),
+                    "process {} is left in {}",
+                    p.path().display(),
+                    t.display()
+                );
             }
         }
     }
-    let mut names: Vec<String> = std::fs::read_dir(outdir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(outdir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.retain(|n| n != "tmp" && n != "flavours");
     names.sort();
     let mut want: Vec<String> = expected_outputs.iter().map(|s| s.to_string()).collect();
     want.sort();
-    assert_eq!(names, want, "unexpected files in the output directory {}", outdir.display());
+    assert_eq!(
+        names,
+        want,
+        "unexpected files in the output directory {}",
+        outdir.display()
+    );
 }
 
 /// A scratch directory with a `tmp` inside it that the test user owns (the
@@ -207,7 +272,12 @@ pub fn scratch_with_tmp(name: &str) -> (Scratch, PathBuf) {
     let tmp = s.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     if let Some(u) = &env().user {
-        nix::unistd::chown(&tmp, Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid))).unwrap();
+        nix::unistd::chown(
+            &tmp,
+            Some(nix::unistd::Uid::from_raw(u.uid)),
+            Some(nix::unistd::Gid::from_raw(u.gid)),
+        )
+        .unwrap();
     }
     (s, tmp)
 }
@@ -215,7 +285,12 @@ pub fn scratch_with_tmp(name: &str) -> (Scratch, PathBuf) {
 /// Runs `cmd` and sends `sig` when a stderr line contains `marker`: to kiln's
 /// whole process group with `group` (as Ctrl-C does), else to kiln alone.
 /// Returns the exit status and the stderr seen; insists the marker was reached.
-pub fn signal_at(mut cmd: Command, marker: &'static str, sig: nix::sys::signal::Signal, group: bool) -> (std::process::ExitStatus, String) {
+pub fn signal_at(
+    mut cmd: Command,
+    marker: &'static str,
+    sig: nix::sys::signal::Signal,
+    group: bool,
+) -> (std::process::ExitStatus, String) {
     use std::io::{BufRead, BufReader};
     use std::time::{Duration, Instant};
     if group {
@@ -230,7 +305,11 @@ pub fn signal_at(mut cmd: Command, marker: &'static str, sig: nix::sys::signal::
             seen.push_str(&line);
             seen.push('\n');
             if line.contains(marker) {
-                let _ = if group { nix::sys::signal::killpg(pid, sig) } else { nix::sys::signal::kill(pid, sig) };
+                let _ = if group {
+                    nix::sys::signal::killpg(pid, sig)
+                } else {
+                    nix::sys::signal::kill(pid, sig)
+                };
             }
         }
         seen
@@ -240,10 +319,16 @@ pub fn signal_at(mut cmd: Command, marker: &'static str, sig: nix::sys::signal::
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(start.elapsed() < Duration::from_secs(900), "kiln did not stop after {sig}");
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "kiln did not stop after {sig}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let seen = reader.join().unwrap();
-    assert!(seen.contains(marker), "the build never reached {marker:?}:\n{seen}");
+    assert!(
+        seen.contains(marker),
+        "the build never reached {marker:?}:\n{seen}"
+    );
     (status, seen)
 }

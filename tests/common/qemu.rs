@@ -104,7 +104,16 @@ pub fn boot(
 fn base_command(opts: &BootOptions) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", accel(), "-m", &opts.memory_mib.to_string()])
-        .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]);
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ]);
     cmd
 }
 
@@ -367,7 +376,12 @@ pub fn tail_for_tests(bytes: &[u8], lines: usize) -> String {
 /// `opts.extra_args`), SeaBIOS, `opts.memory_mib`; `opts.firmware`, `format` and
 /// `snapshot` do not apply.
 impl Boot {
-    pub fn start_kernel(kernel: &Path, initrd: &Path, append: &str, opts: &BootOptions) -> Result<Boot> {
+    pub fn start_kernel(
+        kernel: &Path,
+        initrd: &Path,
+        append: &str,
+        opts: &BootOptions,
+    ) -> Result<Boot> {
         for f in [kernel, initrd] {
             if !f.is_file() {
                 bail!("{} is not a file", f.display());
@@ -398,7 +412,15 @@ impl Boot {
                     "qemu did not exit within {}s\ncommand: {}\nconsole:\n{}",
                     timeout.as_secs(),
                     self.command,
-                    self.console().lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+                    self.console()
+                        .lines()
+                        .rev()
+                        .take(20)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
