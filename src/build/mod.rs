@@ -9,6 +9,7 @@ pub mod mirror;
 pub mod outputs;
 pub mod plan;
 pub mod progress;
+pub mod staging;
 pub mod tools;
 pub mod workdir;
 
@@ -55,8 +56,7 @@ fn build(config: Config) -> Result<i32> {
     }
     outputs::check_destination(&plan.config)?;
     signals::install();
-    let mut work = WorkDir::create(&plan.maps)?;
-    work.temp_outputs = outputs::temp_names(&plan.config);
+    let work = WorkDir::create(&plan.maps, outputs::stage(&plan.config)?)?;
     // Outside the namespace, where kiln-helper can still gain its privilege.
     let broker = match &plan.helper {
         Some((helper, _)) => Some(devices::Broker::start(helper)?),
@@ -120,6 +120,8 @@ fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 
     let result = work.open_inside().and_then(|()| pipeline(plan, work, broker, &mut progress));
     progress.finish();
     work.empty_inside();
+    // Here too, for when kiln itself was killed and only this side unwinds.
+    work.outputs.discard();
     match result {
         Ok(()) => {
             eprint!("{}", progress.table());
@@ -207,7 +209,7 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
     }
     check_interrupted()?;
     progress.step("outputs", &c.formats.join(","));
-    outputs::write_all(plan, &tree, disk.as_ref().map(|(_, r)| r.as_path()), &work.temp_outputs)?;
+    outputs::write_all(plan, &tree, disk.as_ref().map(|(_, r)| r.as_path()), &work.outputs)?;
     Ok(())
 }
 

@@ -1,15 +1,17 @@
-//! outputs: every requested format written under a temporary name beside its
-//! final one, checksummed, and renamed into place only when all are complete.
+//! outputs: every requested format written in the build's private directory
+//! (`staging`) under its final base name, checksummed there, and renamed into
+//! place only when all are complete.
 
 use super::config::Config;
 use super::plan::{Plan, TREE_FORMATS};
-use super::workdir::temp_output;
+use super::staging::Staging;
 use crate::tree::ImageTree;
 use anyhow::{bail, Context, Result};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub fn check_destination(c: &Config) -> Result<()> {
-    let dir = c.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = output_dir(c);
     let meta = std::fs::metadata(dir).with_context(|| format!("output directory {} does not exist", dir.display()))?;
     if !meta.is_dir() {
         bail!("output directory {} is not a directory", dir.display());
@@ -17,17 +19,53 @@ pub fn check_destination(c: &Config) -> Result<()> {
     if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() {
         bail!("output directory {} is not writable by you", dir.display());
     }
+    // What the final rename would fail on, found before an hour of building.
+    let me = nix::unistd::geteuid().as_raw();
+    let sticky = meta.mode() & libc::S_ISVTX != 0 && meta.uid() != me && me != 0;
+    for f in final_names(c) {
+        let Ok(m) = std::fs::symlink_metadata(&f) else { continue };
+        if m.is_dir() {
+            bail!("{} is a directory: remove it or choose another -o NAME", f.display());
+        }
+        if sticky && m.uid() != me {
+            bail!(
+                "{} belongs to another user (uid {}) and {} has the sticky bit, so kiln cannot replace it: have it removed or choose another -o NAME",
+                f.display(),
+                m.uid(),
+                dir.display()
+            );
+        }
+    }
     Ok(())
 }
 
-/// The temporary names, computed on the host side before the build starts so the
-/// host side can remove them whatever happens inside.
-pub fn temp_names(c: &Config) -> Vec<PathBuf> {
-    c.formats.iter().map(|f| temp_output(&c.output_path(f))).collect()
+/// The private directory for this build's outputs, made on the host side
+/// before the build starts so the host side removes it whatever happens inside.
+pub fn stage(c: &Config) -> Result<Staging> {
+    let name = c.output.file_name().with_context(|| format!("-o {} names no file", c.output.display()))?;
+    Staging::create(output_dir(c), &name.to_string_lossy())
 }
 
-pub fn write_all(plan: &Plan, tree: &ImageTree, raw: Option<&Path>, temps: &[PathBuf]) -> Result<()> {
+fn output_dir(c: &Config) -> &Path {
+    c.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Every name the build writes: the outputs, then their checksums.
+fn final_names(c: &Config) -> Vec<PathBuf> {
+    let mut names = Vec::new();
+    for f in &c.formats {
+        let out = c.output_path(f);
+        if c.checksum {
+            names.extend(["sha256", "md5"].map(|ext| with_ext(&out, ext)));
+        }
+        names.push(out);
+    }
+    names
+}
+
+pub fn write_all(plan: &Plan, tree: &ImageTree, raw: Option<&Path>, staging: &Staging) -> Result<()> {
     let c = &plan.config;
+    let temps: Vec<PathBuf> = c.formats.iter().map(|f| staging.file_for(&c.output_path(f))).collect();
     if let super::config::Kind::Ramdisk(compression) = c.kind {
         let opts = crate::ramdisk::RamdiskOptions {
             compression,
@@ -43,13 +81,13 @@ pub fn write_all(plan: &Plan, tree: &ImageTree, raw: Option<&Path>, temps: &[Pat
             a.cpio_bytes >> 20
         );
         if c.checksum {
-            for t in temps {
+            for t in &temps {
                 crate::disk::write_checksums(t)?;
             }
         }
-        return rename_all(c, temps);
+        return rename_all(c, staging);
     }
-    for (format, tmp) in c.formats.iter().zip(temps) {
+    for (format, tmp) in c.formats.iter().zip(&temps) {
         let fmt = crate::disk::Format::parse(format)?;
         if TREE_FORMATS.contains(&format.as_str()) {
             crate::disk::tree_archive(tree.path(), fmt, tmp)?;
@@ -61,25 +99,24 @@ pub fn write_all(plan: &Plan, tree: &ImageTree, raw: Option<&Path>, temps: &[Pat
             crate::disk::write_checksums(tmp)?;
         }
     }
-    rename_all(c, temps)
+    rename_all(c, staging)
 }
 
-/// All complete: now replace the old outputs, each in one atomic rename.
-fn rename_all(c: &Config, temps: &[PathBuf]) -> Result<()> {
-    for (format, tmp) in c.formats.iter().zip(temps) {
+/// All complete: now replace the old outputs, each in one atomic rename. The
+/// staged files already carry the final base names, which the checksums name.
+fn rename_all(c: &Config, staging: &Staging) -> Result<()> {
+    let into_place = |dest: &Path| {
+        let from = staging.file_for(dest);
+        std::fs::rename(&from, dest).with_context(|| format!("renaming {} to {}", from.display(), dest.display()))
+    };
+    for format in &c.formats {
         let dest = c.output_path(format);
         if c.checksum {
             for ext in ["sha256", "md5"] {
-                let from = with_ext(tmp, ext);
-                let to = with_ext(&dest, ext);
-                // The checksum file names the temporary file: rewrite it for the final name.
-                let text = std::fs::read_to_string(&from)?;
-                let fixed = text.replace(&tmp.file_name().unwrap_or_default().to_string_lossy().into_owned(), &dest.file_name().unwrap_or_default().to_string_lossy());
-                std::fs::write(&from, fixed)?;
-                std::fs::rename(&from, &to).with_context(|| format!("renaming into {}", to.display()))?;
+                into_place(&with_ext(&dest, ext))?;
             }
         }
-        std::fs::rename(tmp, &dest).with_context(|| format!("renaming into {}", dest.display()))?;
+        into_place(&dest)?;
         eprintln!("wrote {}", dest.display());
     }
     Ok(())

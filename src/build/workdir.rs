@@ -1,7 +1,8 @@
-//! The build directory and temporary outputs, and making sure neither outlives
-//! the build. Files in the tree belong to subordinate ids, so the host side can
-//! only remove them from inside a namespace: `Drop` does that.
+//! The build directory and the outputs' private directory, and making sure
+//! neither outlives the build. Files in the tree belong to subordinate ids, so
+//! the host side can only remove them from inside a namespace: `Drop` does that.
 
+use super::staging::Staging;
 use crate::sandbox::{namespace, IdMaps};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -12,17 +13,17 @@ const INNER: &str = "w";
 pub struct WorkDir {
     pub path: PathBuf,
     maps: IdMaps,
-    /// Temporary output names; removed unless renamed into place.
-    pub temp_outputs: Vec<PathBuf>,
+    /// Where outputs are written until all are complete; removes itself.
+    pub outputs: Staging,
 }
 
 impl WorkDir {
-    pub fn create(maps: &IdMaps) -> Result<WorkDir> {
+    pub fn create(maps: &IdMaps, outputs: Staging) -> Result<WorkDir> {
         let base = std::env::var_os("TMPDIR").filter(|t| !t.is_empty()).map(PathBuf::from).unwrap_or_else(|| "/var/tmp".into());
         let template = base.join("kiln.XXXXXX");
         // 0700: the tree may hold setuid files a hook made; no other user may reach them.
         let path = nix::unistd::mkdtemp(&template).with_context(|| format!("creating a build directory in {}", base.display()))?;
-        let work = WorkDir { path, maps: maps.clone(), temp_outputs: Vec::new() };
+        let work = WorkDir { path, maps: maps.clone(), outputs };
         let inner = work.path.join(INNER);
         std::fs::create_dir(&inner).with_context(|| format!("creating {}", inner.display()))?;
         std::fs::set_permissions(&inner, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
@@ -66,14 +67,6 @@ impl WorkDir {
     }
 }
 
-/// `.NAME.FMT.kiln-PID` beside the final output: same filesystem, so the final
-/// rename is atomic, and a reader never sees a half-written file under the real name.
-pub fn temp_output(final_path: &Path) -> PathBuf {
-    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = final_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    dir.join(format!(".{name}.kiln-{}", std::process::id()))
-}
-
 /// Deletes a tree owned by subordinate ids: from inside the namespace, where
 /// those ids are ours.
 pub fn remove_tree(maps: &IdMaps, path: &Path) -> Result<()> {
@@ -96,15 +89,6 @@ pub fn remove_tree(maps: &IdMaps, path: &Path) -> Result<()> {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        for t in &self.temp_outputs {
-            let _ = std::fs::remove_file(t);
-            for ext in ["sha256", "md5"] {
-                let mut s = t.as_os_str().to_owned();
-                s.push(".");
-                s.push(ext);
-                let _ = std::fs::remove_file(PathBuf::from(s));
-            }
-        }
         // Fast path first: everything may be ours if the build never got far.
         if std::fs::remove_dir_all(&self.path).is_err() {
             if let Err(e) = remove_tree(&self.maps, &self.path) {

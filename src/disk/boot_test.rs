@@ -101,6 +101,10 @@ fn build_and_boot(layout: &str, fs: FsType, firmwares: &[Firmware]) {
     timed("convert qcow2 (compressed)", || {
         convert(&raw, Format::Qcow2, &qcow2, true, "")
     });
+    // Checksum files are only ever created new: clear the last run's.
+    for ext in ["qcow2.sha256", "qcow2.md5"] {
+        let _ = std::fs::remove_file(raw.with_extension(ext));
+    }
     timed("write_checksums", || write_checksums(&qcow2));
 
     if plan.table != TableKind::None {

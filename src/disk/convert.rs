@@ -104,8 +104,7 @@ pub fn convert(
     let (name, defaults): (&str, &[&str]) = match format {
         Format::Raw => {
             let src = File::open(raw).with_context(|| format!("cannot open {}", raw.display()))?;
-            let dst = File::create(out_tmp)
-                .with_context(|| format!("cannot create {}", out_tmp.display()))?;
+            let dst = create_output(out_tmp, 0o666)?;
             return sparse::copy_file(&src, &dst).with_context(|| {
                 format!("cannot copy {} to {}", raw.display(), out_tmp.display())
             });
@@ -187,8 +186,8 @@ pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `PATH.sha256` and `PATH.md5` in `sha256sum`/`md5sum` format, naming the file
-/// by its base name so `sha256sum -c` works next to it.
+/// Writes `PATH.sha256` and `PATH.md5` (new files) in `sha256sum`/`md5sum` format,
+/// naming the file by its base name so `sha256sum -c` works next to it.
 pub fn write_checksums(path: &Path) -> Result<()> {
     let base = path
         .file_name()
@@ -227,14 +226,23 @@ fn write_beside(path: &Path, ext: &str, data: &[u8]) -> Result<()> {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{ext}"));
     let target = PathBuf::from(name);
-    let mut tmp = target.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &target)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))
+    create_output(&target, 0o666)?
+        .write_all(data)
+        .with_context(|| format!("cannot write {}", target.display()))
+}
+
+/// Creates an output file that did not exist, never through a link (`O_EXCL`,
+/// `O_NOFOLLOW`): whatever sits at `path` was not made by this build, so it is
+/// refused rather than written into.
+pub fn create_output(path: &Path, mode: u32) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 #[cfg(test)]
@@ -294,6 +302,26 @@ mod tests {
         );
         let md5 = std::fs::read_to_string(dir.path().join("image.qcow2.md5")).unwrap();
         assert_eq!(md5, "900150983cd24fb0d6963f7d28e17f72  image.qcow2\n");
+    }
+
+    #[test]
+    fn outputs_are_never_created_through_links_or_over_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join("canary");
+        std::fs::write(&canary, b"canary").unwrap();
+        std::os::unix::fs::symlink(&canary, dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("absent"), dir.path().join("dangling")).unwrap();
+        for p in ["link", "dangling", "canary"] {
+            let e = create_output(&dir.path().join(p), 0o644).unwrap_err();
+            assert!(format!("{e:#}").contains(p), "{e:#}");
+        }
+        assert_eq!(std::fs::read(&canary).unwrap(), b"canary");
+        assert!(!dir.path().join("absent").exists());
+        // The checksum files too: planted links beside the image stay links.
+        std::fs::write(dir.path().join("image.raw"), b"abc").unwrap();
+        std::os::unix::fs::symlink(&canary, dir.path().join("image.raw.sha256")).unwrap();
+        assert!(write_checksums(&dir.path().join("image.raw")).is_err());
+        assert_eq!(std::fs::read(&canary).unwrap(), b"canary");
     }
 
     fn qemu_img_info(image: &Path) -> serde_json::Value {

@@ -9,8 +9,7 @@ use super::compress::{compress_into, Compression};
 use super::cpio::{self, Extra, ExtraKind};
 use crate::tree::ImageTree;
 use anyhow::{bail, Context, Result};
-use std::fs::OpenOptions;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Where the ramdisk flavour stages its work, relative to the image root.
@@ -84,23 +83,11 @@ fn synthetic_entries() -> Vec<Extra> {
 pub fn assemble(tree: &ImageTree, kernel_out: &Path, initramfs_out: &Path, opts: &RamdiskOptions) -> Result<Assembled> {
     let s = staged(tree)?;
     // Debian and Ubuntu keep /boot/vmlinuz-* 0600; the output is for a boot server to read.
-    let mut kernel_file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(kernel_out)
-        .with_context(|| format!("creating {}", kernel_out.display()))?;
+    let mut kernel_file = crate::disk::create_output(kernel_out, 0o644)?;
     let kernel_bytes = tree.copy_out(&s.kernel, &mut kernel_file)?;
-    std::fs::set_permissions(kernel_out, std::fs::Permissions::from_mode(0o644))?;
+    kernel_file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
 
-    let out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(initramfs_out)
-        .with_context(|| format!("creating {}", initramfs_out.display()))?;
+    let out = crate::disk::create_output(initramfs_out, 0o644)?;
     let cpio_opts = cpio::Options { source_date_epoch: opts.source_date_epoch };
     let extras = synthetic_entries();
     let summary = compress_into(opts.compression, out, |w| cpio::write_tree(&s.root, &extras, &cpio_opts, w))
@@ -150,7 +137,7 @@ mod tests {
         assert!(!listing.contains("kernel-version"), "{listing}");
         // Same tree, same epoch: same bytes.
         let i2 = out.path().join("again.initramfs");
-        assemble(&ImageTree::open(tree.path()).unwrap(), &k, &i2, &opts).unwrap();
+        assemble(&ImageTree::open(tree.path()).unwrap(), &out.path().join("again.kernel"), &i2, &opts).unwrap();
         assert_eq!(std::fs::read(&i).unwrap(), std::fs::read(&i2).unwrap());
     }
 
