@@ -297,6 +297,78 @@ fn the_build_directory_is_private_while_hooks_run() {
     assert_no_leftovers(&tmp, &s.path, &["host-canary", "host-dir", "img.tar"]);
 }
 
+/// What a hook inside the image sees of the host: no key descriptions, no host
+/// paths in its environment.
+#[test]
+fn hooks_see_no_host_keys_and_no_host_paths_in_their_environment() {
+    let s = Scratch::new("untrusted-view");
+    let flavours = s.flavour(
+        "host-view",
+        &[
+            ("README.md", "Records what a hook sees of the host.\n", false),
+            (
+                "install.d/90-host-view",
+                "#!/bin/bash\nset -eu\n{ stat -c '%F' /proc/keys /proc/key-users /proc/timer_list; wc -c < /proc/keys; env; } > /root/kiln-host-view\n",
+                true,
+            ),
+        ],
+    );
+    let tmp = s.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    chown_to_user(&tmp);
+    let out = s.join("img");
+    let mut args = vec!["-t", "tar", "-o", out.to_str().unwrap()];
+    args.extend(IMAGE_FLAVOURS);
+    args.push("host-view");
+    run_ok(
+        kiln("disk-image-create", &args)
+            .env("ELEMENTS_PATH", test_flavours_path(&[&flavours]))
+            .env("TMPDIR", &tmp),
+    );
+    let x = tempfile::tempdir().unwrap();
+    assert!(Command::new("tar")
+        .arg("-xf")
+        .arg(s.join("img.tar"))
+        .arg("-C")
+        .arg(x.path())
+        .arg("./root/kiln-host-view")
+        .status()
+        .unwrap()
+        .success());
+    let view = std::fs::read_to_string(x.path().join("root/kiln-host-view")).unwrap();
+    let lines: Vec<&str> = view.lines().collect();
+    assert_eq!(
+        &lines[..4],
+        [
+            "character special file",
+            "character special file",
+            "character special file",
+            "0"
+        ],
+        "{view}"
+    );
+    for var in [
+        "TMP_BUILD_DIR=",
+        "TMP_IMAGE_DIR=",
+        "KILN_USER_HOME=",
+        "KILN_APT_CACHE=",
+    ] {
+        assert!(
+            !view.lines().any(|l| l.starts_with(var)),
+            "{var} reached a hook inside the image:\n{view}"
+        );
+    }
+    let home = env()
+        .user
+        .as_ref()
+        .map(|u| u.home.display().to_string())
+        .unwrap_or_else(|| std::env::var("HOME").unwrap());
+    assert!(
+        !view.contains(&home),
+        "the user's home directory reached a hook's environment:\n{view}"
+    );
+}
+
 /// A host-side hook tries to hard-link a host file into an on-disk tree. In kiln's
 /// namespace the build directory is a mount of its own, so the link fails (EXDEV);
 /// had it been made, kiln replaces the files it rewrites rather than writing
