@@ -797,3 +797,153 @@ fn killed_during_detach_leaves_no_device() {
     // The detach has run; the caller's descriptor kept the device until now.
     assert_eq!(kill_caller_at("during-detach", When::After(Duration::from_millis(200)), false).len(), 1);
 }
+
+// ---- a caller that clears autoclear ----
+
+/// struct loop_info64 (linux/loop.h).
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, LoopInfo64);
+nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
+
+fn loop_status(fd: BorrowedFd) -> LoopInfo64 {
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    unsafe { loop_get_status64(fd.as_raw_fd(), &mut info) }.unwrap();
+    info
+}
+
+/// Run by `a_caller_that_clears_autoclear_still_loses_the_device`, as the test
+/// user: attaches, clears LO_FLAGS_AUTOCLEAR through the disk descriptor it
+/// received, shows the device outliving every descriptor of it, and exits when
+/// told to.
+#[test]
+#[ignore = "a child process of the autoclear test"]
+fn autoclear_client() {
+    let Ok(image) = std::env::var("KILN_HELPER_AUTOCLEAR_IMAGE") else { return };
+    let mode = if std::env::var("KILN_HELPER_AUTOCLEAR_MODE").as_deref() == Ok("sudo") { Mode::Sudo } else { Mode::Setuid };
+    let helper = Helper { program: std::env::var("KILN_HELPER_AUTOCLEAR_PROGRAM").unwrap().into(), mode };
+    let a = helper.attach(&open_rw(Path::new(&image))).unwrap();
+    let mut info = loop_status(a.disk.as_fd());
+    assert_ne!(info.lo_flags & LO_FLAGS_AUTOCLEAR, 0, "the helper binds with autoclear");
+    info.lo_flags &= !LO_FLAGS_AUTOCLEAR;
+    unsafe { loop_set_status64(a.disk.as_raw_fd(), &info) }.unwrap();
+    let flags = loop_status(a.disk.as_fd()).lo_flags;
+    assert_eq!(flags & LO_FLAGS_AUTOCLEAR, 0, "flags {flags:#x}");
+    println!("CLEARED {} flags {flags:#x}", a.name);
+    let name = a.name.clone();
+    drop(a);
+    // Every descriptor is closed: with autoclear the device would be gone now.
+    std::thread::sleep(Duration::from_millis(500));
+    let backing = Path::new("/sys/block").join(&name).join("loop/backing_file");
+    assert!(backing.exists(), "{name} went with its descriptors although autoclear was cleared");
+    println!("OUTLIVED {name}");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+}
+
+/// /proc/PID/status field `name`, its words joined by single spaces.
+fn status_field(pid: &str, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The watcher attach left for `device` (its command name says which).
+fn watcher_of(device: &str) -> Option<String> {
+    let want = format!("watch {device}");
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|p| {
+        let comm = std::fs::read_to_string(p.path().join("comm")).ok()?;
+        (comm.trim_end() == want).then(|| p.file_name().to_string_lossy().into_owned())
+    })
+}
+
+/// The watcher runs as root with nothing of its caller's: no capability, none
+/// of its descriptors but the pidfd, its own session; the caller cannot stop it.
+fn assert_watcher_hardened(pid: &str, client: u32) {
+    for (field, want) in [("Uid:", "0 0 0 0"), ("Gid:", "0 0 0 0"), ("Groups:", ""), ("NoNewPrivs:", "1")] {
+        assert_eq!(status_field(pid, field), want, "watcher {pid}: {field}");
+    }
+    for set in ["CapEff:", "CapPrm:", "CapInh:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(status_field(pid, set), "0000000000000000", "watcher {pid}: {set}");
+    }
+    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().parse().unwrap(), std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned()))
+        .collect();
+    fds.sort();
+    let null = "/dev/null".to_string();
+    assert_eq!(fds, [(0, null.clone()), (1, null.clone()), (2, null), (3, "anon_inode:[pidfd]".to_string())], "watcher {pid}'s descriptors");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    assert_eq!(fields[3], pid, "the watcher leads its own session");
+    let client_sid = std::fs::read_to_string(format!("/proc/{client}/stat")).unwrap();
+    assert_ne!(client_sid.rsplit_once(')').unwrap().1.split_whitespace().nth(3).unwrap(), pid);
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"));
+    for signal in ["-STOP", "-KILL"] {
+        let sent = as_user(&user(), &[OsStr::new("kill"), OsStr::new(signal), OsStr::new(pid)]).output().unwrap();
+        assert!(!sent.status.success() && String::from_utf8_lossy(&sent.stderr).contains("not permitted"), "the caller signalled its watcher: {sent:?}");
+    }
+}
+
+/// Clears autoclear as a caller (through `mode`), lets it exit, and expects the
+/// device detached within a few seconds. Returns how long that took.
+fn caller_clears_autoclear(mode: &str, program: &Path) -> Duration {
+    let s = Scratch::new(&format!("helper-autoclear-{mode}"));
+    let img = scratch_image(&s, "disk.img");
+    let exe = runnable_test_binary();
+    let mut cmd = as_user(&user(), &[exe.as_os_str(), OsStr::new("--exact"), OsStr::new("autoclear_client"), OsStr::new("--ignored"), OsStr::new("--nocapture")]);
+    cmd.env("KILN_HELPER_AUTOCLEAR_IMAGE", &img).env("KILN_HELPER_AUTOCLEAR_MODE", mode).env("KILN_HELPER_AUTOCLEAR_PROGRAM", program);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let cleared = lines.find(|l| l.starts_with("CLEARED ")).unwrap_or_else(|| panic!("the client never cleared autoclear: {:?}", child.wait()));
+    let name = cleared.split_whitespace().nth(1).unwrap().to_string();
+    let outlived = lines.find(|l| l.starts_with("OUTLIVED ")).unwrap_or_else(|| panic!("{name}: {:?}", child.wait()));
+    assert_eq!(outlived, format!("OUTLIVED {name}"));
+    assert_eq!(loop_devices_of(&img), vec![name.clone()]);
+    let backing = PathBuf::from(format!("/sys/block/{name}/loop/backing_file"));
+    let watcher = watcher_of(&name).unwrap_or_else(|| panic!("no watcher for {name}"));
+    assert_watcher_hardened(&watcher, child.id());
+
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the client failed: {status:?}");
+    let ended = Instant::now();
+    while backing.exists() {
+        assert!(ended.elapsed() < Duration::from_secs(5), "{name} is still attached to {} 5 s after its caller ended", img.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = ended.elapsed();
+    assert_no_loop_device(&img);
+    assert!(!Path::new("/run/kiln-helper").join(&name).exists(), "the registry still lists {name}");
+    while watcher_of(&name).is_some_and(|w| w == watcher) {
+        assert!(ended.elapsed() < Duration::from_secs(5), "watcher {watcher} outlived its work");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    took
+}
+
+#[test]
+fn a_caller_that_clears_autoclear_still_loses_the_device_when_it_ends() {
+    let setuid = caller_clears_autoclear("setuid", &install_setuid());
+    // Through sudo the caller is the helper's grandparent: sudo is its parent.
+    let sudo = caller_clears_autoclear("sudo", &install_sudo());
+    eprintln!("detached after the caller ended: setuid {setuid:?}, sudo {sudo:?}");
+}
