@@ -540,6 +540,22 @@ fn refuses_a_partition_or_a_file_where_a_loop_device_is_expected() {
     assert_no_loop_device(&img);
 }
 
+#[test]
+fn refuses_a_reply_socket_made_by_a_process_that_did_not_run_it() {
+    let s = Scratch::new("helper-socketmaker");
+    let img = scratch_image(&s, "disk.img");
+    // The socket is the test's, but three shells stand between it and the
+    // helper: the attachment could not be tied to the process that holds it.
+    let script = format!("sh -c 'sh -c \"{} attach; true\"; true'; true", install_setuid().display());
+    let cmd = as_user(&user(), &[OsStr::new("sh"), OsStr::new("-c"), OsStr::new(&script)]);
+    let r = exchange(cmd, stdin(open_rw(&img))).unwrap();
+    assert_eq!(r.status.code(), Some(0), "the shell's own status; {}", show(&r));
+    let Some(Message::Error(reason)) = &r.message else { panic!("expected a refusal; {}", show(&r)) };
+    assert!(reason.contains(&format!("the reply socket was made by process {}, which is not the process that ran kiln-helper", std::process::id())), "{}", show(&r));
+    assert!(r.stderr.contains("which is not the process that ran kiln-helper") && r.fds.is_empty(), "{}", show(&r));
+    assert_no_loop_device(&img);
+}
+
 /// Copies the table regions (first MiB, last 33 sectors) of `from` onto `disk`,
 /// as a hook partitioning the device through its descriptor would.
 fn write_table_through(disk: BorrowedFd, from: &Path) {
@@ -864,12 +880,16 @@ fn status_field(pid: &str, name: &str) -> String {
     status.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The watcher attach left for `device` (its command name says which).
-fn watcher_of(device: &str) -> Option<String> {
+/// The watcher attach left for `device` on behalf of process `caller`: its
+/// command name says which device, its pidfd which caller (a watcher of an
+/// earlier binding of the same device may still be on its way out).
+fn watcher_of(device: &str, caller: u32) -> Option<String> {
     let want = format!("watch {device}");
     std::fs::read_dir("/proc").unwrap().flatten().find_map(|p| {
         let comm = std::fs::read_to_string(p.path().join("comm")).ok()?;
-        (comm.trim_end() == want).then(|| p.file_name().to_string_lossy().into_owned())
+        let fdinfo = std::fs::read_to_string(p.path().join("fdinfo/3")).ok()?;
+        let watched = fdinfo.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse::<u32>().ok()?;
+        (comm.trim_end() == want && watched == caller).then(|| p.file_name().to_string_lossy().into_owned())
     })
 }
 
@@ -882,20 +902,37 @@ fn assert_watcher_hardened(pid: &str, client: u32) {
     for set in ["CapEff:", "CapPrm:", "CapInh:", "CapBnd:", "CapAmb:"] {
         assert_eq!(status_field(pid, set), "0000000000000000", "watcher {pid}: {set}");
     }
-    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .map(|e| (e.file_name().to_string_lossy().parse().unwrap(), std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned()))
-        .collect();
-    fds.sort();
+    let fds = || {
+        let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| Some((e.file_name().to_string_lossy().parse().unwrap(), std::fs::read_link(e.path()).ok()?.to_string_lossy().into_owned())))
+            .collect();
+        fds.sort();
+        fds
+    };
     let null = "/dev/null".to_string();
-    assert_eq!(fds, [(0, null.clone()), (1, null.clone()), (2, null), (3, "anon_inode:[pidfd]".to_string())], "watcher {pid}'s descriptors");
+    let want = [(0, null.clone()), (1, null.clone()), (2, null), (3, "anon_inode:[pidfd]".to_string())];
+    // Once a second it reads the device's sysfs files: a moment later they are closed again.
+    let mut tries = 0;
+    while fds() != want && tries < 50 {
+        tries += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fds(), want, "watcher {pid}'s descriptors");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     assert_eq!(fields[3], pid, "the watcher leads its own session");
     let client_sid = std::fs::read_to_string(format!("/proc/{client}/stat")).unwrap();
     assert_ne!(client_sid.rsplit_once(')').unwrap().1.split_whitespace().nth(3).unwrap(), pid);
     assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"));
+    // The caller ran under `prlimit --cpu=20:30`: from 20 s on SIGXCPU would
+    // end the watcher, were it not ignored and the soft limit raised to the hard.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let cpu = limits.lines().find(|l| l.starts_with("Max cpu time")).unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(cpu, "Max cpu time 30 30 seconds", "watcher {pid}");
+    let ignored = u64::from_str_radix(&status_field(pid, "SigIgn:"), 16).unwrap();
+    assert_ne!(ignored & 1 << (libc::SIGXCPU - 1), 0, "watcher {pid} does not ignore SIGXCPU");
     for signal in ["-STOP", "-KILL"] {
         let sent = as_user(&user(), &[OsStr::new("kill"), OsStr::new(signal), OsStr::new(pid)]).output().unwrap();
         assert!(!sent.status.success() && String::from_utf8_lossy(&sent.stderr).contains("not permitted"), "the caller signalled its watcher: {sent:?}");
@@ -908,7 +945,8 @@ fn caller_clears_autoclear(mode: &str, program: &Path) -> Duration {
     let s = Scratch::new(&format!("helper-autoclear-{mode}"));
     let img = scratch_image(&s, "disk.img");
     let exe = runnable_test_binary();
-    let mut cmd = as_user(&user(), &[exe.as_os_str(), OsStr::new("--exact"), OsStr::new("autoclear_client"), OsStr::new("--ignored"), OsStr::new("--nocapture")]);
+    let client = [OsStr::new("prlimit"), OsStr::new("--cpu=20:30"), exe.as_os_str(), OsStr::new("--exact"), OsStr::new("autoclear_client"), OsStr::new("--ignored"), OsStr::new("--nocapture")];
+    let mut cmd = as_user(&user(), &client);
     cmd.env("KILN_HELPER_AUTOCLEAR_IMAGE", &img).env("KILN_HELPER_AUTOCLEAR_MODE", mode).env("KILN_HELPER_AUTOCLEAR_PROGRAM", program);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = cmd.spawn().unwrap();
@@ -918,23 +956,29 @@ fn caller_clears_autoclear(mode: &str, program: &Path) -> Duration {
     let outlived = lines.find(|l| l.starts_with("OUTLIVED ")).unwrap_or_else(|| panic!("{name}: {:?}", child.wait()));
     assert_eq!(outlived, format!("OUTLIVED {name}"));
     assert_eq!(loop_devices_of(&img), vec![name.clone()]);
-    let backing = PathBuf::from(format!("/sys/block/{name}/loop/backing_file"));
-    let watcher = watcher_of(&name).unwrap_or_else(|| panic!("no watcher for {name}"));
+    // Other tests may bind the same device as soon as it is free: this binding is known by its disk sequence number.
+    let binding = || -> Option<u64> {
+        std::fs::metadata(format!("/sys/block/{name}/loop/backing_file")).ok()?;
+        std::fs::read_to_string(format!("/sys/block/{name}/diskseq")).ok()?.trim().parse().ok()
+    };
+    let seq = binding().unwrap();
+    let registered = || std::fs::read_to_string(format!("/run/kiln-helper/{name}")).is_ok_and(|e| e.contains(&format!("\ndiskseq {seq}\n")));
+    assert!(registered(), "the registry does not list {name} as disk sequence {seq}");
+    let watcher = watcher_of(&name, child.id()).unwrap_or_else(|| panic!("no watcher for {name}"));
     assert_watcher_hardened(&watcher, child.id());
 
     drop(child.stdin.take());
     let status = child.wait().unwrap();
     assert!(status.success(), "the client failed: {status:?}");
     let ended = Instant::now();
-    while backing.exists() {
+    while binding() == Some(seq) {
         assert!(ended.elapsed() < Duration::from_secs(5), "{name} is still attached to {} 5 s after its caller ended", img.display());
         std::thread::sleep(Duration::from_millis(10));
     }
     let took = ended.elapsed();
     assert_no_loop_device(&img);
-    assert!(!Path::new("/run/kiln-helper").join(&name).exists(), "the registry still lists {name}");
-    while watcher_of(&name).is_some_and(|w| w == watcher) {
-        assert!(ended.elapsed() < Duration::from_secs(5), "watcher {watcher} outlived its work");
+    while registered() || Path::new("/proc").join(&watcher).exists() {
+        assert!(ended.elapsed() < Duration::from_secs(5), "5 s after its caller ended, the registry lists {name}: {}, watcher {watcher} runs: {}", registered(), Path::new("/proc").join(&watcher).exists());
         std::thread::sleep(Duration::from_millis(10));
     }
     took

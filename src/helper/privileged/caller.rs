@@ -47,8 +47,8 @@ pub fn find(sock: BorrowedFd) -> Result<Caller> {
         }
     }
     bail!(
-        "the reply socket was made by process {pid}, which did not start kiln-helper: \
-         run it from the process that holds the other end of its standard output"
+        "the reply socket was made by process {pid}, which is not the process that ran kiln-helper \
+         (its parent, or sudo's): run kiln-helper from the process that keeps the other end of its standard output"
     )
 }
 

@@ -174,15 +174,6 @@ impl Privileged {
         if unsafe { libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 } {
             bail!("{NOT_PRIVILEGED} (cannot become root: {})", std::io::Error::last_os_error());
         }
-        // The caller's CPU limit would end the watcher (watcher.rs), which
-        // outlives it, and with it the promise to detach: lifted while
-        // CAP_SYS_RESOURCE is still held. Its other limits can only make the
-        // helper refuse.
-        let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-        // SAFETY: setrlimit reads one struct.
-        if unsafe { libc::setrlimit(libc::RLIMIT_CPU, &unlimited) } != 0 {
-            bail!("the CPU time limit (ulimit -t) cannot be lifted ({}): run kiln-helper without one", std::io::Error::last_os_error());
-        }
         // The bounding set only matters at exec, which the helper never does;
         // clearing it all, CAP_SYS_ADMIN too, must happen while CAP_SETPCAP is held.
         caps::drop(None, CapSet::Bounding, admin).context("dropping CAP_SYS_ADMIN from the bounding set")?;

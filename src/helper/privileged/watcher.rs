@@ -23,6 +23,9 @@
 //!   binding ending otherwise (autoclear, detach), so a caller that lives on
 //!   does not collect one per attachment it ever made; live attachments are
 //!   limited per user by the registry.
+//! - The caller's CPU time limit, which it cannot lift (that takes
+//!   CAP_SYS_RESOURCE), does not end it: past half of it the watch goes on in
+//!   a fresh process, whose count starts at zero.
 //! - What it does goes to the authentication log, as the helper's own lines do.
 
 use super::caller::Caller;
@@ -66,9 +69,10 @@ fn watch(caller: Caller, name: &str, diskseq: u64, uid: u32) -> ! {
         // SAFETY: PR_SET_NAME copies at most 16 bytes of a C string.
         unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
     }
+    let cpu_limit = cpu_limit();
     // SAFETY: isolate() put the pidfd at PIDFD, and nothing closes it.
     let pidfd = unsafe { BorrowedFd::borrow_raw(PIDFD) };
-    let code = match wait(pidfd, name, diskseq) {
+    let code = match wait(pidfd, name, diskseq, cpu_limit) {
         Ok(true) => finish(name, diskseq, uid, caller.pid),
         Ok(false) => forget(name, diskseq),
         Err(e) => {
@@ -108,9 +112,42 @@ fn isolate(pidfd: RawFd) {
     }
 }
 
+/// The hard RLIMIT_CPU, if any; the soft one is raised to it and SIGXCPU
+/// (sent from the soft one on) ignored, so only the hard one counts.
+fn cpu_limit() -> Option<Duration> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit on a struct owned here; signal() with a constant.
+    unsafe {
+        libc::signal(libc::SIGXCPU, libc::SIG_IGN);
+        if libc::getrlimit(libc::RLIMIT_CPU, &mut lim) != 0 || lim.rlim_max == libc::RLIM_INFINITY {
+            return None;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_CPU, &lim);
+    }
+    Some(Duration::from_secs(lim.rlim_max))
+}
+
+/// Past half of `limit`, carries on in a fresh child (CPU time is counted per
+/// process) and ends this process.
+fn renew(limit: Option<Duration>) {
+    let Some(limit) = limit else { return };
+    let mut used = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills one struct owned here.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut used) } != 0 || Duration::new(used.tv_sec as u64, used.tv_nsec as u32) < limit / 2 {
+        return;
+    }
+    // SAFETY: single-threaded; the parent leaves at once.
+    if let Ok(nix::unistd::ForkResult::Parent { .. }) = unsafe { nix::unistd::fork() } {
+        // SAFETY: leave without running anything.
+        unsafe { libc::_exit(0) }
+    }
+}
+
 /// True once the caller has ended; false if the binding ended first.
-fn wait(pidfd: BorrowedFd, name: &str, diskseq: u64) -> nix::Result<bool> {
+fn wait(pidfd: BorrowedFd, name: &str, diskseq: u64, cpu_limit: Option<Duration>) -> nix::Result<bool> {
     loop {
+        renew(cpu_limit);
         let mut fds = [libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
         // SAFETY: one pollfd, owned here.
         match unsafe { libc::poll(fds.as_mut_ptr(), 1, CHECK_EVERY.as_millis() as libc::c_int) } {
