@@ -226,3 +226,61 @@ fn matches_debugfs_on_a_kiln_built_vm_image() {
         assert!(std::fs::read(out.join("baremetal-initrd")).unwrap() == i, "{}: initrd differs from debugfs", image.display());
     }
 }
+
+/// What is neither a file nor a block device is refused at once and named: a
+/// FIFO's open would otherwise wait for a writer that never comes, deaf to Ctrl-C.
+#[test]
+fn refuses_a_fifo_a_character_device_a_directory_and_a_socket_at_once() {
+    let s = Scratch::new("gk-kinds");
+    let fifo = s.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    chown_to_user(&fifo);
+    let dir = out_dir(&s, "a-directory");
+    let sock = s.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    chown_to_user(&sock);
+    let out = out_dir(&s, "out");
+    let cases = [(fifo, "is a FIFO"), (PathBuf::from("/dev/zero"), "is a character device"), (dir, "is a directory"), (sock, "is a socket")];
+    for (input, what) in cases {
+        let started = Instant::now();
+        let mut child = kiln("disk-image-get-kernel", &["-i", input.to_str().unwrap(), "-d", out.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A hang must fail the test, not hold it.
+        while child.try_wait().unwrap().is_none() && started.elapsed().as_secs() < 10 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let took = started.elapsed();
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+        }
+        let r = child.wait_with_output().unwrap();
+        eprintln!("{}: refused in {:.3} s", input.display(), took.as_secs_f64());
+        assert!(took.as_secs_f64() < 1.0, "{}: took {took:?}; {}", input.display(), output_text(&r));
+        assert_eq!(r.status.code(), Some(1), "{}: {}", input.display(), output_text(&r));
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(err.contains(&format!("{} {what}, not a disk image", input.display())), "want {what:?}:\n{err}");
+        assert!(!err.contains("panicked") && !err.contains("os error"), "{err}");
+        assert!(listing(&out).is_empty(), "files left: {:?}", listing(&out));
+    }
+}
+
+/// Output files are created inside -d and never through a symbolic link planted
+/// there: a link at the output name is replaced, the file it points to untouched.
+#[test]
+fn a_planted_link_at_the_output_name_is_replaced_not_followed() {
+    let s = Scratch::new("gk-planted");
+    let tree = synthetic(&s, "img", true);
+    let out = out_dir(&s, "out");
+    let victim = s.join("victim");
+    std::fs::write(&victim, "not to be overwritten").unwrap();
+    chown_to_user(&victim);
+    symlink(&victim, out.join("baremetal-vmlinuz")).unwrap();
+    run_ok(&mut kiln("disk-image-get-kernel", &["-i", s.join("img.raw").to_str().unwrap(), "-d", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not to be overwritten");
+    assert!(std::fs::symlink_metadata(out.join("baremetal-vmlinuz")).unwrap().is_file());
+    assert!(std::fs::read(out.join("baremetal-vmlinuz")).unwrap() == std::fs::read(tree.join("boot").join(KERNEL)).unwrap());
+    assert_eq!(listing(&out), ["baremetal-initrd", "baremetal-vmlinuz"]);
+}

@@ -4,7 +4,9 @@
 use super::qcow2::Qcow2;
 use anyhow::{bail, Result};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 pub trait Disk {
@@ -25,15 +27,7 @@ pub fn io_reason(e: &std::io::Error) -> String {
 
 pub fn open(path: &Path) -> Result<Box<dyn Disk>> {
     let shown = path.display();
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("image {shown} does not exist"),
-        Err(e) => bail!("cannot open image {shown}: {}", io_reason(&e)),
-    };
-    let meta = file.metadata().map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", io_reason(&e)))?;
-    if meta.is_dir() {
-        bail!("{shown} is a directory, not a disk image");
-    }
+    let (file, meta) = open_input(path)?;
     let size = if meta.file_type().is_file() { meta.len() } else { device_size(&file, path)? };
     let mut head = [0u8; 512];
     let n = read_prefix(&file, &mut head).map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", io_reason(&e)))?;
@@ -51,6 +45,50 @@ pub fn open(path: &Path) -> Result<Box<dyn Disk>> {
         );
     }
     Ok(Box::new(Raw { file, size }))
+}
+
+/// The image, opened only if it is a regular file or a block device. Anything
+/// else is named and refused, before open() when stat can tell: a FIFO's open
+/// waits for a writer that may never come, and opening a device can act (a
+/// tape rewinds, a terminal becomes the controlling one). O_NONBLOCK and
+/// O_NOCTTY cover what is swapped in between the stat and the open, which the
+/// fstat after it then refuses.
+fn open_input(path: &Path) -> Result<(File, std::fs::Metadata)> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) => readable_kind(&m, path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("image {shown} does not exist"),
+        Err(e) => bail!("cannot open image {shown}: {}", io_reason(&e)),
+    }
+    let file = match File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("image {shown} does not exist"),
+        Err(e) => bail!("cannot open image {shown}: {}", io_reason(&e)),
+    };
+    let meta = file.metadata().map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", io_reason(&e)))?;
+    readable_kind(&meta, path)?;
+    // Back to blocking reads: only what opens is meant to be non-blocking.
+    let flags = OFlag::from_bits_truncate(fcntl(file.as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", e.desc()))?);
+    fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", e.desc()))?;
+    Ok((file, meta))
+}
+
+fn readable_kind(meta: &std::fs::Metadata, path: &Path) -> Result<()> {
+    let t = meta.file_type();
+    let what = if t.is_file() || t.is_block_device() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "neither a regular file nor a block device"
+    };
+    bail!("{} is {what}, not a disk image: give a raw or qcow2 image file, or a block device", path.display())
 }
 
 fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -27,11 +27,10 @@ pub fn partition_table(path: &std::path::Path) -> Result<Vec<(u32, u64, u64)>> {
     Ok(parts.into_iter().filter(|p| p.number > 0).map(|p| (p.number, p.start, p.len)).collect())
 }
 
-use crate::sandbox::{signals, Interrupted};
 use anyhow::{bail, Context, Result};
 use ext4::{Ext4, Inode, S_IFDIR, S_IFLNK, S_IFREG};
 use image::Volume;
-use output::Pending;
+use output::{OutDir, Pending};
 use partitions::{Partition, Table};
 use probe::Fs;
 use std::path::PathBuf;
@@ -66,7 +65,7 @@ const MAX_FILE_BYTES: u64 = 4 << 30;
 
 pub fn get_kernel(opts: &Options) -> Result<Extracted> {
     check_options(opts)?;
-    output::check_dir(&opts.dir)?;
+    let out = OutDir::open(&opts.dir)?;
     let shown = opts.image.display();
     let mut disk = image::open(&opts.image)?;
     let (table, parts) = partitions::find(disk.as_mut()).with_context(|| format!("{shown}"))?;
@@ -103,7 +102,7 @@ pub fn get_kernel(opts: &Options) -> Result<Extracted> {
             notes.push(format!("{what} (ext) has no {} in /boot or /", kernel_wanted(&opts.patterns)));
             continue;
         };
-        return extract(&mut fs, part, found, opts).with_context(|| format!("{shown}: {what}"));
+        return extract(&mut fs, part, found, opts, &out).with_context(|| format!("{shown}: {what}"));
     }
     bail!(
         "no kernel found in {shown}: {}{}",
@@ -180,9 +179,9 @@ fn find_kernel(fs: &mut Ext4, patterns: &Patterns) -> Result<Option<Found>> {
     Ok(None)
 }
 
-fn extract(fs: &mut Ext4, part: &Partition, found: Found, opts: &Options) -> Result<Extracted> {
-    let kernel = Pending::create(&opts.dir, &format!("{}-vmlinuz", opts.prefix))?;
-    let initrd = Pending::create(&opts.dir, &format!("{}-initrd", opts.prefix))?;
+fn extract(fs: &mut Ext4, part: &Partition, found: Found, opts: &Options, out: &OutDir) -> Result<Extracted> {
+    let kernel = Pending::create(out, &format!("{}-vmlinuz", opts.prefix))?;
+    let initrd = Pending::create(out, &format!("{}-initrd", opts.prefix))?;
     for ((name, inode), out) in [(&found.kernel, &kernel), (&found.initrd, &initrd)] {
         let path = format!("{}{name}", found.dir);
         if opts.verbose {
@@ -191,8 +190,8 @@ fn extract(fs: &mut Ext4, part: &Partition, found: Found, opts: &Options) -> Res
         copy(fs, inode, out).with_context(|| format!("copying {path}"))?;
     }
     let result = Extracted {
-        kernel: kernel.target().to_path_buf(),
-        initrd: initrd.target().to_path_buf(),
+        kernel: kernel.target(),
+        initrd: initrd.target(),
         kernel_source: format!("{}, {}{}", part.describe(), found.dir, found.kernel.0),
         initrd_source: format!("{}, {}{}", part.describe(), found.dir, found.initrd.0),
     };
@@ -204,12 +203,9 @@ fn copy(fs: &mut Ext4, inode: &Inode, out: &Pending) -> Result<()> {
     if inode.size > MAX_FILE_BYTES {
         bail!("it is {} bytes, too large for a kernel or initrd: the filesystem is corrupt", inode.size);
     }
-    fs.read_file(inode, &mut |offset, data| {
-        if signals::interrupted() {
-            bail!(Interrupted);
-        }
-        out.write_at(offset, data)
-    })?;
+    // No check for Ctrl-C here: SIGINT keeps its default action and kills at
+    // once, even in a read the kernel would not interrupt for a handler.
+    fs.read_file(inode, &mut |offset, data| out.write_at(offset, data))?;
     out.finish(inode.size)
 }
 

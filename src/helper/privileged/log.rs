@@ -18,6 +18,11 @@ pub fn info(line: &str) {
     syslog(libc::LOG_INFO, line);
 }
 
+/// For a process with no one to tell but the log (the watcher).
+pub fn warning(line: &str) {
+    syslog(libc::LOG_WARNING, line);
+}
+
 fn syslog(priority: libc::c_int, line: &str) {
     let Ok(c) = CString::new(line.replace('\0', "\\0")) else { return };
     // SAFETY: a constant format with one string argument.

@@ -139,14 +139,38 @@ pub fn flush(_: &Privileged, dev: BorrowedFd) -> Result<()> {
     Ok(())
 }
 
+/// The device's LO_FLAGS_*; ENXIO when nothing is bound to it.
+pub fn flags(dev: BorrowedFd) -> nix::Result<u32> {
+    // SAFETY: all-zero is a valid loop_info64; the kernel fills it.
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: info is large enough for LOOP_GET_STATUS64.
+    unsafe { loop_get_status64(dev.as_raw_fd(), &mut info) }?;
+    Ok(info.lo_flags)
+}
+
+pub fn autoclear(flags: u32) -> bool {
+    flags & LO_FLAGS_AUTOCLEAR != 0
+}
+
 /// Opens /dev/NAME once devtmpfs has made it, and only if it is the device the
 /// kernel calls NAME now (a node of an earlier device by that name may linger).
 pub fn open_node(name: &str) -> Result<File> {
+    open_node_as(name, true)
+}
+
+/// Read-only, for ioctls that need no more: closing it then is no write,
+/// which udev would answer with a probe of the device.
+pub fn open_node_to_inspect(name: &str) -> Result<File> {
+    open_node_as(name, false)
+}
+
+fn open_node_as(name: &str, write: bool) -> Result<File> {
     let path = format!("/dev/{name}");
     let deadline = Instant::now() + NODE_WAIT;
     loop {
         let want = sysfs_dev(name)?;
-        match open_rw(&path) {
+        let opened = if write { open_rw(&path) } else { File::options().read(true).custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW).open(&path) };
+        match opened {
             Ok(f) => {
                 let st = fstat(f.as_raw_fd()).with_context(|| format!("inspecting {path}"))?;
                 if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFBLK.bits() && (major(st.st_rdev), minor(st.st_rdev)) == want {

@@ -3,6 +3,7 @@
 //! keeps CAP_SYS_ADMIN only while it adds or removes partitions, and refuses,
 //! with a logged reason, anything it does not recognise.
 
+mod caller;
 mod hardening;
 mod log;
 mod loopdev;
@@ -10,6 +11,7 @@ mod partitions;
 mod registry;
 mod stdin;
 mod verbs;
+mod watcher;
 
 use crate::helper::protocol::{self, Message};
 use hardening::{Privileged, Start};

@@ -91,6 +91,14 @@ impl Registry {
         }
     }
 
+    /// Removes the entry of this binding of `name`, once the binding has ended.
+    pub fn forget(&self, name: &str, diskseq: u64) -> Result<()> {
+        if self.read(name).is_some_and(|e| e.diskseq == diskseq) && bound_diskseq(name) != Some(diskseq) {
+            self.remove(name)?;
+        }
+        Ok(())
+    }
+
     pub fn remove(&self, name: &str) -> Result<()> {
         let path = format!("{DIR}/{name}");
         match std::fs::remove_file(&path) {
@@ -120,7 +128,7 @@ fn parse(text: &str) -> Option<Entry> {
 }
 
 /// The disk sequence number of the binding `name` has now; None when unbound.
-fn bound_diskseq(name: &str) -> Option<u64> {
+pub fn bound_diskseq(name: &str) -> Option<u64> {
     std::fs::metadata(format!("/sys/block/{name}/loop")).ok()?;
     std::fs::read_to_string(format!("/sys/block/{name}/diskseq")).ok()?.trim().parse().ok()
 }

@@ -2,7 +2,7 @@
 
 use super::hardening::{Privileged, Unprivileged, Verb};
 use super::registry::{Registry, MAX_PER_USER};
-use super::{log, loopdev, partitions, stdin};
+use super::{caller, log, loopdev, partitions, stdin, watcher};
 use crate::helper::protocol::{self, DiskLine, Message, PartLine};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
@@ -20,6 +20,7 @@ pub fn run(verb: Verb, p: Privileged) -> Result<()> {
 fn attach(p: Privileged, sock: BorrowedFd) -> Result<()> {
     let uid = p.caller();
     let image = stdin::image(uid)?;
+    let caller = caller::find(sock)?;
     {
         let registry = Registry::lock()?;
         registry.prune()?;
@@ -40,6 +41,7 @@ fn attach(p: Privileged, sock: BorrowedFd) -> Result<()> {
     Registry::lock()?.record(&bound.name, uid, seq)?;
     undo.recorded = true;
     let u = p.drop_to_unprivileged();
+    watcher::spawn(&u, caller, &bound.name, seq)?;
     let disk = Some(DiskLine { name: bound.name.clone(), size });
     let fds: Vec<BorrowedFd> = std::iter::once(dev).chain(files.iter().map(File::as_fd)).collect();
     reply(&u, sock, Message::Ok { disk, parts }, &fds).with_context(|| format!("{} was detached again", bound.name))?;
