@@ -58,6 +58,14 @@ done
 echo "recheck: every package genuine"
 "#;
 
+/// Downloads one more package into the cache, as any install.d hook may.
+const FETCH: &str = r#"#!/bin/bash
+set -eu
+apt-get -q update
+apt-get -q -y install --reinstall --download-only sed
+ls /var/cache/apt/archives/sed_*.deb
+"#;
+
 fn home() -> PathBuf {
     env().user.as_ref().map(|u| u.home.clone()).unwrap_or_else(|| std::env::var("HOME").unwrap().into())
 }
@@ -70,6 +78,10 @@ fn chown_to_user(p: &Path) {
 }
 
 fn build(s: &Scratch, name: &str, cache: Option<&Path>, extra: &[&str]) -> Output {
+    build_with(s, name, cache, extra, &[])
+}
+
+fn build_with(s: &Scratch, name: &str, cache: Option<&Path>, extra: &[&str], envs: &[(&str, &Path)]) -> Output {
     let out = s.join(name);
     let tmp = s.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
@@ -80,7 +92,12 @@ fn build(s: &Scratch, name: &str, cache: Option<&Path>, extra: &[&str]) -> Outpu
     }
     args.extend(IMAGE_FLAVOURS.iter().chain(extra).map(|f| f.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    kiln("disk-image-create", &args).env("TMPDIR", &tmp).env("ELEMENTS_PATH", s.path.join("flavours")).output().unwrap()
+    let mut cmd = kiln("disk-image-create", &args);
+    cmd.env("TMPDIR", &tmp).env("ELEMENTS_PATH", s.path.join("flavours"));
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
 }
 
 fn tree_key(s: &Scratch) -> String {
@@ -185,6 +202,7 @@ fn a_poisoned_package_cache_is_cleaned_and_the_next_build_installs_genuine_packa
     let s = Scratch::new("poison");
     s.flavour("poison", &[("README.md", "poisons the package cache\n", false), ("install.d/50-poison", POISON, true)]);
     s.flavour("recheck", &[("README.md", "checks the package cache\n", false), ("install.d/50-recheck", RECHECK, true)]);
+    s.flavour("fetch", &[("README.md", "downloads a package\n", false), ("install.d/50-fetch", FETCH, true)]);
 
     // The shared cache: the base tree for the private one, and private itself.
     let seed = build(&s, "seed", None, &[]);
@@ -235,5 +253,18 @@ fn a_poisoned_package_cache_is_cleaned_and_the_next_build_installs_genuine_packa
     let index = std::fs::read_to_string(&index_path).unwrap();
     for (name, sha) in &expected {
         assert!(index.contains(name) && index.contains(sha), "the index records {name}");
+    }
+
+    // A keyring that vouches for nothing: what was proven stays, nothing new is kept.
+    let keyring = s.join("empty.gpg");
+    std::fs::write(&keyring, b"").unwrap();
+    let three = build_with(&s, "three", Some(&cache), &["fetch"], &[("DIB_APT_KEYRING", &keyring)]);
+    assert!(three.status.success(), "{}", output_text(&three));
+    let err = String::from_utf8_lossy(&three.stderr);
+    assert!(err.contains("not kept: no package list in the image is signed by a trusted key"), "{err}");
+    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("sed_")), "an unverifiable download is not kept: {names:?}");
+    for name in expected.keys() {
+        assert!(names.contains(name), "{name} was proven before and stays");
     }
 }

@@ -162,7 +162,8 @@ impl AptCache {
         drop_lists(&self.root).context("removing the package lists root.d left in the image")
     }
 
-    /// After the last phase that binds the cache: proves what the build added.
+    /// After the last phase that binds the cache: proves what the build added, and
+    /// lets the next build have the cache while this one assembles its image.
     pub fn settle(&mut self, progress: &Progress) -> Result<()> {
         self.settled = true;
         if self.shared.is_some() {
@@ -170,6 +171,7 @@ impl AptCache {
             let tally = self.sweep(true)?;
             progress.say(&self.line("verified", &tally, t));
         }
+        self.shared = None;
         Ok(())
     }
 
