@@ -1,6 +1,7 @@
 //! The pipeline of DESIGN §2, one named step after another.
 
 pub mod apt_cache;
+pub mod apt_lists;
 pub mod cache;
 pub mod config;
 pub mod devices;
