@@ -1,5 +1,7 @@
 //! The pipeline of DESIGN §2, one named step after another.
 
+pub mod apt_cache;
+pub mod apt_lists;
 pub mod cache;
 pub mod config;
 pub mod devices;
@@ -149,13 +151,13 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     tree_in_memory(c.tmpfs_min, &root, progress)?;
-    let apt_cache = apt_cache_dir(c);
-    std::fs::create_dir_all(&apt_cache).with_context(|| format!("creating {}", apt_cache.display()))?;
+    let mut apt = apt_cache::AptCache::open(&c.cache_dir, &apt_cache_dir(c), work, c.vars.get("DIB_APT_KEYRING"), progress)?;
+    let apt_cache = apt.dir().to_path_buf();
     let uuids = DiskIds::fresh()?;
     let mut runner = Runner { plan, work, env: hook_env(plan, work, &apt_cache, &uuids), apt_cache, image_block_device: None };
     runner.stage_hooks()?;
 
-    make_root(plan, &runner, &root, progress)?;
+    make_root(plan, &runner, &root, &mut apt, progress)?;
     // From here on the tree holds what hooks and packages wrote: see crate::tree.
     let tree = ImageTree::open(&root)?;
     image_root::prepare(&tree)?;
@@ -195,6 +197,8 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
     for phase in [Phase::PreFinalise, Phase::Finalise, Phase::Cleanup] {
         run_phase(&runner, phase, None, progress)?;
     }
+    // No phase after this one binds the package cache.
+    apt.settle(progress)?;
     image_root::tidy(&tree)?;
 
     if let Some((d, raw)) = &disk {
@@ -295,7 +299,7 @@ fn adopt_partitions(d: &mut crate::disk::DiskPlan, raw: &Path, progress: &mut Pr
 
 /// root: from the base-tree cache when every input matches, else the OS
 /// flavour's root.d (which then fills the cache).
-fn make_root(plan: &Plan, runner: &Runner, root: &Path, progress: &mut Progress) -> Result<()> {
+fn make_root(plan: &Plan, runner: &Runner, root: &Path, apt: &mut apt_cache::AptCache, progress: &mut Progress) -> Result<()> {
     let c = &plan.config;
     let cache = TreeCache::new(&c.cache_dir);
     let key = &plan.cache_key;
@@ -322,6 +326,7 @@ fn make_root(plan: &Plan, runner: &Runner, root: &Path, progress: &mut Progress)
     if std::fs::read_dir(root).map(|mut d| d.next().is_none()).unwrap_or(true) {
         bail!("no root.d hook created the image root (flavours: {})", plan.resolved.names().join(" "));
     }
+    apt.after_bootstrap(progress)?;
     if c.use_cache {
         progress.step("root.d (caching)", &format!("base tree {}", &key[..12]));
         cache.store(key, root, &plan.tools)?;

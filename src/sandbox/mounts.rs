@@ -201,6 +201,9 @@ fn bind(sys: &dyn Syscall, src: &Path, target: &Path, writable: bool) -> Result<
     }
     sys.mount(Some(src), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
         .step(|| format!("bind {} to {}", src.display(), target.display()))?;
+    // The package cache outlives the build: a setuid file a hook leaves there must
+    // not work for anyone who later finds it through this or any bind.
+    sys.make_nosuid_nodev(target).step(|| format!("make {} nosuid,nodev", target.display()))?;
     if !writable {
         sys.make_readonly(target).step(|| format!("make {} read-only", target.display()))?;
     }
@@ -226,6 +229,7 @@ mod tests {
         assert!(calls[..pivot].iter().any(|c| c.starts_with("mount /dev/null /b/root/proc/keys ")));
         assert!(calls[..pivot].iter().any(|c| c.contains("/b/root/tmp/in_target.d")));
         assert!(calls[..pivot].iter().any(|c| c == "readonly /b/root/tmp/in_target.d"));
+        assert!(calls[..pivot].iter().any(|c| c == "nosuid,nodev /b/root/tmp/in_target.d"));
         assert_eq!(calls[pivot + 1], "umount .");
         assert!(!calls.iter().any(|c| c.contains("/dev/sda")));
         let binds_from_dev: Vec<_> = calls.iter().filter(|c| c.starts_with("mount /dev/") && !c.contains("/proc/")).collect();

@@ -11,6 +11,9 @@ pub trait Syscall {
     /// Make a mount (and everything below it) read-only without touching its other,
     /// possibly locked, flags.
     fn make_readonly(&self, target: &Path) -> Result<(), Errno>;
+    /// Likewise add nosuid and nodev: what a hook leaves in a bound host directory
+    /// must not run setuid or open a device for whoever finds it there.
+    fn make_nosuid_nodev(&self, target: &Path) -> Result<(), Errno>;
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno>;
     fn umount_detach(&self, target: &Path) -> Result<(), Errno>;
     fn chdir(&self, dir: &Path) -> Result<(), Errno>;
@@ -28,37 +31,47 @@ fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
+// mount_setattr (Linux 5.12) changes only the bits asked for, recursively; a
+// classic MS_REMOUNT would have to restate every locked flag of the host's mounts.
+fn mount_setattr(target: &Path, attr_set: u64) -> Result<(), Errno> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let attr = MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: the path is NUL-terminated and attr lives across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
 impl Syscall for Linux {
     fn mount(&self, src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), Errno> {
         nix::mount::mount(src, target, fstype, flags, data)
     }
 
     fn make_readonly(&self, target: &Path) -> Result<(), Errno> {
-        // mount_setattr (Linux 5.12) changes only the bits asked for, recursively; a
-        // classic MS_REMOUNT would have to restate every locked flag of the host's mounts.
-        #[repr(C)]
-        struct MountAttr {
-            attr_set: u64,
-            attr_clr: u64,
-            propagation: u64,
-            userns_fd: u64,
-        }
         const MOUNT_ATTR_RDONLY: u64 = 1;
-        const AT_RECURSIVE: libc::c_uint = 0x8000;
-        let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
-        let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
-        // SAFETY: the path is NUL-terminated and attr lives across the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                AT_RECURSIVE,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
-        Errno::result(rc).map(drop)
+        mount_setattr(target, MOUNT_ATTR_RDONLY)
+    }
+
+    fn make_nosuid_nodev(&self, target: &Path) -> Result<(), Errno> {
+        const MOUNT_ATTR_NOSUID: u64 = 2;
+        const MOUNT_ATTR_NODEV: u64 = 4;
+        mount_setattr(target, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
     }
 
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno> {
@@ -117,6 +130,9 @@ impl Syscall for Recorder {
     }
     fn make_readonly(&self, target: &Path) -> Result<(), Errno> {
         self.log(format!("readonly {}", p(target)))
+    }
+    fn make_nosuid_nodev(&self, target: &Path) -> Result<(), Errno> {
+        self.log(format!("nosuid,nodev {}", p(target)))
     }
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<(), Errno> {
         self.log(format!("pivot_root {} {}", p(new_root), p(put_old)))

@@ -154,6 +154,23 @@ impl ImageTree {
         Ok(true)
     }
 
+    /// The names in directory `rel` (resolved inside the tree), sorted; not `.`, `..`.
+    pub fn list(&self, rel: &Path) -> Result<Vec<OsString>> {
+        let fd = self
+            .resolve(rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+            .map_err(|e| errno_error(e, &format!("the image's {}", show(rel))))?;
+        let dir = nix::dir::Dir::from_fd(std::os::fd::IntoRawFd::into_raw_fd(fd))?;
+        let mut names = Vec::new();
+        for e in dir {
+            let name = OsStr::from_bytes(e?.file_name().to_bytes()).to_os_string();
+            if is_plain_name(&name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     /// Opens a regular file for reading, following links inside the tree only.
     /// Non-blocking open: a FIFO is refused, not waited on.
     pub fn open_file(&self, rel: &Path) -> Result<(File, FileStat)> {
@@ -177,10 +194,30 @@ impl ImageTree {
     }
 
     pub fn read(&self, rel: &Path) -> Result<Vec<u8>> {
-        let (mut f, _) = self.open_file(rel)?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)
+        self.read_at_most(rel, u64::MAX)
+    }
+
+    /// A regular file's bytes, refused when it holds more than `limit`: a hook
+    /// can make any file as large as the disk allows.
+    pub fn read_at_most(&self, rel: &Path, limit: u64) -> Result<Vec<u8>> {
+        let (f, st) = self.open_file(rel)?;
+        if st.st_size as u64 > limit {
+            bail!(
+                "the image's {} is {} bytes, more than kiln reads from it ({limit})",
+                show(rel),
+                st.st_size
+            );
+        }
+        let mut buf = Vec::with_capacity(st.st_size.max(0) as usize);
+        f.take(limit.saturating_add(1))
+            .read_to_end(&mut buf)
             .with_context(|| format!("reading the image's {}", show(rel)))?;
+        if buf.len() as u64 > limit {
+            bail!(
+                "the image's {} grew past {limit} bytes while kiln read it",
+                show(rel)
+            );
+        }
         Ok(buf)
     }
 
