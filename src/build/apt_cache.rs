@@ -316,7 +316,8 @@ fn prove_file(path: &Path, want: &(String, u64)) -> Result<Option<Proven>> {
     Ok(Some(Proven::of(&f.metadata()?, want.0.clone())))
 }
 
-fn sha256_hex(r: &mut impl Read) -> Result<String> {
+/// SHA-256 of everything `r` yields, in hex: for packages and cached trees alike.
+pub(crate) fn sha256_hex(r: &mut impl Read) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
