@@ -26,7 +26,7 @@ head -c "$size" /dev/zero | tr '\0' x > "$deb"
 cp /bin/sh "$a/evil"; chmod 4755 "$a/evil"
 cp /bin/sh "$a/evil-gid"; chmod 2755 "$a/evil-gid"
 mkfifo "$a/fifo"
-ln -s "$KILN_USER_HOME/.profile" "$a/link_1_all.deb"
+ln -s "${DIB_HOST_FILE:?}" "$a/link_1_all.deb"
 mkdir -p "$a/sub"; cp /bin/sh "$a/sub/nested"; chmod 4755 "$a/sub/nested"
 cp "$a"/mawk_*.deb "$a/planted_1.0_all.deb"
 chmod 4777 "$a"
@@ -94,6 +94,9 @@ fn build_with(s: &Scratch, name: &str, cache: Option<&Path>, extra: &[&str], env
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cmd = kiln("disk-image-create", &args);
     cmd.env("TMPDIR", &tmp).env("ELEMENTS_PATH", s.path.join("flavours"));
+    // A host file for the hook to link to (hooks inside the image get no host paths of their own).
+    let home = env().user.as_ref().map(|u| u.home.clone()).unwrap_or_else(|| std::env::var("HOME").unwrap().into());
+    cmd.env("DIB_HOST_FILE", home.join(".profile"));
     for (k, v) in envs {
         cmd.env(k, v);
     }
