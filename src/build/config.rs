@@ -33,6 +33,8 @@ pub struct Config {
     pub cache_dir: PathBuf,
     pub use_cache: bool,
     pub trace: bool,
+    /// DIB_DEBUG_TRACE: how many times -x was given.
+    pub debug_trace: u8,
     pub compress: bool,
     pub clear_env: bool,
     pub checksum: bool,
@@ -100,7 +102,8 @@ impl Config {
             root_label: a.root_label.clone().or_else(|| vars.get("DIB_ROOT_LABEL").map(str::to_string)).unwrap_or_else(|| "cloudimg-rootfs".into()),
             cache_dir,
             use_cache: !a.no_cache,
-            trace: a.trace,
+            trace: a.trace > 0,
+            debug_trace: a.trace,
             compress: !a.uncompressed,
             clear_env: a.clear_env,
             checksum: a.checksum || vars.get("DIB_CHECKSUM").is_some_and(|v| v != "0"),

@@ -14,9 +14,13 @@ pub const APT_ARCHIVES: &str = "/var/cache/apt/archives";
 /// Variables naming host paths, for host-side hooks only.
 const HOST_PATH_VARS: [&str; 4] = ["TMP_BUILD_DIR", "TMP_IMAGE_DIR", "KILN_USER_HOME", "KILN_APT_CACHE"];
 
-/// sourcing environment.d, then the hook; `$1` is the hook, `$2` the env dir.
-const WRAPPER: &str = r#"for f in "$2"/*; do [ -f "$f" ] && . "$f"; done
-if [ "${DIB_DEBUG_TRACE:-0}" -gt 0 ]; then export SHELLOPTS; set -x; fi
+/// Sources environment.d, then runs the hook; `$1` is the hook, `$2` the env dir.
+/// Tracing is traced sourcing here and `DIB_DEBUG_TRACE` for the hook, which opts in
+/// itself (as under diskimage-builder): shell options are never exported, because a
+/// SHELLOPTS with nounset/errexit would reach apt, dpkg's maintainer scripts and every
+/// other bash the hook starts, and break them.
+const WRAPPER: &str = r#"if [ "${DIB_DEBUG_TRACE:-0}" -gt 0 ]; then set -x; fi
+for f in "$2"/*; do [ -f "$f" ] && . "$f"; done
 exec "$1""#;
 
 pub struct Runner<'a> {

@@ -385,7 +385,7 @@ fn hook_env(plan: &Plan, work: &WorkDir, apt_cache: &Path, ids: &DiskIds) -> Vec
         ("DIB_DISTRIBUTION_MIRROR", c.mirror.clone()),
         ("DIB_INIT_SYSTEM", "systemd".into()),
         ("DIB_ROOT_LABEL", c.root_label.clone()),
-        ("DIB_DEBUG_TRACE", if c.trace { "1" } else { "0" }.into()),
+        ("DIB_DEBUG_TRACE", c.debug_trace.to_string()),
         ("FS_TYPE", c.fs_type.clone()),
         ("TMP_BUILD_DIR", work.path.display().to_string()),
         ("TMP_IMAGE_DIR", work.image().display().to_string()),
