@@ -37,11 +37,13 @@ fn contract_build() -> &'static ContractBuild {
     static B: OnceLock<ContractBuild> = OnceLock::new();
     B.get_or_init(|| {
         let (s, tmp) = scratch_with_tmp("dib-contract");
-        let flavours = s.flavour("dib-trace", &[README, ("install.d/50-trace", TRACE_HOOK, true)]);
+        s.flavour("dib-trace", &[README, ("install.d/50-trace", TRACE_HOOK, true)]);
+        // As enable-serial-console ships it: mode 0644, no shebang; it must not run.
+        let flavours = s.flavour("dib-serial", &[README, ("cleanup.d/99-fix-grub", "exit 1\n", false)]);
         let out = s.join("img");
         let mut args = vec!["-x", "-x", "-t", "tar", "-o", out.to_str().unwrap()];
         args.extend(IMAGE_FLAVOURS);
-        args.push("dib-trace");
+        args.extend(["dib-trace", "dib-serial"]);
         let o = run_ok(
             kiln("disk-image-create", &args)
                 .env("ELEMENTS_PATH", test_flavours_path(&[&flavours]))
@@ -91,4 +93,10 @@ fn tracing_leaks_no_shell_options_into_a_hooks_children() {
 fn hooks_still_trace_themselves() {
     let e = &contract_build().stderr;
     assert!(e.contains("+ ldd /bin/true"), "the hook's own set -x left no trace:\n{e}");
+}
+
+#[test]
+fn non_executable_hook_is_skipped_with_a_warning_at_run_time() {
+    let e = &contract_build().stderr;
+    assert!(e.contains("warning: cleanup.d/99-fix-grub (flavour dib-serial) skipped: not executable"), "{e}");
 }

@@ -70,6 +70,9 @@ impl Runner<'_> {
 
     /// Runs the phase's hooks; with `lend`, they may open a real block device.
     pub fn run_phase_lending(&self, phase: Phase, lend: Option<&Lend>, progress: &mut Progress) -> Result<()> {
+        for d in self.plan.hooks.skipped_in(phase) {
+            progress.say(&format!("warning: {phase}/{} (flavour {}) skipped: not executable ({})", d.name, d.flavour, d.path.display()));
+        }
         for hook in self.plan.hooks.phase(phase) {
             self.run_hook(phase, hook, lend, progress)?;
         }

@@ -118,12 +118,16 @@ impl Plan {
         }
         for phase in Phase::ALL {
             let hooks = self.hooks.phase(phase);
-            if hooks.is_empty() {
+            let mut skipped = self.hooks.skipped_in(phase).peekable();
+            if hooks.is_empty() && skipped.peek().is_none() {
                 continue;
             }
             let _ = writeln!(s, "{phase}:");
             for h in hooks {
                 let _ = writeln!(s, "  {:<32} ({})", h.name, h.flavour);
+            }
+            for d in skipped {
+                let _ = writeln!(s, "  {:<32} ({}) skipped: not executable", d.name, d.flavour);
             }
         }
         let outs: Vec<String> = c.formats.iter().map(|f| c.output_path(f).display().to_string()).collect();
