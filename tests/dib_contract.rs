@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -26,8 +27,70 @@ bash -c 'echo "SHELLOPTS=$SHELLOPTS"; set -o' > $out/child_options
 ldd /bin/true > $out/ldd
 "#;
 
+/// A host-side hook (extra-data.d and cleanup.d) under `set -u`: diskimage-builder's
+/// core variables and functions, recorded in the image.
+const HOST_ENV_HOOK: &str = r#"#!/bin/bash
+set -eu
+set -o pipefail
+phase=$(basename $(dirname $0))
+out=$TMP_MOUNT_PATH/root/kiln-dib
+mkdir -p $out
+{
+    echo "same_root=$([ "$TMP_MOUNT_PATH" = "$TARGET_ROOT" ] && [ -d "$TMP_MOUNT_PATH/etc" ] && echo yes)"
+    echo "DIB_IMAGE_CACHE=$DIB_IMAGE_CACHE"
+    echo "cache_is_dir=$([ -d "$DIB_IMAGE_CACHE" ] && echo yes)"
+    echo "DIB_OFFLINE=[$DIB_OFFLINE]"
+    echo "DIB_DEFAULT_INSTALLTYPE=$DIB_DEFAULT_INSTALLTYPE"
+    echo "DIB_INIT_SYSTEM=$DIB_INIT_SYSTEM"
+    echo "DIB_DEBUG_TRACE=$DIB_DEBUG_TRACE"
+    echo "IMAGE_NAME=$IMAGE_NAME"
+    echo "DIB_ARGS=$DIB_ARGS"
+    echo "python=$($DIB_PYTHON_EXEC -c 'import sys; print(sys.version_info[0])')"
+    echo "lib_files=$(cd $_LIB && ls common-defaults common-functions die img-defaults img-functions | tr '
+' ' ')"
+    echo "die=$(type -t die)"
+    rc=0; msg=$(bash -c 'false || die "gone"') || rc=$?
+    echo "die_exit=$msg $rc"
+    eval declare -A elements=($(get_image_element_array))
+    echo "element_dib_env=${elements[dib-env]}"
+    # DIB_ENV is `declare -p` output: evaluating it gives the caller's values back.
+    eval "$DIB_ENV"
+    echo "DIB_KILN_TEST=$DIB_KILN_TEST"
+    if [ $phase = cleanup.d ]; then
+        source $_LIB/img-functions
+        source $_LIB/img-defaults
+        select_boot_kernel_initrd $TMP_MOUNT_PATH
+        echo "kernel=$KERNEL ramdisk=$RAMDISK bootdir=$([ -f $BOOTDIR/$KERNEL ] && echo ok)"
+        echo "pts_options=$(mount_dev_pts_options)"
+    fi
+} > $out/host-$phase
+"#;
+
+/// The same, inside the image (install.d): what a hook there must see, and that
+/// host paths and host-side functions stay outside.
+const INSIDE_ENV_HOOK: &str = r#"#!/bin/bash
+set -eu
+set -o pipefail
+out=/root/kiln-dib
+mkdir -p $out
+{
+    echo "DIB_OFFLINE=[$DIB_OFFLINE]"
+    echo "DIB_DEFAULT_INSTALLTYPE=$DIB_DEFAULT_INSTALLTYPE"
+    echo "DIB_INIT_SYSTEM=$DIB_INIT_SYSTEM"
+    echo "DIB_DEBUG_TRACE=$DIB_DEBUG_TRACE"
+    echo "IMAGE_NAME=$IMAGE_NAME"
+    echo "die=$(type -t die || echo none)"
+    echo "element_array=$(type -t get_image_element_array || echo none)"
+    for v in TMP_MOUNT_PATH DIB_IMAGE_CACHE _LIB DIB_ARGS DIB_ENV DIB_PYTHON_EXEC; do
+        echo "$v=${!v-unset}"
+    done
+} > $out/inside
+"#;
+
+const DIB_KILN_TEST: &str = r#"a "quoted" $value `x` \ end"#;
+
 struct ContractBuild {
-    _scratch: Scratch,
+    scratch: Scratch,
     /// Files of /root/kiln-dib in the image, by name.
     files: BTreeMap<String, String>,
     stderr: String,
@@ -38,20 +101,30 @@ fn contract_build() -> &'static ContractBuild {
     B.get_or_init(|| {
         let (s, tmp) = scratch_with_tmp("dib-contract");
         s.flavour("dib-trace", &[README, ("install.d/50-trace", TRACE_HOOK, true)]);
+        s.flavour(
+            "dib-env",
+            &[
+                README,
+                ("extra-data.d/50-env-host", HOST_ENV_HOOK, true),
+                ("cleanup.d/50-env-host", HOST_ENV_HOOK, true),
+                ("install.d/50-env-inside", INSIDE_ENV_HOOK, true),
+            ],
+        );
         // As enable-serial-console ships it: mode 0644, no shebang; it must not run.
         let flavours = s.flavour("dib-serial", &[README, ("cleanup.d/99-fix-grub", "exit 1\n", false)]);
         let out = s.join("img");
-        let mut args = vec!["-x", "-x", "-t", "tar", "-o", out.to_str().unwrap()];
+        let mut args = vec!["-x", "-x", "-t", "tar", "--install-type", "package", "-o", out.to_str().unwrap()];
         args.extend(IMAGE_FLAVOURS);
-        args.extend(["dib-trace", "dib-serial"]);
+        args.extend(["dib-trace", "dib-env", "dib-serial"]);
         let o = run_ok(
             kiln("disk-image-create", &args)
                 .env("ELEMENTS_PATH", test_flavours_path(&[&flavours]))
-                .env("TMPDIR", &tmp),
+                .env("TMPDIR", &tmp)
+                .env("DIB_KILN_TEST", DIB_KILN_TEST),
         );
         let tar = s.join("img.tar");
         let files = read_dir_from_tar(&tar, "root/kiln-dib");
-        ContractBuild { stderr: String::from_utf8_lossy(&o.stderr).into_owned(), _scratch: s, files }
+        ContractBuild { stderr: String::from_utf8_lossy(&o.stderr).into_owned(), scratch: s, files }
     })
 }
 
@@ -99,4 +172,73 @@ fn hooks_still_trace_themselves() {
 fn non_executable_hook_is_skipped_with_a_warning_at_run_time() {
     let e = &contract_build().stderr;
     assert!(e.contains("warning: cleanup.d/99-fix-grub (flavour dib-serial) skipped: not executable"), "{e}");
+}
+
+/// `NAME=value` lines of a recorded file.
+fn values(name: &str) -> BTreeMap<String, String> {
+    file(name).lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn user_home() -> PathBuf {
+    env().user.as_ref().map(|u| u.home.clone()).unwrap_or_else(|| std::env::var("HOME").unwrap().into())
+}
+
+#[test]
+fn host_side_hooks_see_diskimage_builders_core_variables() {
+    let b = contract_build();
+    let out = b.scratch.join("img").display().to_string();
+    for phase in ["extra-data.d", "cleanup.d"] {
+        let v = values(&format!("host-{phase}"));
+        let want_cache = user_home().join(".cache/image-create").display().to_string();
+        for (k, want) in [
+            ("same_root", "yes"),
+            ("DIB_IMAGE_CACHE", want_cache.as_str()),
+            ("cache_is_dir", "yes"),
+            ("DIB_OFFLINE", "[]"),
+            ("DIB_DEFAULT_INSTALLTYPE", "package"),
+            ("DIB_INIT_SYSTEM", "systemd"),
+            ("DIB_DEBUG_TRACE", "2"),
+            ("IMAGE_NAME", out.as_str()),
+            ("python", "3"),
+            ("lib_files", "common-defaults common-functions die img-defaults img-functions "),
+            ("die", "function"),
+            ("die_exit", "gone 1"),
+            ("DIB_KILN_TEST", DIB_KILN_TEST),
+        ] {
+            assert_eq!(v.get(k).map(String::as_str), Some(want), "{phase} {k}:\n{}", file(&format!("host-{phase}")));
+        }
+        let args = &v["DIB_ARGS"];
+        assert!(args.starts_with("-x -x -t tar --install-type package -o ") && args.contains(&out) && args.ends_with("dib-serial"), "{args}");
+        assert!(v["element_dib_env"].ends_with("/flavours/dib-env"), "{:?}", v["element_dib_env"]);
+    }
+}
+
+#[test]
+fn host_side_hooks_can_source_the_library_functions_elements_call() {
+    let v = values("host-cleanup.d");
+    let k = &v["kernel"];
+    assert!(k.starts_with("vmlinuz-") && k.contains(" ramdisk=initrd.img-") && k.ends_with(" bootdir=ok"), "{k}");
+    assert!(v["pts_options"].starts_with("-o rw,"), "{:?}", v["pts_options"]);
+}
+
+#[test]
+fn hooks_inside_see_the_variables_but_no_host_paths_or_host_functions() {
+    let v = values("inside");
+    for (k, want) in [
+        ("DIB_OFFLINE", "[]"),
+        ("DIB_DEFAULT_INSTALLTYPE", "package"),
+        ("DIB_INIT_SYSTEM", "systemd"),
+        ("DIB_DEBUG_TRACE", "2"),
+        ("IMAGE_NAME", "img"),
+        ("die", "none"),
+        ("element_array", "none"),
+        ("TMP_MOUNT_PATH", "unset"),
+        ("DIB_IMAGE_CACHE", "unset"),
+        ("_LIB", "unset"),
+        ("DIB_ARGS", "unset"),
+        ("DIB_ENV", "unset"),
+        ("DIB_PYTHON_EXEC", "unset"),
+    ] {
+        assert_eq!(v.get(k).map(String::as_str), Some(want), "{k}:\n{}", file("inside"));
+    }
 }

@@ -1,5 +1,6 @@
 //! Running one phase's hooks in the sandbox (DESIGN §3–4).
 
+use super::hook_env::{HookEnv, INSTALL_TYPE_FILE};
 use super::plan::Plan;
 use super::progress::Progress;
 use super::workdir::WorkDir;
@@ -8,26 +9,24 @@ use crate::sandbox::{self, lend::Lend, Bind, View};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Inside the image the hooks directory is here (diskimage-builder's path).
-pub const IN_TARGET: &str = "/tmp/in_target.d";
+pub use super::hook_env::IN_TARGET;
 pub const APT_ARCHIVES: &str = "/var/cache/apt/archives";
-/// Variables naming host paths, for host-side hooks only.
-const HOST_PATH_VARS: [&str; 4] = ["TMP_BUILD_DIR", "TMP_IMAGE_DIR", "KILN_USER_HOME", "KILN_APT_CACHE"];
 
 /// Sources environment.d, then runs the hook; `$1` is the hook, `$2` the env dir.
 /// Tracing is traced sourcing here and `DIB_DEBUG_TRACE` for the hook, which opts in
 /// itself (as under diskimage-builder): shell options are never exported, because a
 /// SHELLOPTS with nounset/errexit would reach apt, dpkg's maintainer scripts and every
 /// other bash the hook starts, and break them.
+/// Host-side hooks (the only ones with `_LIB`) get diskimage-builder's exported `die`.
 const WRAPPER: &str = r#"if [ "${DIB_DEBUG_TRACE:-0}" -gt 0 ]; then set -x; fi
+if [ -n "${_LIB:-}" ]; then . "$_LIB/die"; fi
 for f in "$2"/*; do [ -f "$f" ] && . "$f"; done
 exec "$1""#;
 
 pub struct Runner<'a> {
     pub plan: &'a Plan,
     pub work: &'a WorkDir,
-    /// Variables every hook gets, in addition to the per-phase ones.
-    pub env: Vec<(String, String)>,
+    pub env: HookEnv,
     pub apt_cache: PathBuf,
     pub image_block_device: Option<PathBuf>,
 }
@@ -51,6 +50,8 @@ impl Runner<'_> {
         for e in &self.plan.env_files {
             copy_any(&e.path, &dst.join("environment.d").join(&e.name))?;
         }
+        let install_type = HookEnv::install_type_file(self.plan.config.install_type.as_deref());
+        std::fs::write(dst.join("environment.d").join(INSTALL_TYPE_FILE), install_type)?;
         // Read inside the image (static/ by install_static, the rest by the ramdisk
         // flavour), merged across flavours.
         for f in &self.plan.resolved.flavours {
@@ -113,16 +114,11 @@ impl Runner<'_> {
 
     fn exec_lending(&self, phase: Phase, argv: Vec<String>, lend: Option<&Lend>, progress: &mut Progress) -> Result<(i32, Vec<String>)> {
         let side = phase.side();
-        let mut env = self.env.clone();
+        let env = self.env.for_phase(phase, self.image_block_device.as_deref());
         let root = self.work.root();
         let mut binds = Vec::new();
         let (view, cwd) = match side {
             Side::Inside => {
-                // Host paths mean nothing inside the image and tell a hook where the
-                // user's files are: only host-side hooks get them.
-                env.retain(|(k, _)| !HOST_PATH_VARS.contains(&k.as_str()));
-                env.push(("TMP_HOOKS_PATH".into(), IN_TARGET.into()));
-                env.push(("HOME".into(), "/root".into()));
                 binds.push(Bind { src: self.work.hooks(), inside: IN_TARGET.into(), writable: false });
                 binds.push(Bind { src: self.apt_cache.clone(), inside: APT_ARCHIVES.into(), writable: true });
                 if let Some(resolv) = host_resolv_conf() {
@@ -130,15 +126,7 @@ impl Runner<'_> {
                 }
                 (View::Image(root.clone()), PathBuf::from("/"))
             }
-            Side::Host => {
-                env.push(("TMP_HOOKS_PATH".into(), self.work.hooks().display().to_string()));
-                env.push(("TARGET_ROOT".into(), root.display().to_string()));
-                env.push(("HOME".into(), self.work.home().display().to_string()));
-                if let (Phase::BlockDevice, Some(dev)) = (phase, &self.image_block_device) {
-                    env.push(("IMAGE_BLOCK_DEVICE".into(), dev.display().to_string()));
-                }
-                (View::Host, self.work.path.clone())
-            }
+            Side::Host => (View::Host, self.work.path.clone()),
         };
         if progress.trace {
             let v = match &view {

@@ -58,7 +58,11 @@ impl Plan {
         let env_files = flavour::environment_files(&resolved).map_err(|e| anyhow!("{e}"))?;
         let os = resolved.provider_of("operating-system").map(|f| f.name.clone()).unwrap_or_default();
         let distro = if os.starts_with("debian") { "debian".to_string() } else { os.clone() };
-        let lookup = |k: &str| config.vars.get(k).map(str::to_string);
+        // --install-type is what the hooks' environment.d makes of DIB_DEFAULT_INSTALLTYPE.
+        let lookup = |k: &str| match (k, &config.install_type) {
+            ("DIB_DEFAULT_INSTALLTYPE", Some(t)) => Some(t.clone()),
+            _ => config.vars.get(k).map(str::to_string),
+        };
         let target = flavour::Target { distro: &distro, release: &config.release, arch: &config.arch, family: "debian", env: &lookup };
         let packages = flavour::collect_packages(&resolved, &target).map_err(|e| anyhow!("{e}"))?;
         let (bootstrap_packages, phase_packages) = split_packages(&packages, &config.packages);

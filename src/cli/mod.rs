@@ -88,6 +88,10 @@ pub struct DiskImageArgs {
     #[arg(long, value_name = "URL")]
     pub mirror: Option<String>,
 
+    /// The hooks' default install type (DIB_DEFAULT_INSTALLTYPE; default source).
+    #[arg(long, value_name = "TYPE")]
+    pub install_type: Option<String>,
+
     /// Resolve flavours, check inputs and host tools, print the plan; build nothing.
     #[arg(long)]
     pub dry_run: bool,
