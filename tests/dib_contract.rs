@@ -80,6 +80,7 @@ mkdir -p $out
     echo "DIB_DEBUG_TRACE=$DIB_DEBUG_TRACE"
     echo "IMAGE_NAME=$IMAGE_NAME"
     echo "die=$(type -t die || echo none)"
+    echo "sudo=$(command -v sudo || echo none)"
     echo "element_array=$(type -t get_image_element_array || echo none)"
     for v in TMP_MOUNT_PATH DIB_IMAGE_CACHE _LIB DIB_ARGS DIB_ENV DIB_PYTHON_EXEC; do
         echo "$v=${!v-unset}"
@@ -88,6 +89,21 @@ mkdir -p $out
 "#;
 
 const DIB_KILN_TEST: &str = r#"a "quoted" $value `x` \ end"#;
+
+/// DIB's host-side hooks `sudo` their privileged steps, in these forms.
+const SUDO_HOOK: &str = r#"#!/bin/bash
+set -eu
+set -o pipefail
+out=$TMP_MOUNT_PATH/root/kiln-dib
+sudo -E mkdir -p $out/sudo
+echo teed | sudo tee $out/sudo/tee > /dev/null
+sudo -n -H -u root -- sh -c "echo \$DIB_DEBUG_TRACE > $out/sudo/env_kept"
+sudo DIB_SUDO_VAR=assigned sh -c "echo \$DIB_SUDO_VAR > $out/sudo/assignment"
+sudo /bin/bash -c "echo bash-c > $out/sudo/bash_c"
+rc=0; sudo -u nobody true 2> $out/sudo/other_user_error || rc=$?
+echo $rc > $out/sudo/other_user_status
+command -v sudo > $out/sudo/which
+"#;
 
 struct ContractBuild {
     scratch: Scratch,
@@ -108,6 +124,7 @@ fn contract_build() -> &'static ContractBuild {
                 ("extra-data.d/50-env-host", HOST_ENV_HOOK, true),
                 ("cleanup.d/50-env-host", HOST_ENV_HOOK, true),
                 ("install.d/50-env-inside", INSIDE_ENV_HOOK, true),
+                ("extra-data.d/60-sudo", SUDO_HOOK, true),
             ],
         );
         // As enable-serial-console ships it: mode 0644, no shebang; it must not run.
@@ -133,7 +150,7 @@ fn read_dir_from_tar(tar: &std::path::Path, dir: &str) -> BTreeMap<String, Strin
     let st = Command::new("tar").arg("-xf").arg(tar).arg("-C").arg(x.path()).arg(format!("./{dir}")).status().unwrap();
     assert!(st.success(), "the tarball has no /{dir}");
     let mut m = BTreeMap::new();
-    for e in std::fs::read_dir(x.path().join(dir)).unwrap().flatten() {
+    for e in std::fs::read_dir(x.path().join(dir)).unwrap().flatten().filter(|e| e.path().is_file()) {
         m.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read_to_string(e.path()).unwrap());
     }
     m
@@ -241,4 +258,21 @@ fn hooks_inside_see_the_variables_but_no_host_paths_or_host_functions() {
     ] {
         assert_eq!(v.get(k).map(String::as_str), Some(want), "{k}:\n{}", file("inside"));
     }
+}
+
+#[test]
+fn host_side_hooks_have_a_sudo_that_runs_the_command_as_it_is() {
+    let b = contract_build();
+    let sudo = read_dir_from_tar(&b.scratch.join("img.tar"), "root/kiln-dib/sudo");
+    assert_eq!(sudo["tee"], "teed\n");
+    assert_eq!(sudo["env_kept"], "2\n", "sudo -E keeps the environment");
+    assert_eq!(sudo["assignment"], "assigned\n");
+    assert_eq!(sudo["bash_c"], "bash-c\n");
+    assert_eq!(sudo["other_user_status"], "1\n");
+    let err = &sudo["other_user_error"];
+    assert!(err.contains("-u nobody") && err.contains("host-side hooks can only be root"), "{err}");
+    assert!(sudo["which"].trim().ends_with("/dib-lib/host-bin/sudo"), "{}", sudo["which"]);
+    // Inside the image kiln's sudo is not on PATH: the image's own is (or none).
+    let inside = &values("inside")["sudo"];
+    assert!(!inside.contains("dib-lib"), "{inside}");
 }

@@ -44,6 +44,8 @@ pub struct HookEnv {
     hooks: PathBuf,
     root: PathBuf,
     home: PathBuf,
+    /// First on host-side hooks' PATH: kiln's `sudo`.
+    host_bin: PathBuf,
 }
 
 impl HookEnv {
@@ -114,7 +116,7 @@ impl HookEnv {
         for (k, v) in fixed {
             set(k, v);
         }
-        Ok(HookEnv { vars: env, hooks: work.hooks(), root: work.root(), home: work.home() })
+        Ok(HookEnv { vars: env, hooks: work.hooks(), root: work.root(), home: work.home(), host_bin: c.dib_lib.join("host-bin") })
     }
 
     /// What a hook of `phase` gets.
@@ -133,6 +135,13 @@ impl HookEnv {
                 env.push(("HOME".into(), "/root".into()));
             }
             Side::Host => {
+                // diskimage-builder's host-side hooks `sudo` their privileged steps;
+                // here they are root already. Inside, the image's own sudo stays.
+                for (k, v) in &mut env {
+                    if k == "PATH" {
+                        *v = format!("{}:{v}", self.host_bin.display());
+                    }
+                }
                 env.push(("TMP_HOOKS_PATH".into(), self.hooks.display().to_string()));
                 env.push(("TARGET_ROOT".into(), self.root.display().to_string()));
                 env.push(("HOME".into(), self.home.display().to_string()));
