@@ -105,6 +105,27 @@ echo $rc > $out/sudo/other_user_status
 command -v sudo > $out/sudo/which
 "#;
 
+/// Reads the merged element trees from inside the image, as DIB's elements do.
+const TREE_HOOK: &str = r#"#!/bin/bash
+set -eu
+set -o pipefail
+out=/root/kiln-dib/tree
+mkdir -p $out
+hooks=$(dirname $0)/..
+$hooks/bin/dib-tool-a > $out/bin_a
+$TMP_HOOKS_PATH/bin/dib-tool-b > $out/bin_b
+ls $hooks/init-scripts/systemd > $out/init_scripts
+cat $hooks/source-repository-dib-tree-a > $out/source_repository
+cat $hooks/pkg-map > $out/top_level_last_wins
+[ ! -e $hooks/tests ] && echo absent > $out/tests_dir
+"#;
+
+/// The same tree from the host side.
+const TREE_HOST_HOOK: &str = r#"#!/bin/bash
+set -eu
+$TMP_HOOKS_PATH/bin/dib-tool-a > $TMP_MOUNT_PATH/root/kiln-dib/tree-host
+"#;
+
 struct ContractBuild {
     scratch: Scratch,
     /// Files of /root/kiln-dib in the image, by name.
@@ -127,12 +148,36 @@ fn contract_build() -> &'static ContractBuild {
                 ("extra-data.d/60-sudo", SUDO_HOOK, true),
             ],
         );
+        let tool = |n: &str| format!("#!/bin/sh\necho tool {n}\n");
+        let (tool_a, tool_b) = (tool("a"), tool("b"));
+        s.flavour(
+            "dib-tree-a",
+            &[
+                README,
+                ("bin/dib-tool-a", &tool_a, true),
+                ("init-scripts/systemd/a.service", "[Unit]\n", false),
+                ("source-repository-dib-tree-a", "a git /tmp/a https://example.invalid/a\n", false),
+                ("pkg-map", "{\"from\": \"a\"}\n", false),
+                ("tests/README", "not staged\n", false),
+                ("install.d/70-tree", TREE_HOOK, true),
+                ("extra-data.d/70-tree", TREE_HOST_HOOK, true),
+            ],
+        );
+        s.flavour(
+            "dib-tree-b",
+            &[
+                README,
+                ("bin/dib-tool-b", &tool_b, true),
+                ("init-scripts/systemd/b.service", "[Unit]\n", false),
+                ("pkg-map", "{\"from\": \"b\"}\n", false),
+            ],
+        );
         // As enable-serial-console ships it: mode 0644, no shebang; it must not run.
         let flavours = s.flavour("dib-serial", &[README, ("cleanup.d/99-fix-grub", "exit 1\n", false)]);
         let out = s.join("img");
         let mut args = vec!["-x", "-x", "-t", "tar", "--install-type", "package", "-o", out.to_str().unwrap()];
         args.extend(IMAGE_FLAVOURS);
-        args.extend(["dib-trace", "dib-env", "dib-serial"]);
+        args.extend(["dib-trace", "dib-env", "dib-tree-a", "dib-tree-b", "dib-serial"]);
         let o = run_ok(
             kiln("disk-image-create", &args)
                 .env("ELEMENTS_PATH", test_flavours_path(&[&flavours]))
@@ -275,4 +320,35 @@ fn host_side_hooks_have_a_sudo_that_runs_the_command_as_it_is() {
     // Inside the image kiln's sudo is not on PATH: the image's own is (or none).
     let inside = &values("inside")["sudo"];
     assert!(!inside.contains("dib-lib"), "{inside}");
+}
+
+#[test]
+fn element_trees_merge_into_the_hooks_directory_as_diskimage_builder() {
+    let b = contract_build();
+    let t = read_dir_from_tar(&b.scratch.join("img.tar"), "root/kiln-dib/tree");
+    assert_eq!(t["bin_a"], "tool a\n");
+    assert_eq!(t["bin_b"], "tool b\n");
+    assert_eq!(t["init_scripts"], "a.service\nb.service\n", "same-named directories merge");
+    assert!(t["source_repository"].starts_with("a git /tmp/a "), "{}", t["source_repository"]);
+    assert_eq!(t["top_level_last_wins"], "{\"from\": \"b\"}\n");
+    assert_eq!(t["tests_dir"], "absent\n");
+    assert_eq!(file("tree-host"), "tool a\n");
+}
+
+#[test]
+fn the_same_file_in_two_element_trees_is_an_error_naming_both() {
+    let (s, tmp) = scratch_with_tmp("dib-tree-clash");
+    s.flavour("clash-a", &[README, ("bin/same-tool", "#!/bin/sh\n", true)]);
+    let flavours = s.flavour("clash-b", &[README, ("bin/same-tool", "#!/bin/sh\n", true)]);
+    let out = s.join("img");
+    let mut args = vec!["-t", "tar", "-o", out.to_str().unwrap()];
+    args.extend(IMAGE_FLAVOURS);
+    args.extend(["clash-a", "clash-b"]);
+    let o = kiln("disk-image-create", &args).env("ELEMENTS_PATH", test_flavours_path(&[&flavours])).env("TMPDIR", &tmp).output().unwrap();
+    let text = output_text(&o);
+    assert!(!o.status.success(), "{text}");
+    for f in ["clash-a/bin/same-tool", "clash-b/bin/same-tool", "two flavours ship bin/same-tool"] {
+        assert!(text.contains(f), "the error should name {f}:\n{text}");
+    }
+    assert!(!text.contains("panicked"), "{text}");
 }

@@ -52,13 +52,47 @@ impl Runner<'_> {
         }
         let install_type = HookEnv::install_type_file(self.plan.config.install_type.as_deref());
         std::fs::write(dst.join("environment.d").join(INSTALL_TYPE_FILE), install_type)?;
-        // Read inside the image (static/ by install_static, the rest by the ramdisk
-        // flavour), merged across flavours.
+        self.merge_element_trees(&dst)
+    }
+
+    /// The rest of every flavour, merged as diskimage-builder's generate_hooks does,
+    /// because hooks read it through `$TMP_HOOKS_PATH` or `$(dirname $0)/..`:
+    /// `bin/`, `static/`, `init-scripts/` and any other directory (same-named
+    /// directories merge; the same file one level down in two flavours is an error),
+    /// and the top-level files (the last flavour's wins, e.g. `source-repository-*`).
+    fn merge_element_trees(&self, dst: &Path) -> Result<()> {
+        // Staged file one level down -> the flavour file it came from.
+        let mut shipped: std::collections::BTreeMap<PathBuf, PathBuf> = Default::default();
         for f in &self.plan.resolved.flavours {
-            for d in crate::ramdisk::STAGED_DIRS.iter().chain(&["static"]) {
-                let src = f.dir.join(d);
-                if src.is_dir() {
-                    copy_any(&src, &dst.join(d))?;
+            for (name, path) in sorted_dir(&f.dir)? {
+                let meta = std::fs::metadata(&path).with_context(|| format!("flavour {}: reading {}", f.name, path.display()))?;
+                if !meta.is_dir() {
+                    if meta.is_file() && !name.ends_with(".pyc") {
+                        copy_any(&path, &dst.join(&name))?;
+                    }
+                    continue;
+                }
+                // Phases and environment.d are staged from the plan, with its checks.
+                if NOT_MERGED.contains(&name.as_str()) || Phase::from_dir_name(&name).is_some() {
+                    continue;
+                }
+                std::fs::create_dir_all(dst.join(&name))?;
+                for (entry, src) in sorted_dir(&path)? {
+                    let to = dst.join(&name).join(&entry);
+                    let is_dir = std::fs::metadata(&src).with_context(|| format!("flavour {}: reading {}", f.name, src.display()))?.is_dir();
+                    if let Some(first) = shipped.get(&to).or(if is_dir { None } else { to.exists().then_some(&to) }) {
+                        bail!(
+                            "two flavours ship {name}/{entry}: {} and {} (flavour {}); rename one of them, \
+                             as diskimage-builder also refuses a duplicated file in the merged hooks directory",
+                            first.display(),
+                            src.display(),
+                            f.name
+                        );
+                    }
+                    copy_any(&src, &to)?;
+                    if !is_dir {
+                        shipped.insert(to, src);
+                    }
                 }
             }
         }
@@ -188,6 +222,20 @@ impl Runner<'_> {
         }
         Ok(())
     }
+}
+
+/// Directories of a flavour that are not merged into the hooks directory:
+/// diskimage-builder leaves out tests, and environment.d is staged from the plan.
+const NOT_MERGED: [&str; 3] = ["tests", "__pycache__", "environment.d"];
+
+fn sorted_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e?;
+        v.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+    }
+    v.sort();
+    Ok(v)
 }
 
 /// The host's resolver configuration, as a regular file path (it is often a
