@@ -73,10 +73,15 @@ fn duplicate_hook_names_both_files() {
 }
 
 #[test]
-fn non_executable_hook_says_what_diskimage_builder_did_and_what_to_do() {
-    let s = Scratch::new("bad-noexec");
-    s.flavour("myos", &[README, OS, ("install.d/50-forgot", "#!/bin/sh\n", false)]);
-    fails_with(&s, &["-n", "myos"], &["myos/install.d/50-forgot", "diskimage-builder", "chmod +x"]);
+fn non_executable_hook_is_skipped_with_a_warning_as_diskimage_builder_does() {
+    let s = Scratch::new("warn-noexec");
+    s.flavour("myos", &[README, OS, ("cleanup.d/99-fix-grub", "GRUB_X=1\n", false), ("cleanup.d/50-real", "#!/bin/sh\n", true)]);
+    let (ok, text) = plan(&s, &["-n", "myos"], &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("warning") && text.contains("myos/cleanup.d/99-fix-grub is not executable and will not run"), "{text}");
+    assert!(text.contains("chmod +x"), "{text}");
+    let line = text.lines().find(|l| l.trim_start().starts_with("99-fix-grub")).unwrap_or_else(|| panic!("no plan line:\n{text}"));
+    assert!(line.contains("(myos) skipped: not executable"), "{line}");
 }
 
 #[test]

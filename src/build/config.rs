@@ -31,8 +31,12 @@ pub struct Config {
     pub fs_type: String,
     pub root_label: String,
     pub cache_dir: PathBuf,
+    /// `--image-cache`/DIB_IMAGE_CACHE as the caller gave it (hooks' DIB_IMAGE_CACHE).
+    pub image_cache: Option<PathBuf>,
     pub use_cache: bool,
     pub trace: bool,
+    /// DIB_DEBUG_TRACE: how many times -x was given.
+    pub debug_trace: u8,
     pub compress: bool,
     pub clear_env: bool,
     pub checksum: bool,
@@ -43,6 +47,12 @@ pub struct Config {
     pub seccomp_profile: Option<PathBuf>,
     /// The tree goes into a tmpfs when this much memory is free (bytes); None: on disk.
     pub tmpfs_min: Option<u64>,
+    /// The command line after the program name (DIB_ARGS).
+    pub argv: Vec<String>,
+    /// `--install-type`, the hooks' DIB_DEFAULT_INSTALLTYPE.
+    pub install_type: Option<String>,
+    /// kiln's own implementation of diskimage-builder's `lib/` (hooks' `_LIB`).
+    pub dib_lib: PathBuf,
 }
 
 impl Config {
@@ -83,6 +93,8 @@ impl Config {
             None => None,
         };
         let cache_dir = cache_dir(&a, &vars)?;
+        let builtin_flavours = builtin_flavours()?;
+        let dib_lib = dib_lib(&builtin_flavours)?;
         let mkfs = a.mkfs_options.clone().or_else(|| vars.get("MKFS_OPTS").map(str::to_string)).unwrap_or_default();
         let cfg = Config {
             kind: Kind::Disk,
@@ -93,14 +105,16 @@ impl Config {
             mirror,
             flavours,
             user_flavour_path,
-            builtin_flavours: builtin_flavours()?,
+            builtin_flavours,
             packages: a.package_list(),
             image_size,
             fs_type: vars.get("FS_TYPE").unwrap_or("ext4").to_string(),
             root_label: a.root_label.clone().or_else(|| vars.get("DIB_ROOT_LABEL").map(str::to_string)).unwrap_or_else(|| "cloudimg-rootfs".into()),
             cache_dir,
+            image_cache: a.image_cache.clone().or_else(|| vars.get("DIB_IMAGE_CACHE").map(PathBuf::from)),
             use_cache: !a.no_cache,
-            trace: a.trace,
+            trace: a.trace > 0,
+            debug_trace: a.trace,
             compress: !a.uncompressed,
             clear_env: a.clear_env,
             checksum: a.checksum || vars.get("DIB_CHECKSUM").is_some_and(|v| v != "0"),
@@ -110,6 +124,9 @@ impl Config {
             mkfs_options: mkfs.split_whitespace().map(str::to_string).collect(),
             seccomp_profile: a.seccomp_profile.clone(),
             tmpfs_min: tmpfs_min(&a, &vars)?,
+            argv: std::env::args().skip(1).collect(),
+            install_type: a.install_type.clone(),
+            dib_lib,
             vars,
         };
         Ok(cfg)
@@ -195,6 +212,24 @@ pub fn builtin_flavours() -> Result<PathBuf> {
         return Ok(src);
     }
     bail!("built-in flavours not found: set KILN_BUILTIN_FLAVOURS to kiln's flavours/ directory")
+}
+
+/// `dib-lib/` is installed beside the built-in flavours (as `flavours/` and
+/// `dib-lib/` sit side by side in the source tree).
+fn dib_lib(builtin_flavours: &Path) -> Result<PathBuf> {
+    let beside = builtin_flavours.with_file_name("dib-lib");
+    if beside.join("die").is_file() {
+        return Ok(beside);
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("dib-lib");
+    if src.join("die").is_file() {
+        return Ok(src);
+    }
+    bail!(
+        "kiln's dib-lib/ (diskimage-builder's library for hooks, $_LIB) is not beside the built-in flavours: \
+         expected {}; install it with the flavours",
+        beside.display()
+    )
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Running one phase's hooks in the sandbox (DESIGN §3–4).
 
+use super::hook_env::{HookEnv, INSTALL_TYPE_FILE};
 use super::plan::Plan;
 use super::progress::Progress;
 use super::workdir::WorkDir;
@@ -8,22 +9,24 @@ use crate::sandbox::{self, lend::Lend, Bind, View};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Inside the image the hooks directory is here (diskimage-builder's path).
-pub const IN_TARGET: &str = "/tmp/in_target.d";
+pub use super::hook_env::IN_TARGET;
 pub const APT_ARCHIVES: &str = "/var/cache/apt/archives";
-/// Variables naming host paths, for host-side hooks only.
-const HOST_PATH_VARS: [&str; 4] = ["TMP_BUILD_DIR", "TMP_IMAGE_DIR", "KILN_USER_HOME", "KILN_APT_CACHE"];
 
-/// sourcing environment.d, then the hook; `$1` is the hook, `$2` the env dir.
-const WRAPPER: &str = r#"for f in "$2"/*; do [ -f "$f" ] && . "$f"; done
-if [ "${DIB_DEBUG_TRACE:-0}" -gt 0 ]; then export SHELLOPTS; set -x; fi
+/// Sources environment.d, then runs the hook; `$1` is the hook, `$2` the env dir.
+/// Tracing is traced sourcing here and `DIB_DEBUG_TRACE` for the hook, which opts in
+/// itself (as under diskimage-builder): shell options are never exported, because a
+/// SHELLOPTS with nounset/errexit would reach apt, dpkg's maintainer scripts and every
+/// other bash the hook starts, and break them.
+/// Host-side hooks (the only ones with `_LIB`) get diskimage-builder's exported `die`.
+const WRAPPER: &str = r#"if [ "${DIB_DEBUG_TRACE:-0}" -gt 0 ]; then set -x; fi
+if [ -n "${_LIB:-}" ]; then . "$_LIB/die"; fi
+for f in "$2"/*; do [ -f "$f" ] && . "$f"; done
 exec "$1""#;
 
 pub struct Runner<'a> {
     pub plan: &'a Plan,
     pub work: &'a WorkDir,
-    /// Variables every hook gets, in addition to the per-phase ones.
-    pub env: Vec<(String, String)>,
+    pub env: HookEnv,
     pub apt_cache: PathBuf,
     pub image_block_device: Option<PathBuf>,
 }
@@ -47,13 +50,49 @@ impl Runner<'_> {
         for e in &self.plan.env_files {
             copy_any(&e.path, &dst.join("environment.d").join(&e.name))?;
         }
-        // Read inside the image (static/ by install_static, the rest by the ramdisk
-        // flavour), merged across flavours.
+        let install_type = HookEnv::install_type_file(self.plan.config.install_type.as_deref());
+        std::fs::write(dst.join("environment.d").join(INSTALL_TYPE_FILE), install_type)?;
+        self.merge_element_trees(&dst)
+    }
+
+    /// The rest of every flavour, merged as diskimage-builder's generate_hooks does,
+    /// because hooks read it through `$TMP_HOOKS_PATH` or `$(dirname $0)/..`:
+    /// `bin/`, `static/`, `init-scripts/` and any other directory (same-named
+    /// directories merge; the same file one level down in two flavours is an error),
+    /// and the top-level files (the last flavour's wins, e.g. `source-repository-*`).
+    fn merge_element_trees(&self, dst: &Path) -> Result<()> {
+        // Staged file one level down -> the flavour file it came from.
+        let mut shipped: std::collections::BTreeMap<PathBuf, PathBuf> = Default::default();
         for f in &self.plan.resolved.flavours {
-            for d in crate::ramdisk::STAGED_DIRS.iter().chain(&["static"]) {
-                let src = f.dir.join(d);
-                if src.is_dir() {
-                    copy_any(&src, &dst.join(d))?;
+            for (name, path) in sorted_dir(&f.dir)? {
+                let meta = std::fs::metadata(&path).with_context(|| format!("flavour {}: reading {}", f.name, path.display()))?;
+                if !meta.is_dir() {
+                    if meta.is_file() && !name.ends_with(".pyc") {
+                        copy_any(&path, &dst.join(&name))?;
+                    }
+                    continue;
+                }
+                // Phases and environment.d are staged from the plan, with its checks.
+                if NOT_MERGED.contains(&name.as_str()) || Phase::from_dir_name(&name).is_some() {
+                    continue;
+                }
+                std::fs::create_dir_all(dst.join(&name))?;
+                for (entry, src) in sorted_dir(&path)? {
+                    let to = dst.join(&name).join(&entry);
+                    let is_dir = std::fs::metadata(&src).with_context(|| format!("flavour {}: reading {}", f.name, src.display()))?.is_dir();
+                    if let Some(first) = shipped.get(&to).or(if is_dir { None } else { to.exists().then_some(&to) }) {
+                        bail!(
+                            "two flavours ship {name}/{entry}: {} and {} (flavour {}); rename one of them, \
+                             as diskimage-builder also refuses a duplicated file in the merged hooks directory",
+                            first.display(),
+                            src.display(),
+                            f.name
+                        );
+                    }
+                    copy_any(&src, &to)?;
+                    if !is_dir {
+                        shipped.insert(to, src);
+                    }
                 }
             }
         }
@@ -66,6 +105,9 @@ impl Runner<'_> {
 
     /// Runs the phase's hooks; with `lend`, they may open a real block device.
     pub fn run_phase_lending(&self, phase: Phase, lend: Option<&Lend>, progress: &mut Progress) -> Result<()> {
+        for d in self.plan.hooks.skipped_in(phase) {
+            progress.say(&format!("warning: {phase}/{} (flavour {}) skipped: not executable ({})", d.name, d.flavour, d.path.display()));
+        }
         for hook in self.plan.hooks.phase(phase) {
             self.run_hook(phase, hook, lend, progress)?;
         }
@@ -106,16 +148,11 @@ impl Runner<'_> {
 
     fn exec_lending(&self, phase: Phase, argv: Vec<String>, lend: Option<&Lend>, progress: &mut Progress) -> Result<(i32, Vec<String>)> {
         let side = phase.side();
-        let mut env = self.env.clone();
+        let env = self.env.for_phase(phase, self.image_block_device.as_deref());
         let root = self.work.root();
         let mut binds = Vec::new();
         let (view, cwd) = match side {
             Side::Inside => {
-                // Host paths mean nothing inside the image and tell a hook where the
-                // user's files are: only host-side hooks get them.
-                env.retain(|(k, _)| !HOST_PATH_VARS.contains(&k.as_str()));
-                env.push(("TMP_HOOKS_PATH".into(), IN_TARGET.into()));
-                env.push(("HOME".into(), "/root".into()));
                 binds.push(Bind { src: self.work.hooks(), inside: IN_TARGET.into(), writable: false });
                 binds.push(Bind { src: self.apt_cache.clone(), inside: APT_ARCHIVES.into(), writable: true });
                 if let Some(resolv) = host_resolv_conf() {
@@ -123,15 +160,7 @@ impl Runner<'_> {
                 }
                 (View::Image(root.clone()), PathBuf::from("/"))
             }
-            Side::Host => {
-                env.push(("TMP_HOOKS_PATH".into(), self.work.hooks().display().to_string()));
-                env.push(("TARGET_ROOT".into(), root.display().to_string()));
-                env.push(("HOME".into(), self.work.home().display().to_string()));
-                if let (Phase::BlockDevice, Some(dev)) = (phase, &self.image_block_device) {
-                    env.push(("IMAGE_BLOCK_DEVICE".into(), dev.display().to_string()));
-                }
-                (View::Host, self.work.path.clone())
-            }
+            Side::Host => (View::Host, self.work.path.clone()),
         };
         if progress.trace {
             let v = match &view {
@@ -193,6 +222,20 @@ impl Runner<'_> {
         }
         Ok(())
     }
+}
+
+/// Directories of a flavour that are not merged into the hooks directory:
+/// diskimage-builder leaves out tests, and environment.d is staged from the plan.
+const NOT_MERGED: [&str; 3] = ["tests", "__pycache__", "environment.d"];
+
+fn sorted_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e?;
+        v.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+    }
+    v.sort();
+    Ok(v)
 }
 
 /// The host's resolver configuration, as a regular file path (it is often a

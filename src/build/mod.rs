@@ -5,6 +5,7 @@ pub mod apt_lists;
 pub mod cache;
 pub mod config;
 pub mod devices;
+pub mod hook_env;
 pub mod hooks;
 pub mod image_root;
 pub mod mirror;
@@ -154,7 +155,8 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
     let mut apt = apt_cache::AptCache::open(&c.cache_dir, &apt_cache_dir(c), work, c.vars.get("DIB_APT_KEYRING"), progress)?;
     let apt_cache = apt.dir().to_path_buf();
     let uuids = DiskIds::fresh()?;
-    let mut runner = Runner { plan, work, env: hook_env(plan, work, &apt_cache, &uuids), apt_cache, image_block_device: None };
+    let env = hook_env::HookEnv::new(plan, work, &apt_cache, &uuids)?;
+    let mut runner = Runner { plan, work, env, apt_cache, image_block_device: None };
     runner.stage_hooks()?;
 
     make_root(plan, &runner, &root, &mut apt, progress)?;
@@ -355,56 +357,4 @@ impl DiskIds {
         let hex: String = other.chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect::<String>().to_uppercase();
         Ok(DiskIds { root, esp: format!("{}-{}", &hex[..4], &hex[4..8]) })
     }
-}
-
-fn hook_env(plan: &Plan, work: &WorkDir, apt_cache: &Path, ids: &DiskIds) -> Vec<(String, String)> {
-    let c = &plan.config;
-    let mut env: Vec<(String, String)> = Vec::new();
-    if !c.clear_env {
-        for (k, v) in c.vars.for_hooks() {
-            env.push((k.into(), v.into()));
-        }
-        for k in ["http_proxy", "https_proxy", "no_proxy", "SOURCE_DATE_EPOCH"] {
-            if let Some(v) = c.vars.get(k) {
-                env.push((k.into(), v.into()));
-            }
-        }
-    }
-    let elements: Vec<String> = plan.resolved.names();
-    let yaml = serde_json::Value::Object(
-        plan.resolved.flavours.iter().map(|f| (f.name.clone(), serde_json::Value::String(f.dir.display().to_string()))).collect(),
-    );
-    let paths: Vec<String> = plan.resolved.flavours.iter().filter_map(|f| f.dir.parent().map(|p| p.display().to_string())).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    let name = c.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let fixed = [
-        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
-        ("LANG", "C.UTF-8".into()),
-        ("DEBIAN_FRONTEND", "noninteractive".into()),
-        ("IMAGE_NAME", name),
-        ("IMAGE_ELEMENT", elements.join(" ")),
-        ("IMAGE_ELEMENT_YAML", yaml.to_string()),
-        ("ELEMENTS_PATH", paths.join(":")),
-        ("ARCH", c.arch.clone()),
-        ("DISTRO_NAME", plan.distro.clone()),
-        ("DIB_RELEASE", c.release.clone()),
-        ("DIB_DISTRIBUTION_MIRROR", c.mirror.clone()),
-        ("DIB_INIT_SYSTEM", "systemd".into()),
-        ("DIB_ROOT_LABEL", c.root_label.clone()),
-        ("DIB_DEBUG_TRACE", if c.trace { "1" } else { "0" }.into()),
-        ("FS_TYPE", c.fs_type.clone()),
-        ("TMP_BUILD_DIR", work.path.display().to_string()),
-        ("TMP_IMAGE_DIR", work.image().display().to_string()),
-        ("KILN_PACKAGES", plan.bootstrap_packages.join(" ")),
-        ("KILN_APT_CACHE", apt_cache.display().to_string()),
-        ("KILN_ROOT_UUID", ids.root.clone()),
-        ("KILN_ESP_UUID", if plan.layout == "gpt" || plan.layout == "efi" { ids.esp.clone() } else { String::new() }),
-        ("KILN_ROOT_FSTYPE", c.fs_type.clone()),
-        ("KILN_BLOCK_DEVICE_LAYOUT", plan.layout.clone()),
-        ("KILN_USER_HOME", std::env::var("HOME").unwrap_or_default()),
-    ];
-    for (k, v) in fixed {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.to_string(), v));
-    }
-    env
 }

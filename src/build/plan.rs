@@ -58,7 +58,11 @@ impl Plan {
         let env_files = flavour::environment_files(&resolved).map_err(|e| anyhow!("{e}"))?;
         let os = resolved.provider_of("operating-system").map(|f| f.name.clone()).unwrap_or_default();
         let distro = if os.starts_with("debian") { "debian".to_string() } else { os.clone() };
-        let lookup = |k: &str| config.vars.get(k).map(str::to_string);
+        // --install-type is what the hooks' environment.d makes of DIB_DEFAULT_INSTALLTYPE.
+        let lookup = |k: &str| match (k, &config.install_type) {
+            ("DIB_DEFAULT_INSTALLTYPE", Some(t)) => Some(t.clone()),
+            _ => config.vars.get(k).map(str::to_string),
+        };
         let target = flavour::Target { distro: &distro, release: &config.release, arch: &config.arch, family: "debian", env: &lookup };
         let packages = flavour::collect_packages(&resolved, &target).map_err(|e| anyhow!("{e}"))?;
         let (bootstrap_packages, phase_packages) = split_packages(&packages, &config.packages);
@@ -118,12 +122,16 @@ impl Plan {
         }
         for phase in Phase::ALL {
             let hooks = self.hooks.phase(phase);
-            if hooks.is_empty() {
+            let mut skipped = self.hooks.skipped_in(phase).peekable();
+            if hooks.is_empty() && skipped.peek().is_none() {
                 continue;
             }
             let _ = writeln!(s, "{phase}:");
             for h in hooks {
                 let _ = writeln!(s, "  {:<32} ({})", h.name, h.flavour);
+            }
+            for d in skipped {
+                let _ = writeln!(s, "  {:<32} ({}) skipped: not executable", d.name, d.flavour);
             }
         }
         let outs: Vec<String> = c.formats.iter().map(|f| c.output_path(f).display().to_string()).collect();

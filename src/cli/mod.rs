@@ -24,9 +24,10 @@ pub struct DiskImageArgs {
     #[arg(short = 'a', value_name = "ARCH")]
     pub arch: Option<String>,
 
-    /// Trace hooks: run them with `set -x` (DIB_DEBUG_TRACE=1) and show kiln's own steps.
-    #[arg(short = 'x')]
-    pub trace: bool,
+    /// Trace: show kiln's own steps and export DIB_DEBUG_TRACE (the count of -x)
+    /// so hooks trace themselves; -x -x also traces the helper scripts that test > 1.
+    #[arg(short = 'x', action = clap::ArgAction::Count)]
+    pub trace: u8,
 
     /// Do not compress qcow2 output.
     #[arg(short = 'u')]
@@ -86,6 +87,10 @@ pub struct DiskImageArgs {
     /// Distribution mirror (DIB_DISTRIBUTION_MIRROR; default: the host's apt sources).
     #[arg(long, value_name = "URL")]
     pub mirror: Option<String>,
+
+    /// The hooks' default install type (DIB_DEFAULT_INSTALLTYPE; default source).
+    #[arg(long, value_name = "TYPE")]
+    pub install_type: Option<String>,
 
     /// Resolve flavours, check inputs and host tools, print the plan; build nothing.
     #[arg(long)]

@@ -35,12 +35,19 @@ pub struct HookSet {
     /// Each phase's hooks in run order; phases without hooks are absent.
     pub hooks: BTreeMap<Phase, Vec<Hook>>,
     pub data_files: Vec<DataFile>,
+    /// Files named like hooks but not executable: they travel as data and never
+    /// run (diskimage-builder's dib-run-parts skips them), and the build says so.
+    pub skipped: Vec<DataFile>,
     pub warnings: Vec<String>,
 }
 
 impl HookSet {
     pub fn phase(&self, p: Phase) -> &[Hook] {
         self.hooks.get(&p).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn skipped_in(&self, p: Phase) -> impl Iterator<Item = &DataFile> {
+        self.skipped.iter().filter(move |d| d.phase == p)
     }
 }
 
@@ -83,7 +90,7 @@ pub fn collect_hooks(resolved: &Resolved) -> Result<HookSet, FlavourError> {
     for flavour in &resolved.flavours {
         for (phase, dir) in phase_dirs(&flavour.name, &flavour.dir, &mut set.warnings)? {
             for (name, path) in sorted_entries(&flavour.name, &dir)? {
-                let entry = classify(&flavour.name, phase, &name, &path, &mut set.warnings)?;
+                let entry = classify(&flavour.name, &name, &path, &mut set.warnings)?;
                 let is_hook = matches!(entry, Entry::Hook);
                 let key = (phase, name.clone());
                 if let Some((other, other_flavour, other_is_hook)) = claimed.get(&key) {
@@ -120,6 +127,16 @@ pub fn collect_hooks(resolved: &Resolved) -> Result<HookSet, FlavourError> {
                         path,
                         flavour: flavour.name.clone(),
                     }),
+                    Entry::NotExecutable => {
+                        let d = DataFile {
+                            phase,
+                            name,
+                            path,
+                            flavour: flavour.name.clone(),
+                        };
+                        set.data_files.push(d.clone());
+                        set.skipped.push(d);
+                    }
                 }
             }
         }
@@ -179,11 +196,11 @@ fn sorted_entries(flavour: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, F
 enum Entry {
     Hook,
     Data,
+    NotExecutable,
 }
 
 fn classify(
     flavour: &str,
-    phase: Phase,
     name: &str,
     path: &Path,
     warnings: &mut Vec<String>,
@@ -215,16 +232,17 @@ fn classify(
         return Ok(Entry::Data);
     }
     if !executable {
-        return Err(FlavourError::new(format!(
-            "hook {phase}/{name} is not executable (diskimage-builder skipped non-executable \
-             hooks silently; kiln refuses them so a forgotten chmod does not silently drop a step)"
-        ))
-        .flavour(flavour)
-        .file(path)
-        .hint(format!(
-            "chmod +x {} (or, if it is data, rename it with an extension such as .conf)",
+        // diskimage-builder's own elements ship such files (enable-serial-console's
+        // cleanup.d/99-fix-grub); refusing them would refuse those elements. Saying so
+        // keeps a forgotten chmod from dropping a step unnoticed.
+        warnings.push(format!(
+            "flavour `{flavour}`: {} is not executable and will not run, as under \
+             diskimage-builder (if it is a hook: chmod +x {}; if it is data: rename it \
+             with an extension such as .conf)",
+            path.display(),
             path.display()
-        )));
+        ));
+        return Ok(Entry::NotExecutable);
     }
     Ok(Entry::Hook)
 }
@@ -340,23 +358,23 @@ mod tests {
     }
 
     #[test]
-    fn non_executable_hook_is_refused_with_chmod_hint() {
+    fn non_executable_hook_is_skipped_with_a_warning_naming_it() {
         let t = TempDir::new().unwrap();
         os(t.path());
         let a = flavour(t.path(), "a", &[], &[]);
-        let hook = a.join("install.d/50-forgot");
+        let hook = a.join("cleanup.d/99-fix-grub");
         write(&hook, 0o644);
-        let e = collect_hooks(&resolved(&t, &["debian", "a"])).unwrap_err();
-        assert_eq!(e.file, Some(hook.clone()));
-        assert_eq!(e.flavour.as_deref(), Some("a"));
-        assert!(e.message.contains(
-            "diskimage-builder skipped non-executable hooks silently; kiln refuses them so a \
-             forgotten chmod does not silently drop a step"
-        ));
-        assert!(e
-            .hint
-            .unwrap()
-            .starts_with(&format!("chmod +x {}", hook.display())));
+        write(&a.join("cleanup.d/50-real"), 0o755);
+        let set = collect_hooks(&resolved(&t, &["debian", "a"])).unwrap();
+        assert_eq!(names(set.phase(Phase::Cleanup)), vec!["50-real"]);
+        let skipped: Vec<_> = set.skipped_in(Phase::Cleanup).map(|d| d.path.clone()).collect();
+        assert_eq!(skipped, vec![hook.clone()]);
+        // It still travels with the hooks, as diskimage-builder copies it.
+        assert!(set.data_files.iter().any(|d| d.path == hook));
+        assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
+        let w = &set.warnings[0];
+        assert!(w.contains(&format!("{} is not executable and will not run", hook.display())), "{w}");
+        assert!(w.contains(&format!("chmod +x {}", hook.display())), "{w}");
     }
 
     #[test]

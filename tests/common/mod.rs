@@ -67,6 +67,7 @@ pub fn env() -> &'static Env {
         }
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         copy_tree(&repo.join("flavours"), &stage.join("flavours"));
+        copy_tree(&repo.join("dib-lib"), &stage.join("dib-lib"));
         copy_tree(&repo.join("tests/flavours"), &stage.join("test-flavours"));
         make_world_readable(&stage);
         Env { stage, user }
