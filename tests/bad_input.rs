@@ -217,3 +217,47 @@ fn a_min_tmpfs_that_is_not_a_number_is_named() {
     assert!(text.contains("DIB_MIN_TMPFS") && text.contains("lots") && text.contains("GiB"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
 }
+
+/// Without -o the outputs are named `image`, as diskimage-builder's default.
+#[test]
+fn output_name_defaults_to_image() {
+    let s = Scratch::new("dib-o-default");
+    s.flavour("myos", &[README, OS]);
+    let o = kiln("disk-image-create", &["--dry-run", "-n", "-t", "qcow2,tar", "myos"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .output()
+        .unwrap();
+    let text = output_text(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("outputs: image.qcow2 image.tar\n"), "{text}");
+}
+
+/// DIB_CHECKSUM picks which checksum files are written; a value kiln does not
+/// know is refused, naming the variable and the accepted values.
+#[test]
+fn dib_checksum_values_choose_the_files() {
+    let s = Scratch::new("dib-checksum");
+    s.flavour("myos", &[README, OS]);
+    let run = |value: &str, extra: &[&str]| {
+        let mut args = vec!["--dry-run", "-n", "-o", "x"];
+        args.extend(extra);
+        args.push("myos");
+        let o = kiln("disk-image-create", &args)
+            .env("ELEMENTS_PATH", s.path.join("flavours"))
+            .env("DIB_CHECKSUM", value)
+            .output()
+            .unwrap();
+        (o.status.success(), output_text(&o))
+    };
+    let (ok, text) = run("md5", &[]);
+    assert!(ok && text.contains("outputs: x.qcow2.md5 x.qcow2\n"), "{text}");
+    let (ok, text) = run("sha256", &[]);
+    assert!(ok && text.contains("outputs: x.qcow2.sha256 x.qcow2\n"), "{text}");
+    let (ok, text) = run("0", &[]);
+    assert!(ok && text.contains("outputs: x.qcow2\n"), "{text}");
+    let (ok, text) = run("0", &["--checksum"]);
+    assert!(ok && text.contains("outputs: x.qcow2.sha256 x.qcow2.md5 x.qcow2\n"), "{text}");
+    let (ok, text) = run("crc32", &[]);
+    assert!(!ok && text.contains("DIB_CHECKSUM") && text.contains("crc32") && text.contains("md5, sha256"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}

@@ -39,7 +39,8 @@ pub struct Config {
     pub debug_trace: u8,
     pub compress: bool,
     pub clear_env: bool,
-    pub checksum: bool,
+    /// Which checksum files to write beside each output, in writing order.
+    pub checksums: Vec<Checksum>,
     pub offline: bool,
     pub dry_run: bool,
     pub qemu_img_options: String,
@@ -61,7 +62,7 @@ impl Config {
             .output
             .clone()
             .or_else(|| vars.get("IMAGE_NAME").map(PathBuf::from))
-            .context("no output name: give -o NAME (writes NAME.qcow2)")?;
+            .unwrap_or_else(|| PathBuf::from("image"));
         let formats: Vec<String> = a
             .types
             .clone()
@@ -117,7 +118,7 @@ impl Config {
             debug_trace: a.trace,
             compress: !a.uncompressed,
             clear_env: a.clear_env,
-            checksum: a.checksum || vars.get("DIB_CHECKSUM").is_some_and(|v| v != "0"),
+            checksums: checksums(a.checksum, vars.get("DIB_CHECKSUM"))?,
             offline: a.offline || vars.get("DIB_OFFLINE").is_some_and(|v| v != "0"),
             dry_run: a.dry_run,
             qemu_img_options: a.qemu_img_options.clone().unwrap_or_default(),
@@ -232,9 +233,50 @@ fn dib_lib(builtin_flavours: &Path) -> Result<PathBuf> {
     )
 }
 
+pub use crate::disk::Checksum;
+
+/// `--checksum` is DIB_CHECKSUM=1. diskimage-builder tests the value for the
+/// substrings md5 and sha256; kiln takes the same names as a comma list and
+/// refuses anything else rather than silently writing no checksum.
+fn checksums(flag: bool, var: Option<&str>) -> Result<Vec<Checksum>> {
+    let value = if flag { "1" } else { var.unwrap_or("0").trim() };
+    match value {
+        "0" | "" => return Ok(Vec::new()),
+        "1" => return Ok(vec![Checksum::Sha256, Checksum::Md5]),
+        _ => {}
+    }
+    let mut out = Vec::new();
+    for name in value.split([',', ' ']).filter(|s| !s.is_empty()) {
+        let d = match name {
+            "sha256" => Checksum::Sha256,
+            "md5" => Checksum::Md5,
+            _ => bail!(
+                "DIB_CHECKSUM={value:?}: `{name}` is not a checksum kiln writes; use 0 (none), 1 (md5 and sha256), md5, sha256 or md5,sha256"
+            ),
+        };
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dib_checksum_values() {
+        assert_eq!(checksums(false, None).unwrap(), vec![]);
+        assert_eq!(checksums(false, Some("0")).unwrap(), vec![]);
+        assert_eq!(checksums(false, Some("1")).unwrap(), vec![Checksum::Sha256, Checksum::Md5]);
+        assert_eq!(checksums(true, Some("0")).unwrap(), vec![Checksum::Sha256, Checksum::Md5]);
+        assert_eq!(checksums(false, Some("md5")).unwrap(), vec![Checksum::Md5]);
+        assert_eq!(checksums(false, Some("sha256")).unwrap(), vec![Checksum::Sha256]);
+        assert_eq!(checksums(false, Some("md5,sha256")).unwrap(), vec![Checksum::Md5, Checksum::Sha256]);
+        let e = checksums(false, Some("sha1")).unwrap_err().to_string();
+        assert!(e.contains("DIB_CHECKSUM") && e.contains("sha1") && e.contains("md5, sha256"), "{e}");
+    }
 
     #[test]
     fn sizes_as_diskimage_builder_and_with_suffixes() {

@@ -134,7 +134,12 @@ impl Plan {
                 let _ = writeln!(s, "  {:<32} ({}) skipped: not executable", d.name, d.flavour);
             }
         }
-        let outs: Vec<String> = c.formats.iter().map(|f| c.output_path(f).display().to_string()).collect();
+        let mut outs = Vec::new();
+        for f in &c.formats {
+            let out = c.output_path(f).display().to_string();
+            outs.extend(c.checksums.iter().map(|d| format!("{out}.{}", d.extension())));
+            outs.push(out);
+        }
         let _ = writeln!(s, "disk layout: {}", self.layout);
         match &self.helper {
             Some((h, askers)) => {
@@ -255,7 +260,7 @@ fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: 
             t.push((h.name, h.package));
         }
     }
-    if config.checksum {
+    if config.checksums.contains(&crate::disk::Checksum::Md5) {
         t.push(("md5sum", "coreutils"));
     }
     t.sort();

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "disk-image-create", version, after_help = ENV_HELP)]
 pub struct DiskImageArgs {
-    /// Output name: writes NAME.qcow2 (or NAME.<format> for each -t); required.
+    /// Output name: writes NAME.qcow2 (or NAME.<format> for each -t). Default: IMAGE_NAME, else `image`.
     #[arg(short = 'o', value_name = "NAME")]
     pub output: Option<PathBuf>,
 
@@ -45,7 +45,8 @@ pub struct DiskImageArgs {
     #[arg(short = 'p', value_name = "PKG[,PKG…]")]
     pub packages: Vec<String>,
 
-    /// Write NAME.FMT.sha256 and NAME.FMT.md5 beside each output.
+    /// Write NAME.FMT.sha256 and NAME.FMT.md5 beside each output (DIB_CHECKSUM=1;
+    /// DIB_CHECKSUM=md5 or sha256 writes only that one).
     #[arg(long)]
     pub checksum: bool,
 

@@ -31,7 +31,7 @@ mod tool;
 #[cfg(test)]
 mod boot_test;
 
-pub use convert::{convert, create_output, tree_archive, write_checksums, Format};
+pub use convert::{convert, create_output, tree_archive, write_checksum, write_checksums, Checksum, Format};
 pub use fs::{build_filesystems, FsType};
 pub use grub::install_bootloader;
 pub use layout::{
