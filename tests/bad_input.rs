@@ -261,3 +261,32 @@ fn dib_checksum_values_choose_the_files() {
     assert!(!ok && text.contains("DIB_CHECKSUM") && text.contains("crc32") && text.contains("md5, sha256"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
 }
+
+/// A log file kiln cannot open, or a DIB_QUIET it does not know, stops the
+/// build before anything runs, naming the path or the variable.
+#[test]
+fn bad_logfile_and_dib_quiet_are_named() {
+    let s = Scratch::new("dib-logfile");
+    s.flavour("myos", &[README, OS]);
+    let missing = s.join("no-such-dir/build.log");
+    let (ok, text) = plan(&s, &["-n", "myos"], &["--logfile", missing.to_str().unwrap()]);
+    assert!(!ok && text.contains("--logfile") && text.contains(missing.to_str().unwrap()), "{text}");
+    let o = kiln("disk-image-create", &["--dry-run", "-n", "myos"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .env("DIB_QUIET", "yes")
+        .output()
+        .unwrap();
+    let text = output_text(&o);
+    assert!(!o.status.success() && text.contains("DIB_QUIET") && text.contains("yes"), "{text}");
+}
+
+/// DIB_QUIET=1 without a log file: a failing build shows its error (with the
+/// hint under it) and nothing else.
+#[test]
+fn quiet_shows_only_the_error() {
+    let o = kiln("disk-image-create", &["--dry-run", "-n", "no-such-flavour"]).env("DIB_QUIET", "1").output().unwrap();
+    let text = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{text}");
+    assert!(text.starts_with("disk-image-create: error: unknown flavour `no-such-flavour`"), "{text}");
+    assert!(text.contains("\n  hint:"), "{text}");
+}

@@ -41,6 +41,8 @@ pub struct Config {
     pub clear_env: bool,
     /// Which checksum files to write beside each output, in writing order.
     pub checksums: Vec<Checksum>,
+    /// Elapsed-time stamps on progress lines (DIB_NO_TIMESTAMP=1 turns them off).
+    pub timestamps: bool,
     pub offline: bool,
     pub dry_run: bool,
     pub qemu_img_options: String,
@@ -119,6 +121,7 @@ impl Config {
             compress: !a.uncompressed,
             clear_env: a.clear_env,
             checksums: checksums(a.checksum, vars.get("DIB_CHECKSUM"))?,
+            timestamps: !flag(&vars, "DIB_NO_TIMESTAMP")?,
             offline: a.offline || vars.get("DIB_OFFLINE").is_some_and(|v| v != "0"),
             dry_run: a.dry_run,
             qemu_img_options: a.qemu_img_options.clone().unwrap_or_default(),
@@ -234,6 +237,15 @@ fn dib_lib(builtin_flavours: &Path) -> Result<PathBuf> {
 }
 
 pub use crate::disk::Checksum;
+
+/// A 0/1 switch as diskimage-builder tests it (`-eq 1`): anything else is refused.
+fn flag(vars: &Vars, name: &str) -> Result<bool> {
+    match vars.get(name).map(str::trim) {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(v) => bail!("{name}={v:?}: use 1 or 0"),
+    }
+}
 
 /// `--checksum` is DIB_CHECKSUM=1. diskimage-builder tests the value for the
 /// substrings md5 and sha256; kiln takes the same names as a comma list and

@@ -36,16 +36,34 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 pub fn disk_image_create(args: DiskImageArgs) -> Result<i32> {
     add_sbin_to_path();
     let vars = Vars::load(std::env::vars())?;
-    if args.cache_list || args.cache_prune.is_some() {
-        return cache_command(&args, &vars);
-    }
-    build(Config::from_args(args, vars)?)
+    logged("disk-image-create", args.logfile.as_deref(), &vars, || {
+        if args.cache_list || args.cache_prune.is_some() {
+            return cache_command(&args, &vars);
+        }
+        build(Config::from_args(args.clone(), vars.clone())?)
+    })
 }
 
 pub fn ramdisk_image_create(args: crate::cli::RamdiskArgs) -> Result<i32> {
     add_sbin_to_path();
     let vars = Vars::load(std::env::vars())?;
-    build(Config::from_ramdisk_args(args, vars)?)
+    let logfile = args.common.logfile.clone();
+    logged("ramdisk-image-create", logfile.as_deref(), &vars, || build(Config::from_ramdisk_args(args, vars.clone())?))
+}
+
+/// Runs `f` with stderr going through `--logfile`/DIB_QUIET; an error is
+/// printed while the log is still open, so the log ends with it.
+fn logged(program: &str, logfile: Option<&Path>, vars: &Vars, f: impl FnOnce() -> Result<i32>) -> Result<i32> {
+    let settings = crate::cli::log::LogSettings::new(logfile, vars.get("DIB_QUIET"))?;
+    let Some(tee) = crate::cli::log::Tee::start(&settings)? else {
+        return f();
+    };
+    let code = f().unwrap_or_else(|e| {
+        eprintln!("{program}: error: {e:#}");
+        1
+    });
+    tee.finish();
+    Ok(code)
 }
 
 fn build(config: Config) -> Result<i32> {
@@ -120,6 +138,7 @@ fn add_sbin_to_path() {
 /// here can kiln delete files that belong to subordinate ids).
 fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 {
     let mut progress = Progress::new(plan.config.trace);
+    progress.stamps = plan.config.timestamps;
     let result = work.open_inside().and_then(|()| pipeline(plan, work, broker, &mut progress));
     progress.finish();
     work.empty_inside();

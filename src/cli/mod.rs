@@ -2,6 +2,7 @@
 //! callers such as nodepool-builder run kiln unchanged) plus kiln's long options.
 
 pub mod defaults;
+pub mod log;
 
 pub use defaults::Vars;
 
@@ -93,6 +94,11 @@ pub struct DiskImageArgs {
     #[arg(long, value_name = "TYPE")]
     pub install_type: Option<String>,
 
+    /// Append everything kiln prints on stderr (hooks' output too) to FILE, each
+    /// line stamped with the UTC time; implies DIB_QUIET=1 unless DIB_QUIET is set.
+    #[arg(long, value_name = "FILE")]
+    pub logfile: Option<PathBuf>,
+
     /// Resolve flavours, check inputs and host tools, print the plan; build nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -127,6 +133,9 @@ that over /etc/kiln/defaults):
   DIB_RELEASE                        distribution release (default bookworm)
   DIB_DISTRIBUTION_MIRROR            mirror URL (default: from the host's apt sources)
   DIB_IMAGE_SIZE, DIB_IMAGE_CACHE, DIB_ROOT_LABEL, FS_TYPE, ARCH
+  DIB_CHECKSUM                       1: md5 and sha256 files, md5 or sha256: that one
+  DIB_QUIET                          1: only errors on the terminal (default with --logfile)
+  DIB_NO_TIMESTAMP                   1: no elapsed-time stamps on the terminal
   DIB_*                              passed to every hook
 Rootless: kiln maps root onto your /etc/subuid and /etc/subgid range with
 newuidmap/newgidmap (package uidmap); no sudo is ever asked for.";
