@@ -290,3 +290,48 @@ fn quiet_shows_only_the_error() {
     assert!(text.starts_with("disk-image-create: error: unknown flavour `no-such-flavour`"), "{text}");
     assert!(text.contains("\n  hint:"), "{text}");
 }
+
+/// diskimage-builder's filesystem settings become kiln's: DIB_ROOT_FSTYPE the
+/// root type, DIB_JOURNAL_SIZE `-J size=`, --max-online-resize `-E resize=`.
+#[test]
+fn dib_filesystem_settings_map_onto_mkfs() {
+    let s = Scratch::new("dib-fs");
+    s.flavour("myos", &[README, OS]);
+    let run = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut args = vec!["--dry-run", "-n", "-o", "x"];
+        args.extend(extra);
+        args.push("myos");
+        let mut cmd = kiln("disk-image-create", &args);
+        cmd.env("ELEMENTS_PATH", s.path.join("flavours"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().unwrap();
+        let text = output_text(&o);
+        assert!(!text.contains("panicked"), "{text}");
+        (o.status.success(), text)
+    };
+    let (ok, text) = run(&[("DIB_JOURNAL_SIZE", "32")], &["--max-online-resize", "4000000"]);
+    assert!(ok && text.contains("root filesystem: ext4 (mkfs options: -E resize=4000000 -J size=32)"), "{text}");
+    let (ok, text) = run(&[("DIB_ROOT_FSTYPE", "ext3"), ("DIB_JOURNAL_SIZE", "16")], &[]);
+    assert!(ok && text.contains("root filesystem: ext3 (mkfs options: -J size=16)"), "{text}");
+    // Settings kiln cannot honour are refused, naming the setting and why.
+    let (ok, text) = run(&[("DIB_ROOT_FSTYPE", "btrfs")], &["--max-online-resize", "4000000"]);
+    assert!(!ok && text.contains("--max-online-resize") && text.contains("btrfs"), "{text}");
+    let (ok, text) = run(&[("FS_TYPE", "ext2"), ("DIB_JOURNAL_SIZE", "32")], &[]);
+    assert!(!ok && text.contains("DIB_JOURNAL_SIZE") && text.contains("ext2"), "{text}");
+    let (ok, text) = run(&[("DIB_JOURNAL_SIZE", "big")], &[]);
+    assert!(!ok && text.contains("DIB_JOURNAL_SIZE=\"big\""), "{text}");
+    let (ok, text) = run(&[("FS_TYPE", "ext4"), ("DIB_ROOT_FSTYPE", "xfs")], &[]);
+    assert!(!ok && text.contains("DIB_ROOT_FSTYPE"), "{text}");
+    let (ok, text) = run(&[("DIB_BOOT_LABEL", "boot")], &[]);
+    assert!(!ok && text.contains("DIB_BOOT_LABEL") && text.contains("ESP"), "{text}");
+    let (ok, _) = run(&[("DIB_BOOT_LABEL", "ESP")], &[]);
+    assert!(ok);
+    let (ok, text) = run(&[("DIB_IMAGE_EXTRA_SIZE", "1")], &["--image-size", "3"]);
+    assert!(!ok && text.contains("DIB_IMAGE_EXTRA_SIZE") && text.contains("--image-size"), "{text}");
+    let (ok, text) = run(&[("DIB_IMAGE_EXTRA_SIZE", "lots")], &[]);
+    assert!(!ok && text.contains("DIB_IMAGE_EXTRA_SIZE"), "{text}");
+    let (ok, text) = run(&[("DIB_NO_TIMESTAMP", "yes")], &[]);
+    assert!(!ok && text.contains("DIB_NO_TIMESTAMP"), "{text}");
+}

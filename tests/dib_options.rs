@@ -1,6 +1,6 @@
 //! diskimage-builder's options as a real build honours them: one warm tar
-//! build run from a scratch directory with no `-o`, DIB_CHECKSUM=md5 and
-//! `--logfile`.
+//! build run from a scratch directory with no `-o`, DIB_CHECKSUM=md5,
+//! DIB_SHOW_IMAGE_USAGE and `--logfile`.
 
 mod common;
 
@@ -21,6 +21,7 @@ fn default_name_md5_only_and_logfile() {
     cmd.env("ELEMENTS_PATH", test_flavours_path(&[&flavours]))
         .env("TMPDIR", &tmp)
         .env("DIB_CHECKSUM", "md5")
+        .env("DIB_SHOW_IMAGE_USAGE", "1")
         .current_dir(&s.path);
     let o = run_ok(&mut cmd);
 
@@ -37,7 +38,8 @@ fn default_name_md5_only_and_logfile() {
 
     // The log has everything, every line stamped `YYYY-MM-DD HH:MM:SS.mmm | `.
     let text = std::fs::read_to_string(&log).unwrap();
-    for needle in ["marker-from-a-hook", "wrote image.tar", "timings:", "kiln peak RSS"] {
+    // DIB_SHOW_IMAGE_USAGE: the du report, paths as inside the image.
+    for needle in ["marker-from-a-hook", "image usage (MiB", "  /usr\n", "wrote image.tar", "timings:", "kiln peak RSS"] {
         assert!(text.contains(needle), "log lacks {needle:?}:\n{text}");
     }
     for line in text.lines() {

@@ -41,6 +41,14 @@ pub struct Config {
     pub clear_env: bool,
     /// Which checksum files to write beside each output, in writing order.
     pub checksums: Vec<Checksum>,
+    /// `--max-online-resize`: mke2fs `-E resize=`.
+    pub max_online_resize: Option<u64>,
+    /// DIB_JOURNAL_SIZE (MiB): mke2fs `-J size=`, and added to a computed size.
+    pub journal_mib: Option<u64>,
+    /// DIB_IMAGE_EXTRA_SIZE (bytes) added to the computed image size.
+    pub extra_size: Option<u64>,
+    /// DIB_SHOW_IMAGE_USAGE: list the tree's big files and directories.
+    pub show_usage: bool,
     /// Elapsed-time stamps on progress lines (DIB_NO_TIMESTAMP=1 turns them off).
     pub timestamps: bool,
     pub offline: bool,
@@ -99,6 +107,23 @@ impl Config {
         let builtin_flavours = builtin_flavours()?;
         let dib_lib = dib_lib(&builtin_flavours)?;
         let mkfs = a.mkfs_options.clone().or_else(|| vars.get("MKFS_OPTS").map(str::to_string)).unwrap_or_default();
+        if let Some(label) = vars.get("DIB_BOOT_LABEL").filter(|l| *l != crate::disk::ESP_LABEL) {
+            bail!(
+                "DIB_BOOT_LABEL={label:?}: kiln has no separate /boot and always labels the EFI system partition {}; unset DIB_BOOT_LABEL",
+                crate::disk::ESP_LABEL
+            );
+        }
+        let extra_size = match vars.get("DIB_IMAGE_EXTRA_SIZE") {
+            Some(v) if image_size.is_some() => bail!(
+                "DIB_IMAGE_EXTRA_SIZE={v:?} adds to the computed image size, but --image-size/DIB_IMAGE_SIZE fixes the size: give only one"
+            ),
+            Some(v) => Some(parse_size(v).context("DIB_IMAGE_EXTRA_SIZE (GiB)")?),
+            None => None,
+        };
+        let journal_mib = match vars.get("DIB_JOURNAL_SIZE") {
+            Some(v) => Some(v.trim().parse::<u64>().ok().filter(|n| *n > 0).with_context(|| format!("DIB_JOURNAL_SIZE={v:?}: expected a whole number of MiB"))?),
+            None => None,
+        };
         let cfg = Config {
             kind: Kind::Disk,
             output,
@@ -111,7 +136,11 @@ impl Config {
             builtin_flavours,
             packages: a.package_list(),
             image_size,
-            fs_type: vars.get("FS_TYPE").unwrap_or("ext4").to_string(),
+            fs_type: fs_type(&vars)?,
+            max_online_resize: a.max_online_resize,
+            journal_mib,
+            extra_size,
+            show_usage: vars.get("DIB_SHOW_IMAGE_USAGE").is_some_and(|v| v != "0"),
             root_label: a.root_label.clone().or_else(|| vars.get("DIB_ROOT_LABEL").map(str::to_string)).unwrap_or_else(|| "cloudimg-rootfs".into()),
             cache_dir,
             image_cache: a.image_cache.clone().or_else(|| vars.get("DIB_IMAGE_CACHE").map(PathBuf::from)),
@@ -238,6 +267,16 @@ fn dib_lib(builtin_flavours: &Path) -> Result<PathBuf> {
 
 pub use crate::disk::Checksum;
 
+/// diskimage-builder sets DIB_ROOT_FSTYPE from its block-device config; kiln
+/// takes it as another name for FS_TYPE, and refuses the two disagreeing.
+fn fs_type(vars: &Vars) -> Result<String> {
+    match (vars.get("FS_TYPE"), vars.get("DIB_ROOT_FSTYPE")) {
+        (Some(a), Some(b)) if a != b => bail!("FS_TYPE={a:?} and DIB_ROOT_FSTYPE={b:?} disagree: set one root filesystem type"),
+        (Some(t), _) | (None, Some(t)) => Ok(t.to_string()),
+        (None, None) => Ok("ext4".to_string()),
+    }
+}
+
 /// A 0/1 switch as diskimage-builder tests it (`-eq 1`): anything else is refused.
 fn flag(vars: &Vars, name: &str) -> Result<bool> {
     match vars.get(name).map(str::trim) {
@@ -276,6 +315,21 @@ fn checksums(flag: bool, var: Option<&str>) -> Result<Vec<Checksum>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_fstype_is_another_name_for_fs_type() {
+        let mut v = Vars::default();
+        assert_eq!(fs_type(&v).unwrap(), "ext4");
+        v.set("DIB_ROOT_FSTYPE", "btrfs", "t");
+        assert_eq!(fs_type(&v).unwrap(), "btrfs");
+        v.set("FS_TYPE", "btrfs", "t");
+        assert_eq!(fs_type(&v).unwrap(), "btrfs");
+        v.set("FS_TYPE", "ext4", "t");
+        let e = fs_type(&v).unwrap_err().to_string();
+        assert!(e.contains("FS_TYPE") && e.contains("DIB_ROOT_FSTYPE"), "{e}");
+        v.set("DIB_NO_TIMESTAMP", "yes", "t");
+        assert!(flag(&v, "DIB_NO_TIMESTAMP").unwrap_err().to_string().contains("DIB_NO_TIMESTAMP"));
+    }
 
     #[test]
     fn dib_checksum_values() {

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod progress;
 pub mod staging;
 pub mod tools;
+pub mod usage;
 pub mod workdir;
 
 use crate::cli::{DiskImageArgs, Vars};
@@ -186,6 +187,9 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
         run_phase(&runner, phase, None, progress)?;
     }
     image_root::install_first_boot(&work.hooks(), &tree)?;
+    if c.show_usage {
+        progress.say(&usage::report(&root)?);
+    }
 
     let mut disk = if plan.needs_disk {
         progress.step("block-device", &format!("layout {}", plan.layout));
@@ -195,7 +199,8 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
                 crate::disk::check_image_size(s, content, &plan.layout)?;
                 s
             }
-            None => crate::disk::size_for_content(content, &plan.layout)?,
+            // As diskimage-builder: the journal and DIB_IMAGE_EXTRA_SIZE come on top.
+            None => crate::disk::size_for_content(content, &plan.layout)? + (c.journal_mib.unwrap_or(0) << 20) + c.extra_size.unwrap_or(0),
         };
         let fs = crate::disk::FsType::parse(&c.fs_type)?;
         let mut d = crate::disk::plan_disk(&plan.layout, fs, size, &c.root_label, c.mkfs_options.clone())?;

@@ -74,6 +74,11 @@ pub struct DiskImageArgs {
     #[arg(long, value_name = "OPTS")]
     pub qemu_img_options: Option<String>,
 
+    /// Reserve room to grow the ext root filesystem online to N blocks
+    /// (mke2fs -E resize=N).
+    #[arg(long, value_name = "N")]
+    pub max_online_resize: Option<u64>,
+
     /// Extra options for the root filesystem's mkfs.
     #[arg(long, value_name = "OPTS")]
     pub mkfs_options: Option<String>,
@@ -136,6 +141,10 @@ that over /etc/kiln/defaults):
   DIB_CHECKSUM                       1: md5 and sha256 files, md5 or sha256: that one
   DIB_QUIET                          1: only errors on the terminal (default with --logfile)
   DIB_NO_TIMESTAMP                   1: no elapsed-time stamps on the terminal
+  DIB_IMAGE_EXTRA_SIZE               GiB added to the computed image size
+  DIB_JOURNAL_SIZE                   ext3/ext4 journal MiB (mke2fs -J size=), added to the size
+  DIB_ROOT_FSTYPE                    the root filesystem type, as FS_TYPE
+  DIB_SHOW_IMAGE_USAGE               1: list the tree's files and directories of 10 MiB or more
   DIB_*                              passed to every hook
 Rootless: kiln maps root onto your /etc/subuid and /etc/subgid range with
 newuidmap/newgidmap (package uidmap); no sudo is ever asked for.";
