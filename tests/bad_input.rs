@@ -217,3 +217,121 @@ fn a_min_tmpfs_that_is_not_a_number_is_named() {
     assert!(text.contains("DIB_MIN_TMPFS") && text.contains("lots") && text.contains("GiB"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
 }
+
+/// Without -o the outputs are named `image`, as diskimage-builder's default.
+#[test]
+fn output_name_defaults_to_image() {
+    let s = Scratch::new("dib-o-default");
+    s.flavour("myos", &[README, OS]);
+    let o = kiln("disk-image-create", &["--dry-run", "-n", "-t", "qcow2,tar", "myos"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .output()
+        .unwrap();
+    let text = output_text(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("outputs: image.qcow2 image.tar\n"), "{text}");
+}
+
+/// DIB_CHECKSUM picks which checksum files are written; a value kiln does not
+/// know is refused, naming the variable and the accepted values.
+#[test]
+fn dib_checksum_values_choose_the_files() {
+    let s = Scratch::new("dib-checksum");
+    s.flavour("myos", &[README, OS]);
+    let run = |value: &str, extra: &[&str]| {
+        let mut args = vec!["--dry-run", "-n", "-o", "x"];
+        args.extend(extra);
+        args.push("myos");
+        let o = kiln("disk-image-create", &args)
+            .env("ELEMENTS_PATH", s.path.join("flavours"))
+            .env("DIB_CHECKSUM", value)
+            .output()
+            .unwrap();
+        (o.status.success(), output_text(&o))
+    };
+    let (ok, text) = run("md5", &[]);
+    assert!(ok && text.contains("outputs: x.qcow2.md5 x.qcow2\n"), "{text}");
+    let (ok, text) = run("sha256", &[]);
+    assert!(ok && text.contains("outputs: x.qcow2.sha256 x.qcow2\n"), "{text}");
+    let (ok, text) = run("0", &[]);
+    assert!(ok && text.contains("outputs: x.qcow2\n"), "{text}");
+    let (ok, text) = run("0", &["--checksum"]);
+    assert!(ok && text.contains("outputs: x.qcow2.sha256 x.qcow2.md5 x.qcow2\n"), "{text}");
+    let (ok, text) = run("crc32", &[]);
+    assert!(!ok && text.contains("DIB_CHECKSUM") && text.contains("crc32") && text.contains("md5, sha256"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+/// A log file kiln cannot open, or a DIB_QUIET it does not know, stops the
+/// build before anything runs, naming the path or the variable.
+#[test]
+fn bad_logfile_and_dib_quiet_are_named() {
+    let s = Scratch::new("dib-logfile");
+    s.flavour("myos", &[README, OS]);
+    let missing = s.join("no-such-dir/build.log");
+    let (ok, text) = plan(&s, &["-n", "myos"], &["--logfile", missing.to_str().unwrap()]);
+    assert!(!ok && text.contains("--logfile") && text.contains(missing.to_str().unwrap()), "{text}");
+    let o = kiln("disk-image-create", &["--dry-run", "-n", "myos"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .env("DIB_QUIET", "yes")
+        .output()
+        .unwrap();
+    let text = output_text(&o);
+    assert!(!o.status.success() && text.contains("DIB_QUIET") && text.contains("yes"), "{text}");
+}
+
+/// DIB_QUIET=1 without a log file: a failing build shows its error (with the
+/// hint under it) and nothing else.
+#[test]
+fn quiet_shows_only_the_error() {
+    let o = kiln("disk-image-create", &["--dry-run", "-n", "no-such-flavour"]).env("DIB_QUIET", "1").output().unwrap();
+    let text = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{text}");
+    assert!(text.starts_with("disk-image-create: error: unknown flavour `no-such-flavour`"), "{text}");
+    assert!(text.contains("\n  hint:"), "{text}");
+}
+
+/// diskimage-builder's filesystem settings become kiln's: DIB_ROOT_FSTYPE the
+/// root type, DIB_JOURNAL_SIZE `-J size=`, --max-online-resize `-E resize=`.
+#[test]
+fn dib_filesystem_settings_map_onto_mkfs() {
+    let s = Scratch::new("dib-fs");
+    s.flavour("myos", &[README, OS]);
+    let run = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut args = vec!["--dry-run", "-n", "-o", "x"];
+        args.extend(extra);
+        args.push("myos");
+        let mut cmd = kiln("disk-image-create", &args);
+        cmd.env("ELEMENTS_PATH", s.path.join("flavours"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().unwrap();
+        let text = output_text(&o);
+        assert!(!text.contains("panicked"), "{text}");
+        (o.status.success(), text)
+    };
+    let (ok, text) = run(&[("DIB_JOURNAL_SIZE", "32")], &["--max-online-resize", "4000000"]);
+    assert!(ok && text.contains("root filesystem: ext4 (mkfs options: -E resize=4000000 -J size=32)"), "{text}");
+    let (ok, text) = run(&[("DIB_ROOT_FSTYPE", "ext3"), ("DIB_JOURNAL_SIZE", "16")], &[]);
+    assert!(ok && text.contains("root filesystem: ext3 (mkfs options: -J size=16)"), "{text}");
+    // Settings kiln cannot honour are refused, naming the setting and why.
+    let (ok, text) = run(&[("DIB_ROOT_FSTYPE", "btrfs")], &["--max-online-resize", "4000000"]);
+    assert!(!ok && text.contains("--max-online-resize") && text.contains("btrfs"), "{text}");
+    let (ok, text) = run(&[("FS_TYPE", "ext2"), ("DIB_JOURNAL_SIZE", "32")], &[]);
+    assert!(!ok && text.contains("DIB_JOURNAL_SIZE") && text.contains("ext2"), "{text}");
+    let (ok, text) = run(&[("DIB_JOURNAL_SIZE", "big")], &[]);
+    assert!(!ok && text.contains("DIB_JOURNAL_SIZE=\"big\""), "{text}");
+    let (ok, text) = run(&[("FS_TYPE", "ext4"), ("DIB_ROOT_FSTYPE", "xfs")], &[]);
+    assert!(!ok && text.contains("DIB_ROOT_FSTYPE"), "{text}");
+    let (ok, text) = run(&[("DIB_BOOT_LABEL", "boot")], &[]);
+    assert!(!ok && text.contains("DIB_BOOT_LABEL") && text.contains("ESP"), "{text}");
+    let (ok, _) = run(&[("DIB_BOOT_LABEL", "ESP")], &[]);
+    assert!(ok);
+    let (ok, text) = run(&[("DIB_IMAGE_EXTRA_SIZE", "1")], &["--image-size", "3"]);
+    assert!(!ok && text.contains("DIB_IMAGE_EXTRA_SIZE") && text.contains("--image-size"), "{text}");
+    let (ok, text) = run(&[("DIB_IMAGE_EXTRA_SIZE", "lots")], &[]);
+    assert!(!ok && text.contains("DIB_IMAGE_EXTRA_SIZE"), "{text}");
+    let (ok, text) = run(&[("DIB_NO_TIMESTAMP", "yes")], &[]);
+    assert!(!ok && text.contains("DIB_NO_TIMESTAMP"), "{text}");
+}

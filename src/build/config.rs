@@ -39,7 +39,18 @@ pub struct Config {
     pub debug_trace: u8,
     pub compress: bool,
     pub clear_env: bool,
-    pub checksum: bool,
+    /// Which checksum files to write beside each output, in writing order.
+    pub checksums: Vec<Checksum>,
+    /// `--max-online-resize`: mke2fs `-E resize=`.
+    pub max_online_resize: Option<u64>,
+    /// DIB_JOURNAL_SIZE (MiB): mke2fs `-J size=`, and added to a computed size.
+    pub journal_mib: Option<u64>,
+    /// DIB_IMAGE_EXTRA_SIZE (bytes) added to the computed image size.
+    pub extra_size: Option<u64>,
+    /// DIB_SHOW_IMAGE_USAGE: list the tree's big files and directories.
+    pub show_usage: bool,
+    /// Elapsed-time stamps on progress lines (DIB_NO_TIMESTAMP=1 turns them off).
+    pub timestamps: bool,
     pub offline: bool,
     pub dry_run: bool,
     pub qemu_img_options: String,
@@ -61,7 +72,7 @@ impl Config {
             .output
             .clone()
             .or_else(|| vars.get("IMAGE_NAME").map(PathBuf::from))
-            .context("no output name: give -o NAME (writes NAME.qcow2)")?;
+            .unwrap_or_else(|| PathBuf::from("image"));
         let formats: Vec<String> = a
             .types
             .clone()
@@ -96,6 +107,23 @@ impl Config {
         let builtin_flavours = builtin_flavours()?;
         let dib_lib = dib_lib(&builtin_flavours)?;
         let mkfs = a.mkfs_options.clone().or_else(|| vars.get("MKFS_OPTS").map(str::to_string)).unwrap_or_default();
+        if let Some(label) = vars.get("DIB_BOOT_LABEL").filter(|l| *l != crate::disk::ESP_LABEL) {
+            bail!(
+                "DIB_BOOT_LABEL={label:?}: kiln has no separate /boot and always labels the EFI system partition {}; unset DIB_BOOT_LABEL",
+                crate::disk::ESP_LABEL
+            );
+        }
+        let extra_size = match vars.get("DIB_IMAGE_EXTRA_SIZE") {
+            Some(v) if image_size.is_some() => bail!(
+                "DIB_IMAGE_EXTRA_SIZE={v:?} adds to the computed image size, but --image-size/DIB_IMAGE_SIZE fixes the size: give only one"
+            ),
+            Some(v) => Some(parse_size(v).context("DIB_IMAGE_EXTRA_SIZE (GiB)")?),
+            None => None,
+        };
+        let journal_mib = match vars.get("DIB_JOURNAL_SIZE") {
+            Some(v) => Some(v.trim().parse::<u64>().ok().filter(|n| *n > 0).with_context(|| format!("DIB_JOURNAL_SIZE={v:?}: expected a whole number of MiB"))?),
+            None => None,
+        };
         let cfg = Config {
             kind: Kind::Disk,
             output,
@@ -108,7 +136,11 @@ impl Config {
             builtin_flavours,
             packages: a.package_list(),
             image_size,
-            fs_type: vars.get("FS_TYPE").unwrap_or("ext4").to_string(),
+            fs_type: fs_type(&vars)?,
+            max_online_resize: a.max_online_resize,
+            journal_mib,
+            extra_size,
+            show_usage: vars.get("DIB_SHOW_IMAGE_USAGE").is_some_and(|v| v != "0"),
             root_label: a.root_label.clone().or_else(|| vars.get("DIB_ROOT_LABEL").map(str::to_string)).unwrap_or_else(|| "cloudimg-rootfs".into()),
             cache_dir,
             image_cache: a.image_cache.clone().or_else(|| vars.get("DIB_IMAGE_CACHE").map(PathBuf::from)),
@@ -117,7 +149,8 @@ impl Config {
             debug_trace: a.trace,
             compress: !a.uncompressed,
             clear_env: a.clear_env,
-            checksum: a.checksum || vars.get("DIB_CHECKSUM").is_some_and(|v| v != "0"),
+            checksums: checksums(a.checksum, vars.get("DIB_CHECKSUM"))?,
+            timestamps: !flag(&vars, "DIB_NO_TIMESTAMP")?,
             offline: a.offline || vars.get("DIB_OFFLINE").is_some_and(|v| v != "0"),
             dry_run: a.dry_run,
             qemu_img_options: a.qemu_img_options.clone().unwrap_or_default(),
@@ -232,9 +265,84 @@ fn dib_lib(builtin_flavours: &Path) -> Result<PathBuf> {
     )
 }
 
+pub use crate::disk::Checksum;
+
+/// diskimage-builder sets DIB_ROOT_FSTYPE from its block-device config; kiln
+/// takes it as another name for FS_TYPE, and refuses the two disagreeing.
+fn fs_type(vars: &Vars) -> Result<String> {
+    match (vars.get("FS_TYPE"), vars.get("DIB_ROOT_FSTYPE")) {
+        (Some(a), Some(b)) if a != b => bail!("FS_TYPE={a:?} and DIB_ROOT_FSTYPE={b:?} disagree: set one root filesystem type"),
+        (Some(t), _) | (None, Some(t)) => Ok(t.to_string()),
+        (None, None) => Ok("ext4".to_string()),
+    }
+}
+
+/// A 0/1 switch as diskimage-builder tests it (`-eq 1`): anything else is refused.
+fn flag(vars: &Vars, name: &str) -> Result<bool> {
+    match vars.get(name).map(str::trim) {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(v) => bail!("{name}={v:?}: use 1 or 0"),
+    }
+}
+
+/// `--checksum` is DIB_CHECKSUM=1. diskimage-builder tests the value for the
+/// substrings md5 and sha256; kiln takes the same names as a comma list and
+/// refuses anything else rather than silently writing no checksum.
+fn checksums(flag: bool, var: Option<&str>) -> Result<Vec<Checksum>> {
+    let value = if flag { "1" } else { var.unwrap_or("0").trim() };
+    match value {
+        "0" | "" => return Ok(Vec::new()),
+        "1" => return Ok(vec![Checksum::Sha256, Checksum::Md5]),
+        _ => {}
+    }
+    let mut out = Vec::new();
+    for name in value.split([',', ' ']).filter(|s| !s.is_empty()) {
+        let d = match name {
+            "sha256" => Checksum::Sha256,
+            "md5" => Checksum::Md5,
+            _ => bail!(
+                "DIB_CHECKSUM={value:?}: `{name}` is not a checksum kiln writes; use 0 (none), 1 (md5 and sha256), md5, sha256 or md5,sha256"
+            ),
+        };
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_fstype_is_another_name_for_fs_type() {
+        let mut v = Vars::default();
+        assert_eq!(fs_type(&v).unwrap(), "ext4");
+        v.set("DIB_ROOT_FSTYPE", "btrfs", "t");
+        assert_eq!(fs_type(&v).unwrap(), "btrfs");
+        v.set("FS_TYPE", "btrfs", "t");
+        assert_eq!(fs_type(&v).unwrap(), "btrfs");
+        v.set("FS_TYPE", "ext4", "t");
+        let e = fs_type(&v).unwrap_err().to_string();
+        assert!(e.contains("FS_TYPE") && e.contains("DIB_ROOT_FSTYPE"), "{e}");
+        v.set("DIB_NO_TIMESTAMP", "yes", "t");
+        assert!(flag(&v, "DIB_NO_TIMESTAMP").unwrap_err().to_string().contains("DIB_NO_TIMESTAMP"));
+    }
+
+    #[test]
+    fn dib_checksum_values() {
+        assert_eq!(checksums(false, None).unwrap(), vec![]);
+        assert_eq!(checksums(false, Some("0")).unwrap(), vec![]);
+        assert_eq!(checksums(false, Some("1")).unwrap(), vec![Checksum::Sha256, Checksum::Md5]);
+        assert_eq!(checksums(true, Some("0")).unwrap(), vec![Checksum::Sha256, Checksum::Md5]);
+        assert_eq!(checksums(false, Some("md5")).unwrap(), vec![Checksum::Md5]);
+        assert_eq!(checksums(false, Some("sha256")).unwrap(), vec![Checksum::Sha256]);
+        assert_eq!(checksums(false, Some("md5,sha256")).unwrap(), vec![Checksum::Md5, Checksum::Sha256]);
+        let e = checksums(false, Some("sha1")).unwrap_err().to_string();
+        assert!(e.contains("DIB_CHECKSUM") && e.contains("sha1") && e.contains("md5, sha256"), "{e}");
+    }
 
     #[test]
     fn sizes_as_diskimage_builder_and_with_suffixes() {

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod progress;
 pub mod staging;
 pub mod tools;
+pub mod usage;
 pub mod workdir;
 
 use crate::cli::{DiskImageArgs, Vars};
@@ -36,16 +37,34 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 pub fn disk_image_create(args: DiskImageArgs) -> Result<i32> {
     add_sbin_to_path();
     let vars = Vars::load(std::env::vars())?;
-    if args.cache_list || args.cache_prune.is_some() {
-        return cache_command(&args, &vars);
-    }
-    build(Config::from_args(args, vars)?)
+    logged("disk-image-create", args.logfile.as_deref(), &vars, || {
+        if args.cache_list || args.cache_prune.is_some() {
+            return cache_command(&args, &vars);
+        }
+        build(Config::from_args(args.clone(), vars.clone())?)
+    })
 }
 
 pub fn ramdisk_image_create(args: crate::cli::RamdiskArgs) -> Result<i32> {
     add_sbin_to_path();
     let vars = Vars::load(std::env::vars())?;
-    build(Config::from_ramdisk_args(args, vars)?)
+    let logfile = args.common.logfile.clone();
+    logged("ramdisk-image-create", logfile.as_deref(), &vars, || build(Config::from_ramdisk_args(args, vars.clone())?))
+}
+
+/// Runs `f` with stderr going through `--logfile`/DIB_QUIET; an error is
+/// printed while the log is still open, so the log ends with it.
+fn logged(program: &str, logfile: Option<&Path>, vars: &Vars, f: impl FnOnce() -> Result<i32>) -> Result<i32> {
+    let settings = crate::cli::log::LogSettings::new(logfile, vars.get("DIB_QUIET"))?;
+    let Some(tee) = crate::cli::log::Tee::start(&settings)? else {
+        return f();
+    };
+    let code = f().unwrap_or_else(|e| {
+        eprintln!("{program}: error: {e:#}");
+        1
+    });
+    tee.finish();
+    Ok(code)
 }
 
 fn build(config: Config) -> Result<i32> {
@@ -120,6 +139,7 @@ fn add_sbin_to_path() {
 /// here can kiln delete files that belong to subordinate ids).
 fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 {
     let mut progress = Progress::new(plan.config.trace);
+    progress.stamps = plan.config.timestamps;
     let result = work.open_inside().and_then(|()| pipeline(plan, work, broker, &mut progress));
     progress.finish();
     work.empty_inside();
@@ -167,6 +187,9 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
         run_phase(&runner, phase, None, progress)?;
     }
     image_root::install_first_boot(&work.hooks(), &tree)?;
+    if c.show_usage {
+        progress.say(&usage::report(&root)?);
+    }
 
     let mut disk = if plan.needs_disk {
         progress.step("block-device", &format!("layout {}", plan.layout));
@@ -176,7 +199,8 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
                 crate::disk::check_image_size(s, content, &plan.layout)?;
                 s
             }
-            None => crate::disk::size_for_content(content, &plan.layout)?,
+            // As diskimage-builder: the journal and DIB_IMAGE_EXTRA_SIZE come on top.
+            None => crate::disk::size_for_content(content, &plan.layout)? + (c.journal_mib.unwrap_or(0) << 20) + c.extra_size.unwrap_or(0),
         };
         let fs = crate::disk::FsType::parse(&c.fs_type)?;
         let mut d = crate::disk::plan_disk(&plan.layout, fs, size, &c.root_label, c.mkfs_options.clone())?;

@@ -55,9 +55,7 @@ fn final_names(c: &Config) -> Vec<PathBuf> {
     let mut names = Vec::new();
     for f in &c.formats {
         let out = c.output_path(f);
-        if c.checksum {
-            names.extend(["sha256", "md5"].map(|ext| with_ext(&out, ext)));
-        }
+        names.extend(c.checksums.iter().map(|d| with_ext(&out, d.extension())));
         names.push(out);
     }
     names
@@ -80,10 +78,8 @@ pub fn write_all(plan: &Plan, tree: &ImageTree, raw: Option<&Path>, staging: &St
             a.initramfs_bytes >> 20,
             a.cpio_bytes >> 20
         );
-        if c.checksum {
-            for t in &temps {
-                crate::disk::write_checksums(t)?;
-            }
+        for t in &temps {
+            write_checksums(c, t)?;
         }
         return rename_all(c, staging);
     }
@@ -95,11 +91,16 @@ pub fn write_all(plan: &Plan, tree: &ImageTree, raw: Option<&Path>, staging: &St
             let raw = raw.context("internal: disk formats requested without an assembled disk")?;
             crate::disk::convert(raw, fmt, tmp, c.compress, &c.qemu_img_options)?;
         }
-        if c.checksum {
-            crate::disk::write_checksums(tmp)?;
-        }
+        write_checksums(c, tmp)?;
     }
     rename_all(c, staging)
+}
+
+fn write_checksums(c: &Config, file: &Path) -> Result<()> {
+    for d in &c.checksums {
+        crate::disk::write_checksum(file, *d)?;
+    }
+    Ok(())
 }
 
 /// All complete: now replace the old outputs, each in one atomic rename. The
@@ -111,10 +112,8 @@ fn rename_all(c: &Config, staging: &Staging) -> Result<()> {
     };
     for format in &c.formats {
         let dest = c.output_path(format);
-        if c.checksum {
-            for ext in ["sha256", "md5"] {
-                into_place(&with_ext(&dest, ext))?;
-            }
+        for d in &c.checksums {
+            into_place(&with_ext(&dest, d.extension()))?;
         }
         into_place(&dest)?;
         eprintln!("wrote {}", dest.display());

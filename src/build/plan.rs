@@ -48,7 +48,8 @@ impl Plan {
             }
         }
         if !ramdisk && !config.formats.iter().all(|f| TREE_FORMATS.contains(&f.as_str())) {
-            crate::disk::FsType::parse(&config.fs_type).context("FS_TYPE")?;
+            let fs = crate::disk::FsType::parse(&config.fs_type).context("FS_TYPE")?;
+            ext_options(&mut config, fs)?;
         }
         let search = SearchPath::new(&config.user_flavour_path, config.builtin_flavours.clone());
         let layout_default = format!("block-device-{}", config.vars.get("DIB_BLOCK_DEVICE").unwrap_or("gpt"));
@@ -134,8 +135,16 @@ impl Plan {
                 let _ = writeln!(s, "  {:<32} ({}) skipped: not executable", d.name, d.flavour);
             }
         }
-        let outs: Vec<String> = c.formats.iter().map(|f| c.output_path(f).display().to_string()).collect();
+        let mut outs = Vec::new();
+        for f in &c.formats {
+            let out = c.output_path(f).display().to_string();
+            outs.extend(c.checksums.iter().map(|d| format!("{out}.{}", d.extension())));
+            outs.push(out);
+        }
         let _ = writeln!(s, "disk layout: {}", self.layout);
+        if self.needs_disk {
+            let _ = writeln!(s, "root filesystem: {} (mkfs options: {})", c.fs_type, c.mkfs_options.join(" "));
+        }
         match &self.helper {
             Some((h, askers)) => {
                 let _ = writeln!(s, "block device: a loop device through {} ({:?}), for {}", h.program.display(), h.mode, askers.join(", "));
@@ -148,6 +157,27 @@ impl Plan {
         let _ = writeln!(s, "base-tree cache key: {}", &self.cache_key[..16]);
         s
     }
+}
+
+/// `--max-online-resize` and DIB_JOURNAL_SIZE are mke2fs options: they become
+/// mkfs options for an ext root and are refused for any other, which has no
+/// such setting.
+fn ext_options(config: &mut Config, fs: crate::disk::FsType) -> Result<()> {
+    use crate::disk::FsType;
+    let ext = matches!(fs, FsType::Ext2 | FsType::Ext3 | FsType::Ext4);
+    if let Some(n) = config.max_online_resize {
+        if !ext {
+            bail!("--max-online-resize {n} sets mke2fs -E resize=, but the root filesystem is {}: it applies to ext2/ext3/ext4 only", fs.as_str());
+        }
+        config.mkfs_options.extend(["-E".to_string(), format!("resize={n}")]);
+    }
+    if let Some(j) = config.journal_mib {
+        if !matches!(fs, FsType::Ext3 | FsType::Ext4) {
+            bail!("DIB_JOURNAL_SIZE={j} sets the ext3/ext4 journal, but the root filesystem is {}, which has none kiln can size", fs.as_str());
+        }
+        config.mkfs_options.extend(["-J".to_string(), format!("size={j}")]);
+    }
+    Ok(())
 }
 
 pub const DEFAULT_PROFILE: &str = include_str!("../../seccomp/default.json");
@@ -255,7 +285,7 @@ fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: 
             t.push((h.name, h.package));
         }
     }
-    if config.checksum {
+    if config.checksums.contains(&crate::disk::Checksum::Md5) {
         t.push(("md5sum", "coreutils"));
     }
     t.sort();

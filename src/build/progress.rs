@@ -9,11 +9,13 @@ pub struct Progress {
     current: Option<(String, Instant)>,
     pub timings: Vec<(String, Duration)>,
     pub trace: bool,
+    /// The elapsed-time prefix; DIB_NO_TIMESTAMP=1 drops it.
+    pub stamps: bool,
 }
 
 impl Progress {
     pub fn new(trace: bool) -> Progress {
-        Progress { start: Instant::now(), current: None, timings: Vec::new(), trace }
+        Progress { start: Instant::now(), current: None, timings: Vec::new(), trace, stamps: true }
     }
 
     fn stamp(&self) -> String {
@@ -23,7 +25,11 @@ impl Progress {
 
     pub fn say(&self, msg: &str) {
         let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{} {msg}", self.stamp());
+        if self.stamps {
+            let _ = writeln!(err, "{} {msg}", self.stamp());
+        } else {
+            let _ = writeln!(err, "{msg}");
+        }
     }
 
     /// Starts a timed step; the previous one, if any, is closed.

@@ -2,6 +2,7 @@
 //! callers such as nodepool-builder run kiln unchanged) plus kiln's long options.
 
 pub mod defaults;
+pub mod log;
 
 pub use defaults::Vars;
 
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "disk-image-create", version, after_help = ENV_HELP)]
 pub struct DiskImageArgs {
-    /// Output name: writes NAME.qcow2 (or NAME.<format> for each -t); required.
+    /// Output name: writes NAME.qcow2 (or NAME.<format> for each -t). Default: IMAGE_NAME, else `image`.
     #[arg(short = 'o', value_name = "NAME")]
     pub output: Option<PathBuf>,
 
@@ -45,7 +46,8 @@ pub struct DiskImageArgs {
     #[arg(short = 'p', value_name = "PKG[,PKG…]")]
     pub packages: Vec<String>,
 
-    /// Write NAME.FMT.sha256 and NAME.FMT.md5 beside each output.
+    /// Write NAME.FMT.sha256 and NAME.FMT.md5 beside each output (DIB_CHECKSUM=1;
+    /// DIB_CHECKSUM=md5 or sha256 writes only that one).
     #[arg(long)]
     pub checksum: bool,
 
@@ -72,6 +74,11 @@ pub struct DiskImageArgs {
     #[arg(long, value_name = "OPTS")]
     pub qemu_img_options: Option<String>,
 
+    /// Reserve room to grow the ext root filesystem online to N blocks
+    /// (mke2fs -E resize=N).
+    #[arg(long, value_name = "N")]
+    pub max_online_resize: Option<u64>,
+
     /// Extra options for the root filesystem's mkfs.
     #[arg(long, value_name = "OPTS")]
     pub mkfs_options: Option<String>,
@@ -91,6 +98,11 @@ pub struct DiskImageArgs {
     /// The hooks' default install type (DIB_DEFAULT_INSTALLTYPE; default source).
     #[arg(long, value_name = "TYPE")]
     pub install_type: Option<String>,
+
+    /// Append everything kiln prints on stderr (hooks' output too) to FILE, each
+    /// line stamped with the UTC time; implies DIB_QUIET=1 unless DIB_QUIET is set.
+    #[arg(long, value_name = "FILE")]
+    pub logfile: Option<PathBuf>,
 
     /// Resolve flavours, check inputs and host tools, print the plan; build nothing.
     #[arg(long)]
@@ -126,6 +138,13 @@ that over /etc/kiln/defaults):
   DIB_RELEASE                        distribution release (default bookworm)
   DIB_DISTRIBUTION_MIRROR            mirror URL (default: from the host's apt sources)
   DIB_IMAGE_SIZE, DIB_IMAGE_CACHE, DIB_ROOT_LABEL, FS_TYPE, ARCH
+  DIB_CHECKSUM                       1: md5 and sha256 files, md5 or sha256: that one
+  DIB_QUIET                          1: only errors on the terminal (default with --logfile)
+  DIB_NO_TIMESTAMP                   1: no elapsed-time stamps on the terminal
+  DIB_IMAGE_EXTRA_SIZE               GiB added to the computed image size
+  DIB_JOURNAL_SIZE                   ext3/ext4 journal MiB (mke2fs -J size=), added to the size
+  DIB_ROOT_FSTYPE                    the root filesystem type, as FS_TYPE
+  DIB_SHOW_IMAGE_USAGE               1: list the tree's files and directories of 10 MiB or more
   DIB_*                              passed to every hook
 Rootless: kiln maps root onto your /etc/subuid and /etc/subgid range with
 newuidmap/newgidmap (package uidmap); no sudo is ever asked for.";

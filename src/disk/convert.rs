@@ -186,9 +186,32 @@ pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A checksum file kiln can write beside an output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checksum {
+    Sha256,
+    Md5,
+}
+
+impl Checksum {
+    /// The file name extension, which is also the value DIB_CHECKSUM names.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Checksum::Sha256 => "sha256",
+            Checksum::Md5 => "md5",
+        }
+    }
+}
+
 /// Writes `PATH.sha256` and `PATH.md5` (new files) in `sha256sum`/`md5sum` format,
 /// naming the file by its base name so `sha256sum -c` works next to it.
 pub fn write_checksums(path: &Path) -> Result<()> {
+    write_checksum(path, Checksum::Sha256)?;
+    write_checksum(path, Checksum::Md5)
+}
+
+/// Writes `PATH.<digest>` (a new file) as `sha256sum`/`md5sum` would.
+pub fn write_checksum(path: &Path, digest: Checksum) -> Result<()> {
     let base = path
         .file_name()
         .with_context(|| format!("{} has no file name", path.display()))?;
@@ -196,7 +219,11 @@ pub fn write_checksums(path: &Path) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-
+    if digest == Checksum::Md5 {
+        // md5 only for compatibility with diskimage-builder's outputs: the tool is enough.
+        let out = run(Command::new("md5sum").arg("--").arg(base).current_dir(&dir))?;
+        return write_beside(path, "md5", &out.stdout);
+    }
     let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -215,11 +242,7 @@ pub fn write_checksums(path: &Path) -> Result<()> {
         .map(|b| format!("{b:02x}"))
         .collect();
     let line = format!("{hex}  {}\n", base.to_string_lossy());
-    write_beside(path, "sha256", line.as_bytes())?;
-
-    // md5 only for compatibility with diskimage-builder's outputs: the tool is enough.
-    let out = run(Command::new("md5sum").arg("--").arg(base).current_dir(&dir))?;
-    write_beside(path, "md5", &out.stdout)
+    write_beside(path, "sha256", line.as_bytes())
 }
 
 fn write_beside(path: &Path, ext: &str, data: &[u8]) -> Result<()> {
