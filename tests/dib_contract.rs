@@ -45,6 +45,7 @@ mkdir -p $out
     echo "DIB_DEBUG_TRACE=$DIB_DEBUG_TRACE"
     echo "IMAGE_NAME=$IMAGE_NAME"
     echo "DIB_ARGS=$DIB_ARGS"
+    echo "ELEMENTS_PATH=$ELEMENTS_PATH"
     echo "python=$($DIB_PYTHON_EXEC -c 'import sys; print(sys.version_info[0])')"
     echo "lib_files=$(cd $_LIB && ls common-defaults common-functions die img-defaults img-functions | tr '
 ' ' ')"
@@ -272,6 +273,11 @@ fn host_side_hooks_see_diskimage_builders_core_variables() {
         let args = &v["DIB_ARGS"];
         assert!(args.starts_with("-x -x -t tar --install-type package -o ") && args.contains(&out) && args.ends_with("dib-serial"), "{args}");
         assert!(v["element_dib_env"].ends_with("/flavours/dib-env"), "{:?}", v["element_dib_env"]);
+        // diskimage-builder's meaning: the search path in order, the caller's entries first,
+        // the built-in flavours last.
+        let search: Vec<&str> = v["ELEMENTS_PATH"].split(':').collect();
+        assert!(search.len() >= 3 && search[0].ends_with("/flavours") && search[1].ends_with("test-flavours"), "{search:?}");
+        assert!(search.last().unwrap().ends_with("/flavours") && !search.last().unwrap().contains("kiln-test-"), "{search:?}");
     }
 }
 

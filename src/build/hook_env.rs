@@ -81,7 +81,8 @@ impl HookEnv {
             plan.resolved.flavours.iter().map(|f| (f.name.clone(), serde_json::Value::String(f.dir.display().to_string()))).collect(),
         );
         let array: Vec<String> = plan.resolved.flavours.iter().map(|f| format!("[{}]={}", f.name, f.dir.display())).collect();
-        let paths: Vec<String> = plan.resolved.flavours.iter().filter_map(|f| f.dir.parent().map(|p| p.display().to_string())).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        // diskimage-builder's meaning: the search path, first wins (the caller's entries, then the built-in flavours).
+        let paths: Vec<String> = plan.search_dirs.iter().map(|d| d.display().to_string()).collect();
         let fixed = [
             ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
             ("LANG", "C.UTF-8".into()),

@@ -36,6 +36,8 @@ pub struct Plan {
     pub distro: String,
     /// kiln-helper, when a flavour asks for a real block device.
     pub helper: Option<(Helper, Vec<String>)>,
+    /// Where flavours were looked for, first wins: hooks get it as ELEMENTS_PATH.
+    pub search_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -84,6 +86,7 @@ impl Plan {
         warnings.extend(maps.single_id_warning());
         let cache_key = cache_key(&config, &distro, &hooks, &env_files, &bootstrap_packages)?;
         Ok(Plan {
+            search_dirs: search.dirs.clone(),
             config,
             resolved,
             hooks,
