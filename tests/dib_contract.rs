@@ -157,7 +157,7 @@ fn contract_build() -> &'static ContractBuild {
                 README,
                 ("bin/dib-tool-a", &tool_a, true),
                 ("init-scripts/systemd/a.service", "[Unit]\n", false),
-                ("source-repository-dib-tree-a", "a git /tmp/a https://example.invalid/a\n", false),
+                ("source-repository-dib-tree-a", "a git /tmp/a /srv/git/a.git\n", false),
                 ("pkg-map", "{\"from\": \"a\"}\n", false),
                 ("tests/README", "not staged\n", false),
                 ("install.d/70-tree", TREE_HOOK, true),
