@@ -71,10 +71,18 @@ pub fn load(text: &str) -> Result<Vec<Node>, Error> {
     let mut builder = TreeBuilder::default();
     if let Err(e) = Parser::new_from_str(text).load(&mut builder, true) {
         let m = e.marker();
-        return Err(Error { line: m.line(), column: Some(m.col() + 1), message: e.info().to_string() });
+        return Err(Error {
+            line: m.line(),
+            column: Some(m.col() + 1),
+            message: e.info().to_string(),
+        });
     }
     match builder.error {
-        Some((line, message)) => Err(Error { line, column: None, message }),
+        Some((line, message)) => Err(Error {
+            line,
+            column: None,
+            message,
+        }),
         None => Ok(builder.docs),
     }
 }
@@ -117,7 +125,10 @@ impl TreeBuilder {
     fn count_node(&mut self, line: usize, n: usize) -> bool {
         self.nodes = self.nodes.saturating_add(n);
         if self.nodes > MAX_NODES {
-            self.fail(line, "the YAML is implausibly large (aliases expanding too far?)");
+            self.fail(
+                line,
+                "the YAML is implausibly large (aliases expanding too far?)",
+            );
             return false;
         }
         true
@@ -135,8 +146,13 @@ impl MarkedEventReceiver for TreeBuilder {
                 if !self.count_node(line, 1) {
                     return;
                 }
-                let null = style == TScalarStyle::Plain && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL");
-                let value = if null { Value::Null } else { Value::Scalar(text) };
+                let null = style == TScalarStyle::Plain
+                    && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL");
+                let value = if null {
+                    Value::Null
+                } else {
+                    Value::Scalar(text)
+                };
                 self.finish(Node { value, line }, anchor);
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
@@ -184,9 +200,13 @@ mod tests {
     #[test]
     fn lines_nulls_and_aliases() {
         let docs = load("a: ~\nb:\n  - &x one\n  - *x\nc: 'null'\n").unwrap();
-        let Value::Map(pairs) = &docs[0].value else { panic!() };
+        let Value::Map(pairs) = &docs[0].value else {
+            panic!()
+        };
         assert!(pairs[0].1.is_null());
-        let Value::Seq(items) = &pairs[1].1.value else { panic!() };
+        let Value::Seq(items) = &pairs[1].1.value else {
+            panic!()
+        };
         assert_eq!((items[1].text(), items[1].line), (Some("one"), 4));
         assert_eq!(pairs[2].1.text(), Some("null"));
     }
@@ -194,13 +214,23 @@ mod tests {
     #[test]
     fn hostile_input_is_refused_with_its_line() {
         let deep = format!("{}x{}", "[".repeat(40), "]".repeat(40));
-        assert!(load(&deep).unwrap_err().message.contains("nested too deeply"));
+        assert!(load(&deep)
+            .unwrap_err()
+            .message
+            .contains("nested too deeply"));
         let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 0..6 {
-            let prev = if i == 0 { "a".to_string() } else { format!("l{}", i - 1) };
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("l{}", i - 1)
+            };
             bomb.push_str(&format!("l{i}: &l{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
         }
-        assert!(load(&bomb).unwrap_err().message.contains("implausibly large"));
+        assert!(load(&bomb)
+            .unwrap_err()
+            .message
+            .contains("implausibly large"));
         let e = load("a: [1,\n").unwrap_err();
         assert!(e.column.is_some() && e.line >= 1, "{e:?}");
     }

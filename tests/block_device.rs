@@ -34,7 +34,10 @@ fn assert_no_loop_device(dir: &Path) {
         if left.is_empty() {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "loop devices left attached: {left:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "loop devices left attached: {left:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -43,7 +46,11 @@ fn assert_no_mount(dir: &Path) {
     let needle = dir.display().to_string();
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(mi) = std::fs::read_to_string(p.path().join("mountinfo")) {
-            assert!(!mi.contains(&needle), "a mount under {needle} is left in {}", p.path().display());
+            assert!(
+                !mi.contains(&needle),
+                "a mount under {needle} is left in {}",
+                p.path().display()
+            );
         }
     }
 }
@@ -56,9 +63,16 @@ fn build_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// disk-image-create with the test flavours (and `flavours`), TMPDIR and KILN_HELPER set.
-fn build_cmd(args: &[&str], tmp: &Path, helper: impl AsRef<std::ffi::OsStr>, flavours: &[&Path]) -> std::process::Command {
+fn build_cmd(
+    args: &[&str],
+    tmp: &Path,
+    helper: impl AsRef<std::ffi::OsStr>,
+    flavours: &[&Path],
+) -> std::process::Command {
     let mut cmd = kiln("disk-image-create", args);
-    cmd.env("ELEMENTS_PATH", test_flavours_path(flavours)).env("TMPDIR", tmp).env("KILN_HELPER", helper);
+    cmd.env("ELEMENTS_PATH", test_flavours_path(flavours))
+        .env("TMPDIR", tmp)
+        .env("KILN_HELPER", helper);
     cmd
 }
 
@@ -68,11 +82,19 @@ fn without_kiln_helper_a_flavour_that_asks_fails_at_plan_time_with_the_install_s
     let out = s.join("img");
     let mut args = build_args(out.to_str().unwrap(), &["--dry-run"]);
     args.push("real-disk");
-    let o = build_cmd(&args, &tmp, "/nonexistent/kiln-helper", &[]).output().unwrap();
+    let o = build_cmd(&args, &tmp, "/nonexistent/kiln-helper", &[])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{}", output_text(&o));
-    assert!(err.contains("real-disk") && err.contains("real-block-device"), "names neither flavour nor file:\n{err}");
-    assert!(err.contains("4755") && err.contains("sudoers.d") && err.contains("visudo"), "no install instructions:\n{err}");
+    assert!(
+        err.contains("real-disk") && err.contains("real-block-device"),
+        "names neither flavour nor file:\n{err}"
+    );
+    assert!(
+        err.contains("4755") && err.contains("sudoers.d") && err.contains("visudo"),
+        "no install instructions:\n{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -85,17 +107,37 @@ fn a_hook_repartitions_the_real_device_and_the_image_boots() {
     args.extend(["real-disk", "boot-report"]);
     let started = Instant::now();
     let o = run_ok(&mut build_cmd(&args, &tmp, &helper, &[]));
-    eprintln!("build with a real block device: {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "build with a real block device: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let log = String::from_utf8_lossy(&o.stderr);
-    assert!(log.contains("KILN-REAL-DISK loop") && log.contains("partitions=4") && log.contains("p4=67108864"), "the hook did not repartition:\n{log}");
-    assert!(log.contains("partition 3 is now at"), "kiln did not adopt the shrunk root partition:\n{log}");
-    assert!(log.contains("KILN-LOOP-DETACH refused"), "a hook could detach the lent device:\n{log}");
+    assert!(
+        log.contains("KILN-REAL-DISK loop")
+            && log.contains("partitions=4")
+            && log.contains("p4=67108864"),
+        "the hook did not repartition:\n{log}"
+    );
+    assert!(
+        log.contains("partition 3 is now at"),
+        "kiln did not adopt the shrunk root partition:\n{log}"
+    );
+    assert!(
+        log.contains("KILN-LOOP-DETACH refused"),
+        "a hook could detach the lent device:\n{log}"
+    );
     assert_no_loop_device(&s.path);
     assert_no_leftovers(&tmp, &s.path, &["img.qcow2"]);
 
-    let mut g = Boot::start(&s.join("img.qcow2"), &BootOptions::new(Firmware::Bios, "qcow2")).unwrap();
-    g.wait_for("KILN-DATA-LABEL kiln-data", Duration::from_secs(420)).unwrap_or_else(|e| panic!("{e:#}"));
-    g.wait_for("login:", Duration::from_secs(240)).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut g = Boot::start(
+        &s.join("img.qcow2"),
+        &BootOptions::new(Firmware::Bios, "qcow2"),
+    )
+    .unwrap();
+    g.wait_for("KILN-DATA-LABEL kiln-data", Duration::from_secs(420))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    g.wait_for("login:", Duration::from_secs(240))
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[test]
@@ -107,10 +149,17 @@ fn through_sudo_the_same_build_works() {
     args.push("real-disk");
     let o = run_ok(&mut build_cmd(&args, &tmp, &helper, &[]));
     let log = String::from_utf8_lossy(&o.stderr);
-    assert!(log.contains("KILN-REAL-DISK loop") && log.contains("partitions=4"), "{log}");
+    assert!(
+        log.contains("KILN-REAL-DISK loop") && log.contains("partitions=4"),
+        "{log}"
+    );
     assert_no_loop_device(&s.path);
     assert_no_leftovers(&tmp, &s.path, &["img.raw"]);
-    let parts = std::process::Command::new("sfdisk").arg("--dump").arg(s.join("img.raw")).output().unwrap();
+    let parts = std::process::Command::new("sfdisk")
+        .arg("--dump")
+        .arg(s.join("img.raw"))
+        .output()
+        .unwrap();
     let table = String::from_utf8_lossy(&parts.stdout);
     assert_eq!(table.matches("start=").count(), 4, "{table}");
 }
@@ -121,7 +170,14 @@ fn through_sudo_the_same_build_works() {
 fn sigkill_at(name: &str, hook: &str, marker: &'static str) {
     let helper = install_setuid();
     let (s, tmp) = scratch_with_tmp(name);
-    let flavours = s.flavour("hold-device", &[("README.md", "holds the lent device\n", false), ("real-block-device", "", false), ("block-device.d/50-hold", hook, true)]);
+    let flavours = s.flavour(
+        "hold-device",
+        &[
+            ("README.md", "holds the lent device\n", false),
+            ("real-block-device", "", false),
+            ("block-device.d/50-hold", hook, true),
+        ],
+    );
     let out = s.join("img");
     let mut args = build_args(out.to_str().unwrap(), &["-t", "raw"]);
     args.push("hold-device");
@@ -133,7 +189,11 @@ fn sigkill_at(name: &str, hook: &str, marker: &'static str) {
 
 #[test]
 fn sigkill_while_the_helper_attaches_leaves_no_loop_device() {
-    sigkill_at("bdev-kill-attach", "#!/bin/sh\nsleep 600\n", "attaching the image to a loop device");
+    sigkill_at(
+        "bdev-kill-attach",
+        "#!/bin/sh\nsleep 600\n",
+        "attaching the image to a loop device",
+    );
 }
 
 #[test]

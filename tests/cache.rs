@@ -9,7 +9,12 @@ use std::process::{Command, Output};
 
 fn chown_to_user(p: &Path) {
     if let Some(u) = &env().user {
-        let st = Command::new("chown").arg("-R").arg(format!("{}:{}", u.uid, u.gid)).arg(p).status().unwrap();
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", u.uid, u.gid))
+            .arg(p)
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 }
@@ -26,7 +31,10 @@ fn key(s: &Scratch, flavours: &[&str], envs: &[(&str, &str)]) -> String {
     }
     let o = run_ok(&mut cmd);
     let text = String::from_utf8_lossy(&o.stdout);
-    text.lines().find_map(|l| l.strip_prefix("base-tree cache key: ")).expect("key in the plan").to_string()
+    text.lines()
+        .find_map(|l| l.strip_prefix("base-tree cache key: "))
+        .expect("key in the plan")
+        .to_string()
 }
 
 fn mirror_env() -> Vec<(&'static str, &'static str)> {
@@ -36,24 +44,60 @@ fn mirror_env() -> Vec<(&'static str, &'static str)> {
 #[test]
 fn changed_root_hook_misses_the_cache() {
     let s = Scratch::new("key-hook");
-    s.flavour("extra", &[("README.md", "x\n", false), ("root.d/90-tweak", "#!/bin/sh\necho one\n", true)]);
+    s.flavour(
+        "extra",
+        &[
+            ("README.md", "x\n", false),
+            ("root.d/90-tweak", "#!/bin/sh\necho one\n", true),
+        ],
+    );
     let a = key(&s, &["debian", "extra"], &mirror_env());
-    s.flavour("extra", &[("root.d/90-tweak", "#!/bin/sh\necho two\n", true)]);
+    s.flavour(
+        "extra",
+        &[("root.d/90-tweak", "#!/bin/sh\necho two\n", true)],
+    );
     let b = key(&s, &["debian", "extra"], &mirror_env());
     assert_ne!(a, b);
-    assert_eq!(b, key(&s, &["debian", "extra"], &mirror_env()), "unchanged inputs give the same key");
+    assert_eq!(
+        b,
+        key(&s, &["debian", "extra"], &mirror_env()),
+        "unchanged inputs give the same key"
+    );
 }
 
 #[test]
 fn changed_package_list_misses_the_cache() {
     let s = Scratch::new("key-pkgs");
-    s.flavour("extra", &[("README.md", "x\n", false), ("package-installs.yaml", "less:\n", false)]);
+    s.flavour(
+        "extra",
+        &[
+            ("README.md", "x\n", false),
+            ("package-installs.yaml", "less:\n", false),
+        ],
+    );
     let a = key(&s, &["debian", "extra"], &[]);
-    s.flavour("extra", &[("package-installs.yaml", "less:\nfile:\n", false)]);
+    s.flavour(
+        "extra",
+        &[("package-installs.yaml", "less:\nfile:\n", false)],
+    );
     assert_ne!(a, key(&s, &["debian", "extra"], &[]));
     // -p adds packages too.
     let out = s.join("x");
-    let o = run_ok(kiln("disk-image-create", &["--dry-run", "-p", "vim-tiny", "-o", out.to_str().unwrap(), "debian", "extra"]).env("ELEMENTS_PATH", s.path.join("flavours")));
+    let o = run_ok(
+        kiln(
+            "disk-image-create",
+            &[
+                "--dry-run",
+                "-p",
+                "vim-tiny",
+                "-o",
+                out.to_str().unwrap(),
+                "debian",
+                "extra",
+            ],
+        )
+        .env("ELEMENTS_PATH", s.path.join("flavours")),
+    );
     assert!(!String::from_utf8_lossy(&o.stdout).contains(&a));
 }
 
@@ -61,8 +105,16 @@ fn changed_package_list_misses_the_cache() {
 fn changed_mirror_misses_the_cache() {
     let s = Scratch::new("key-mirror");
     std::fs::create_dir_all(s.join("flavours")).unwrap();
-    let a = key(&s, &["debian"], &[("DIB_DISTRIBUTION_MIRROR", "http://example.org/mirror-a")]);
-    let b = key(&s, &["debian"], &[("DIB_DISTRIBUTION_MIRROR", "http://example.org/mirror-b")]);
+    let a = key(
+        &s,
+        &["debian"],
+        &[("DIB_DISTRIBUTION_MIRROR", "http://example.org/mirror-a")],
+    );
+    let b = key(
+        &s,
+        &["debian"],
+        &[("DIB_DISTRIBUTION_MIRROR", "http://example.org/mirror-b")],
+    );
     assert_ne!(a, b);
 }
 
@@ -87,12 +139,19 @@ fn tar_build(s: &Scratch, name: &str, cache: Option<&Path>) -> Output {
         args.extend(["--image-cache", cache_s.as_str()]);
     }
     args.extend(IMAGE_FLAVOURS);
-    kiln("disk-image-create", &args).env("TMPDIR", &tmp).output().unwrap()
+    kiln("disk-image-create", &args)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap()
 }
 
 /// `mode owner name` of every entry: what must not change between two builds.
 fn tree_listing(tar: &Path) -> Vec<String> {
-    let o = Command::new("tar").args(["--numeric-owner", "-tvf"]).arg(tar).output().unwrap();
+    let o = Command::new("tar")
+        .args(["--numeric-owner", "-tvf"])
+        .arg(tar)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .map(|l| {
@@ -109,8 +168,15 @@ fn unchanged_build_hits_the_cache_and_makes_the_same_tree() {
     assert!(first.status.success(), "{}", output_text(&first));
     let second = tar_build(&s, "two", None);
     assert!(second.status.success(), "{}", output_text(&second));
-    assert!(String::from_utf8_lossy(&second.stderr).contains("root.d (cached)"), "{}", output_text(&second));
-    assert_eq!(tree_listing(&s.join("one.tar")), tree_listing(&s.join("two.tar")));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("root.d (cached)"),
+        "{}",
+        output_text(&second)
+    );
+    assert_eq!(
+        tree_listing(&s.join("one.tar")),
+        tree_listing(&s.join("two.tar"))
+    );
 }
 
 /// A private cache seeded with the shared package downloads (and, if asked, the
@@ -119,7 +185,11 @@ fn private_cache(s: &Scratch, with_trees: bool) -> PathBuf {
     let first = tar_build(s, "seed", None);
     assert!(first.status.success(), "{}", output_text(&first));
     let _ = std::fs::remove_file(s.join("seed.tar"));
-    let home = env().user.as_ref().map(|u| u.home.clone()).unwrap_or_else(|| std::env::var("HOME").unwrap().into());
+    let home = env()
+        .user
+        .as_ref()
+        .map(|u| u.home.clone())
+        .unwrap_or_else(|| std::env::var("HOME").unwrap().into());
     let shared = home.join(".cache/kiln");
     let cache = s.join("cache");
     std::fs::create_dir_all(&cache).unwrap();
@@ -128,7 +198,13 @@ fn private_cache(s: &Scratch, with_trees: bool) -> PathBuf {
         parts.push("trees");
     }
     for p in parts {
-        assert!(Command::new("cp").arg("-a").arg(shared.join(p)).arg(cache.join(p)).status().unwrap().success());
+        assert!(Command::new("cp")
+            .arg("-a")
+            .arg(shared.join(p))
+            .arg(cache.join(p))
+            .status()
+            .unwrap()
+            .success());
     }
     chown_to_user(&cache);
     cache
@@ -149,10 +225,17 @@ fn corrupted_cache_entry_is_detected_discarded_and_rebuilt() {
     let o = tar_build(&s, "img", Some(&cache));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{}", output_text(&o));
-    assert!(err.contains("was corrupt") && err.contains("rebuilding"), "{err}");
+    assert!(
+        err.contains("was corrupt") && err.contains("rebuilding"),
+        "{err}"
+    );
     assert!(err.contains("root.d (caching)"), "{err}");
     let again = tar_build(&s, "img2", Some(&cache));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("root.d (cached)"), "{}", output_text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("root.d (cached)"),
+        "{}",
+        output_text(&again)
+    );
 }
 
 #[test]
@@ -164,16 +247,36 @@ fn two_builds_started_at_once_with_the_same_key_both_succeed() {
         let tmp = s.join(&format!("tmp-{name}"));
         std::fs::create_dir_all(&tmp).unwrap();
         chown_to_user(&tmp);
-        let mut args = vec!["-t".to_string(), "tar".into(), "-o".into(), out.display().to_string(), "--image-cache".into(), cache.display().to_string()];
+        let mut args = vec![
+            "-t".to_string(),
+            "tar".into(),
+            "-o".into(),
+            out.display().to_string(),
+            "--image-cache".into(),
+            cache.display().to_string(),
+        ];
         args.extend(IMAGE_FLAVOURS.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        kiln("disk-image-create", &args).env("TMPDIR", &tmp).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        kiln("disk-image-create", &args)
+            .env("TMPDIR", &tmp)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
     };
     let (a, b) = (spawn("a"), spawn("b"));
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     assert!(a.status.success(), "{}", output_text(&a));
     assert!(b.status.success(), "{}", output_text(&b));
-    let built = [&a, &b].iter().filter(|o| String::from_utf8_lossy(&o.stderr).contains("root.d (caching)")).count();
-    assert_eq!(built, 1, "exactly one build bootstraps; the other waits and reuses it");
-    assert_eq!(tree_listing(&s.join("a.tar")), tree_listing(&s.join("b.tar")));
+    let built = [&a, &b]
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("root.d (caching)"))
+        .count();
+    assert_eq!(
+        built, 1,
+        "exactly one build bootstraps; the other waits and reuses it"
+    );
+    assert_eq!(
+        tree_listing(&s.join("a.tar")),
+        tree_listing(&s.join("b.tar"))
+    );
 }

@@ -138,7 +138,10 @@ fn contract_build() -> &'static ContractBuild {
     static B: OnceLock<ContractBuild> = OnceLock::new();
     B.get_or_init(|| {
         let (s, tmp) = scratch_with_tmp("dib-contract");
-        s.flavour("dib-trace", &[README, ("install.d/50-trace", TRACE_HOOK, true)]);
+        s.flavour(
+            "dib-trace",
+            &[README, ("install.d/50-trace", TRACE_HOOK, true)],
+        );
         s.flavour(
             "dib-env",
             &[
@@ -157,7 +160,11 @@ fn contract_build() -> &'static ContractBuild {
                 README,
                 ("bin/dib-tool-a", &tool_a, true),
                 ("init-scripts/systemd/a.service", "[Unit]\n", false),
-                ("source-repository-dib-tree-a", "a git /tmp/a /srv/git/a.git\n", false),
+                (
+                    "source-repository-dib-tree-a",
+                    "a git /tmp/a /srv/git/a.git\n",
+                    false,
+                ),
                 ("pkg-map", "{\"from\": \"a\"}\n", false),
                 ("tests/README", "not staged\n", false),
                 ("install.d/70-tree", TREE_HOOK, true),
@@ -174,11 +181,29 @@ fn contract_build() -> &'static ContractBuild {
             ],
         );
         // As enable-serial-console ships it: mode 0644, no shebang; it must not run.
-        let flavours = s.flavour("dib-serial", &[README, ("cleanup.d/99-fix-grub", "exit 1\n", false)]);
+        let flavours = s.flavour(
+            "dib-serial",
+            &[README, ("cleanup.d/99-fix-grub", "exit 1\n", false)],
+        );
         let out = s.join("img");
-        let mut args = vec!["-x", "-x", "-t", "tar", "--install-type", "package", "-o", out.to_str().unwrap()];
+        let mut args = vec![
+            "-x",
+            "-x",
+            "-t",
+            "tar",
+            "--install-type",
+            "package",
+            "-o",
+            out.to_str().unwrap(),
+        ];
         args.extend(IMAGE_FLAVOURS);
-        args.extend(["dib-trace", "dib-env", "dib-tree-a", "dib-tree-b", "dib-serial"]);
+        args.extend([
+            "dib-trace",
+            "dib-env",
+            "dib-tree-a",
+            "dib-tree-b",
+            "dib-serial",
+        ]);
         let o = run_ok(
             kiln("disk-image-create", &args)
                 .env("ELEMENTS_PATH", test_flavours_path(&[&flavours]))
@@ -187,24 +212,47 @@ fn contract_build() -> &'static ContractBuild {
         );
         let tar = s.join("img.tar");
         let files = read_dir_from_tar(&tar, "root/kiln-dib");
-        ContractBuild { stderr: String::from_utf8_lossy(&o.stderr).into_owned(), scratch: s, files }
+        ContractBuild {
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            scratch: s,
+            files,
+        }
     })
 }
 
 fn read_dir_from_tar(tar: &std::path::Path, dir: &str) -> BTreeMap<String, String> {
     let x = tempfile::tempdir().unwrap();
-    let st = Command::new("tar").arg("-xf").arg(tar).arg("-C").arg(x.path()).arg(format!("./{dir}")).status().unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(x.path())
+        .arg(format!("./{dir}"))
+        .status()
+        .unwrap();
     assert!(st.success(), "the tarball has no /{dir}");
     let mut m = BTreeMap::new();
-    for e in std::fs::read_dir(x.path().join(dir)).unwrap().flatten().filter(|e| e.path().is_file()) {
-        m.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read_to_string(e.path()).unwrap());
+    for e in std::fs::read_dir(x.path().join(dir))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+    {
+        m.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read_to_string(e.path()).unwrap(),
+        );
     }
     m
 }
 
 fn file(name: &str) -> &'static str {
     let b = contract_build();
-    b.files.get(name).unwrap_or_else(|| panic!("no /root/kiln-dib/{name}; have {:?}", b.files.keys().collect::<Vec<_>>()))
+    b.files.get(name).unwrap_or_else(|| {
+        panic!(
+            "no /root/kiln-dib/{name}; have {:?}",
+            b.files.keys().collect::<Vec<_>>()
+        )
+    })
 }
 
 #[test]
@@ -215,10 +263,19 @@ fn repeated_x_counts_into_dib_debug_trace() {
 #[test]
 fn tracing_leaks_no_shell_options_into_a_hooks_children() {
     let opts = file("child_options");
-    let shellopts = opts.lines().find_map(|l| l.strip_prefix("SHELLOPTS=")).unwrap();
+    let shellopts = opts
+        .lines()
+        .find_map(|l| l.strip_prefix("SHELLOPTS="))
+        .unwrap();
     for o in ["errexit", "nounset", "xtrace", "pipefail"] {
-        assert!(!shellopts.split(':').any(|x| x == o), "a bash child inherited {o}: {shellopts}");
-        let line = opts.lines().find(|l| l.split_whitespace().next() == Some(o)).unwrap_or_else(|| panic!("set -o lists no {o}:\n{opts}"));
+        assert!(
+            !shellopts.split(':').any(|x| x == o),
+            "a bash child inherited {o}: {shellopts}"
+        );
+        let line = opts
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(o))
+            .unwrap_or_else(|| panic!("set -o lists no {o}:\n{opts}"));
         assert!(line.ends_with("off"), "{line}");
     }
     // The script that broke under the old leak works.
@@ -228,22 +285,36 @@ fn tracing_leaks_no_shell_options_into_a_hooks_children() {
 #[test]
 fn hooks_still_trace_themselves() {
     let e = &contract_build().stderr;
-    assert!(e.contains("+ ldd /bin/true"), "the hook's own set -x left no trace:\n{e}");
+    assert!(
+        e.contains("+ ldd /bin/true"),
+        "the hook's own set -x left no trace:\n{e}"
+    );
 }
 
 #[test]
 fn non_executable_hook_is_skipped_with_a_warning_at_run_time() {
     let e = &contract_build().stderr;
-    assert!(e.contains("warning: cleanup.d/99-fix-grub (flavour dib-serial) skipped: not executable"), "{e}");
+    assert!(
+        e.contains("warning: cleanup.d/99-fix-grub (flavour dib-serial) skipped: not executable"),
+        "{e}"
+    );
 }
 
 /// `NAME=value` lines of a recorded file.
 fn values(name: &str) -> BTreeMap<String, String> {
-    file(name).lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    file(name)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn user_home() -> PathBuf {
-    env().user.as_ref().map(|u| u.home.clone()).unwrap_or_else(|| std::env::var("HOME").unwrap().into())
+    env()
+        .user
+        .as_ref()
+        .map(|u| u.home.clone())
+        .unwrap_or_else(|| std::env::var("HOME").unwrap().into())
 }
 
 #[test]
@@ -252,7 +323,10 @@ fn host_side_hooks_see_diskimage_builders_core_variables() {
     let out = b.scratch.join("img").display().to_string();
     for phase in ["extra-data.d", "cleanup.d"] {
         let v = values(&format!("host-{phase}"));
-        let want_cache = user_home().join(".cache/image-create").display().to_string();
+        let want_cache = user_home()
+            .join(".cache/image-create")
+            .display()
+            .to_string();
         for (k, want) in [
             ("same_root", "yes"),
             ("DIB_IMAGE_CACHE", want_cache.as_str()),
@@ -263,21 +337,47 @@ fn host_side_hooks_see_diskimage_builders_core_variables() {
             ("DIB_DEBUG_TRACE", "2"),
             ("IMAGE_NAME", out.as_str()),
             ("python", "3"),
-            ("lib_files", "common-defaults common-functions die img-defaults img-functions "),
+            (
+                "lib_files",
+                "common-defaults common-functions die img-defaults img-functions ",
+            ),
             ("die", "function"),
             ("die_exit", "gone 1"),
             ("DIB_KILN_TEST", DIB_KILN_TEST),
         ] {
-            assert_eq!(v.get(k).map(String::as_str), Some(want), "{phase} {k}:\n{}", file(&format!("host-{phase}")));
+            assert_eq!(
+                v.get(k).map(String::as_str),
+                Some(want),
+                "{phase} {k}:\n{}",
+                file(&format!("host-{phase}"))
+            );
         }
         let args = &v["DIB_ARGS"];
-        assert!(args.starts_with("-x -x -t tar --install-type package -o ") && args.contains(&out) && args.ends_with("dib-serial"), "{args}");
-        assert!(v["element_dib_env"].ends_with("/flavours/dib-env"), "{:?}", v["element_dib_env"]);
+        assert!(
+            args.starts_with("-x -x -t tar --install-type package -o ")
+                && args.contains(&out)
+                && args.ends_with("dib-serial"),
+            "{args}"
+        );
+        assert!(
+            v["element_dib_env"].ends_with("/flavours/dib-env"),
+            "{:?}",
+            v["element_dib_env"]
+        );
         // diskimage-builder's meaning: the search path in order, the caller's entries first,
         // the built-in flavours last.
         let search: Vec<&str> = v["ELEMENTS_PATH"].split(':').collect();
-        assert!(search.len() >= 3 && search[0].ends_with("/flavours") && search[1].ends_with("test-flavours"), "{search:?}");
-        assert!(search.last().unwrap().ends_with("/flavours") && !search.last().unwrap().contains("kiln-test-"), "{search:?}");
+        assert!(
+            search.len() >= 3
+                && search[0].ends_with("/flavours")
+                && search[1].ends_with("test-flavours"),
+            "{search:?}"
+        );
+        assert!(
+            search.last().unwrap().ends_with("/flavours")
+                && !search.last().unwrap().contains("kiln-test-"),
+            "{search:?}"
+        );
     }
 }
 
@@ -285,8 +385,17 @@ fn host_side_hooks_see_diskimage_builders_core_variables() {
 fn host_side_hooks_can_source_the_library_functions_elements_call() {
     let v = values("host-cleanup.d");
     let k = &v["kernel"];
-    assert!(k.starts_with("vmlinuz-") && k.contains(" ramdisk=initrd.img-") && k.ends_with(" bootdir=ok"), "{k}");
-    assert!(v["pts_options"].starts_with("-o rw,"), "{:?}", v["pts_options"]);
+    assert!(
+        k.starts_with("vmlinuz-")
+            && k.contains(" ramdisk=initrd.img-")
+            && k.ends_with(" bootdir=ok"),
+        "{k}"
+    );
+    assert!(
+        v["pts_options"].starts_with("-o rw,"),
+        "{:?}",
+        v["pts_options"]
+    );
 }
 
 #[test]
@@ -307,7 +416,12 @@ fn hooks_inside_see_the_variables_but_no_host_paths_or_host_functions() {
         ("DIB_ENV", "unset"),
         ("DIB_PYTHON_EXEC", "unset"),
     ] {
-        assert_eq!(v.get(k).map(String::as_str), Some(want), "{k}:\n{}", file("inside"));
+        assert_eq!(
+            v.get(k).map(String::as_str),
+            Some(want),
+            "{k}:\n{}",
+            file("inside")
+        );
     }
 }
 
@@ -321,8 +435,15 @@ fn host_side_hooks_have_a_sudo_that_runs_the_command_as_it_is() {
     assert_eq!(sudo["bash_c"], "bash-c\n");
     assert_eq!(sudo["other_user_status"], "1\n");
     let err = &sudo["other_user_error"];
-    assert!(err.contains("-u nobody") && err.contains("host-side hooks can only be root"), "{err}");
-    assert!(sudo["which"].trim().ends_with("/dib-lib/host-bin/sudo"), "{}", sudo["which"]);
+    assert!(
+        err.contains("-u nobody") && err.contains("host-side hooks can only be root"),
+        "{err}"
+    );
+    assert!(
+        sudo["which"].trim().ends_with("/dib-lib/host-bin/sudo"),
+        "{}",
+        sudo["which"]
+    );
     // Inside the image kiln's sudo is not on PATH: the image's own is (or none).
     let inside = &values("inside")["sudo"];
     assert!(!inside.contains("dib-lib"), "{inside}");
@@ -334,8 +455,15 @@ fn element_trees_merge_into_the_hooks_directory_as_diskimage_builder() {
     let t = read_dir_from_tar(&b.scratch.join("img.tar"), "root/kiln-dib/tree");
     assert_eq!(t["bin_a"], "tool a\n");
     assert_eq!(t["bin_b"], "tool b\n");
-    assert_eq!(t["init_scripts"], "a.service\nb.service\n", "same-named directories merge");
-    assert!(t["source_repository"].starts_with("a git /tmp/a "), "{}", t["source_repository"]);
+    assert_eq!(
+        t["init_scripts"], "a.service\nb.service\n",
+        "same-named directories merge"
+    );
+    assert!(
+        t["source_repository"].starts_with("a git /tmp/a "),
+        "{}",
+        t["source_repository"]
+    );
     assert_eq!(t["top_level_last_wins"], "{\"from\": \"b\"}\n");
     assert_eq!(t["tests_dir"], "absent\n");
     assert_eq!(file("tree-host"), "tool a\n");
@@ -350,10 +478,18 @@ fn the_same_file_in_two_element_trees_is_an_error_naming_both() {
     let mut args = vec!["-t", "tar", "-o", out.to_str().unwrap()];
     args.extend(IMAGE_FLAVOURS);
     args.extend(["clash-a", "clash-b"]);
-    let o = kiln("disk-image-create", &args).env("ELEMENTS_PATH", test_flavours_path(&[&flavours])).env("TMPDIR", &tmp).output().unwrap();
+    let o = kiln("disk-image-create", &args)
+        .env("ELEMENTS_PATH", test_flavours_path(&[&flavours]))
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
     let text = output_text(&o);
     assert!(!o.status.success(), "{text}");
-    for f in ["clash-a/bin/same-tool", "clash-b/bin/same-tool", "two flavours ship bin/same-tool"] {
+    for f in [
+        "clash-a/bin/same-tool",
+        "clash-b/bin/same-tool",
+        "two flavours ship bin/same-tool",
+    ] {
         assert!(text.contains(f), "the error should name {f}:\n{text}");
     }
     assert!(!text.contains("panicked"), "{text}");

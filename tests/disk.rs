@@ -32,12 +32,25 @@ fn vm_build() -> &'static VmBuild {
         let tmp = scratch.join("tmp");
         std::fs::create_dir_all(&tmp).unwrap();
         chown_to_user(&tmp);
-        let mut args = vec!["-t", "qcow2,raw,vhd,vmdk,tar", "--checksum", "-o", out.to_str().unwrap()];
+        let mut args = vec![
+            "-t",
+            "qcow2,raw,vhd,vmdk,tar",
+            "--checksum",
+            "-o",
+            out.to_str().unwrap(),
+        ];
         args.extend(IMAGE_FLAVOURS);
         args.push("boot-report");
-        let o = run_ok(kiln("disk-image-create", &args).env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", &tmp));
+        let o = run_ok(
+            kiln("disk-image-create", &args)
+                .env("ELEMENTS_PATH", test_flavours_path(&[]))
+                .env("TMPDIR", &tmp),
+        );
         let log = String::from_utf8_lossy(&o.stderr);
-        assert!(log.contains("KILN-BLOCK-DEVICE disk.raw partitions=3"), "block-device.d did not see the laid-out disk:\n{log}");
+        assert!(
+            log.contains("KILN-BLOCK-DEVICE disk.raw partitions=3"),
+            "block-device.d did not see the laid-out disk:\n{log}"
+        );
         let mut expected = vec!["tmp".to_string()];
         for f in ["qcow2", "raw", "vhd", "vmdk", "tar"] {
             for suffix in ["", ".sha256", ".md5"] {
@@ -49,7 +62,11 @@ fn vm_build() -> &'static VmBuild {
         for f in ["qcow2", "raw", "vhd", "vmdk", "tar"] {
             let p = PathBuf::from(format!("{}.{f}", out.display()));
             let m = std::fs::metadata(&p).unwrap();
-            eprintln!("size of {f}: {} MiB on disk ({} MiB apparent)", m_blocks(&m) / 1048576, m.len() / 1048576);
+            eprintln!(
+                "size of {f}: {} MiB on disk ({} MiB apparent)",
+                m_blocks(&m) / 1048576,
+                m.len() / 1048576
+            );
         }
         VmBuild { scratch, out }
     })
@@ -61,7 +78,12 @@ fn m_blocks(m: &std::fs::Metadata) -> u64 {
 
 fn chown_to_user(p: &Path) {
     if let Some(u) = &env().user {
-        nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid))).unwrap();
+        nix::unistd::chown(
+            p,
+            Some(nix::unistd::Uid::from_raw(u.uid)),
+            Some(nix::unistd::Gid::from_raw(u.gid)),
+        )
+        .unwrap();
     }
 }
 
@@ -69,7 +91,9 @@ fn chown_to_user(p: &Path) {
 fn overlay(b: &VmBuild, name: &str, size: Option<&str>) -> PathBuf {
     let p = b.scratch.join(name);
     let mut cmd = Command::new("qemu-img");
-    cmd.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(b.file("qcow2")).arg(&p);
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(b.file("qcow2"))
+        .arg(&p);
     if let Some(s) = size {
         cmd.arg(s);
     }
@@ -79,8 +103,14 @@ fn overlay(b: &VmBuild, name: &str, size: Option<&str>) -> PathBuf {
 
 fn boot_to_login(image: &Path, firmware: Firmware, format: &str) -> String {
     let mut g = Boot::start(image, &BootOptions::new(firmware, format)).unwrap();
-    let t = g.wait_for("login:", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
-    eprintln!("{} ({firmware:?}, {format}): login prompt after {:.1}s", image.display(), t.as_secs_f64());
+    let t = g
+        .wait_for("login:", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "{} ({firmware:?}, {format}): login prompt after {:.1}s",
+        image.display(),
+        t.as_secs_f64()
+    );
     g.console()
 }
 
@@ -90,9 +120,11 @@ fn boot_and_power_off(image: &Path) -> String {
     let mut opts = BootOptions::new(Firmware::Bios, "qcow2");
     opts.snapshot = false;
     let mut g = Boot::start(image, &opts).unwrap();
-    g.wait_for("login:", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
+    g.wait_for("login:", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     g.send_line("root").unwrap();
-    g.wait_for("#", Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e:#}"));
+    g.wait_for("#", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e:#}"));
     g.send_line("poweroff").unwrap();
     let _ = g.wait_for("reboot: Power down", Duration::from_secs(180));
     g.console()
@@ -102,7 +134,10 @@ fn boot_and_power_off(image: &Path) -> String {
 fn vm_qcow2_boots_under_seabios() {
     let b = vm_build();
     let console = boot_to_login(&b.file("qcow2"), Firmware::Bios, "qcow2");
-    assert!(console.contains("GRUB") || console.contains("Booting"), "no bootloader output:\n{console}");
+    assert!(
+        console.contains("GRUB") || console.contains("Booting"),
+        "no bootloader output:\n{console}"
+    );
 }
 
 #[test]
@@ -122,9 +157,15 @@ fn first_boot_hook_runs_on_the_first_boot_only() {
     let b = vm_build();
     let disk = overlay(b, "first-boot.qcow2", None);
     let first = boot_and_power_off(&disk);
-    assert!(first.contains("KILN-FIRST-BOOT-MARKER"), "marker missing on first boot:\n{first}");
+    assert!(
+        first.contains("KILN-FIRST-BOOT-MARKER"),
+        "marker missing on first boot:\n{first}"
+    );
     let second = boot_and_power_off(&disk);
-    assert!(!second.contains("KILN-FIRST-BOOT-MARKER"), "marker on the second boot:\n{second}");
+    assert!(
+        !second.contains("KILN-FIRST-BOOT-MARKER"),
+        "marker on the second boot:\n{second}"
+    );
 }
 
 #[test]
@@ -132,8 +173,10 @@ fn growroot_fills_a_resized_disk() {
     let b = vm_build();
     let disk = overlay(b, "grown.qcow2", Some("6G"));
     let mut g = Boot::start(&disk, &BootOptions::new(Firmware::Bios, "qcow2")).unwrap();
-    g.wait_for("KILN-ROOT-SIZE ", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
-    g.wait_for("login:", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e:#}"));
+    g.wait_for("KILN-ROOT-SIZE ", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    g.wait_for("login:", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let console = g.console();
     let size: u64 = console
         .lines()
@@ -141,24 +184,51 @@ fn growroot_fills_a_resized_disk() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no size on the console:\n{console}"));
-    assert!(size > 5 << 30, "root is {size} bytes on a 6 GiB disk:\n{console}");
+    assert!(
+        size > 5 << 30,
+        "root is {size} bytes on a 6 GiB disk:\n{console}"
+    );
 }
 
 #[test]
 fn every_format_is_recognised_and_checksums_verify() {
     let b = vm_build();
-    for (ext, qemu_format) in [("qcow2", "qcow2"), ("raw", "raw"), ("vhd", "vpc"), ("vmdk", "vmdk")] {
-        let o = Command::new("qemu-img").args(["info", "--output=json"]).arg(b.file(ext)).output().unwrap();
+    for (ext, qemu_format) in [
+        ("qcow2", "qcow2"),
+        ("raw", "raw"),
+        ("vhd", "vpc"),
+        ("vmdk", "vmdk"),
+    ] {
+        let o = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(b.file(ext))
+            .output()
+            .unwrap();
         assert!(o.status.success());
         let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(info["format"], qemu_format, "{ext}: {info}");
     }
-    let listing = Command::new("tar").arg("-tf").arg(b.file("tar")).output().unwrap();
-    assert!(String::from_utf8_lossy(&listing.stdout).lines().any(|l| l == "./etc/shadow"));
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(b.file("tar"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .any(|l| l == "./etc/shadow"));
     for ext in ["qcow2", "raw", "vhd", "vmdk", "tar"] {
         for (tool, sum) in [("sha256sum", "sha256"), ("md5sum", "md5")] {
-            let st = Command::new(tool).arg("-c").arg(b.file(&format!("{ext}.{sum}"))).current_dir(&b.scratch.path).output().unwrap();
-            assert!(st.status.success(), "{tool} -c vm.{ext}.{sum}: {}", String::from_utf8_lossy(&st.stdout));
+            let st = Command::new(tool)
+                .arg("-c")
+                .arg(b.file(&format!("{ext}.{sum}")))
+                .current_dir(&b.scratch.path)
+                .output()
+                .unwrap();
+            assert!(
+                st.status.success(),
+                "{tool} -c vm.{ext}.{sum}: {}",
+                String::from_utf8_lossy(&st.stdout)
+            );
         }
     }
 }
@@ -166,12 +236,29 @@ fn every_format_is_recognised_and_checksums_verify() {
 #[test]
 fn partition_table_is_gpt_with_bios_boot_esp_and_root_last() {
     let b = vm_build();
-    let o = Command::new("sfdisk").arg("-J").arg(b.file("raw")).output().unwrap();
+    let o = Command::new("sfdisk")
+        .arg("-J")
+        .arg(b.file("raw"))
+        .output()
+        .unwrap();
     let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(t["partitiontable"]["label"], "gpt");
     let parts = t["partitiontable"]["partitions"].as_array().unwrap();
-    let types: Vec<String> = parts.iter().map(|p| p["type"].as_str().unwrap().to_uppercase()).collect();
-    assert!(types.contains(&"21686148-6449-6E6F-744E-656564454649".to_string()), "{types:?}");
-    assert!(types.contains(&"C12A7328-F81F-11D2-BA4B-00A0C93EC93B".to_string()), "{types:?}");
-    assert_eq!(types.last().unwrap(), "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "root must be last to grow");
+    let types: Vec<String> = parts
+        .iter()
+        .map(|p| p["type"].as_str().unwrap().to_uppercase())
+        .collect();
+    assert!(
+        types.contains(&"21686148-6449-6E6F-744E-656564454649".to_string()),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&"C12A7328-F81F-11D2-BA4B-00A0C93EC93B".to_string()),
+        "{types:?}"
+    );
+    assert_eq!(
+        types.last().unwrap(),
+        "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+        "root must be last to grow"
+    );
 }

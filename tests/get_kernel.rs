@@ -15,7 +15,11 @@ const INITRD: &str = "initrd.img-6.1.0-1-amd64";
 
 fn sh(cmd: &mut Command) {
     let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Text with noise between, so `qemu-img convert -c` stores some clusters
@@ -51,18 +55,32 @@ fn synthetic(s: &Scratch, name: &str, with_kernel: bool) -> PathBuf {
         symlink(format!("boot/{KERNEL}"), tree.join("vmlinuz")).unwrap();
     }
     let fs = s.join(&format!("{name}.fs"));
-    sh(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&tree).arg(&fs).arg("8M"));
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&fs)
+        .arg("8M"));
     let raw = s.join(&format!("{name}.raw"));
-    std::fs::File::create(&raw).unwrap().set_len(12 << 20).unwrap();
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(12 << 20)
+        .unwrap();
     let mut sf = Command::new("sfdisk");
-    sf.args(["-q", "--no-reread", "--no-tell-kernel"]).arg(&raw).stdin(Stdio::piped()).stdout(Stdio::null());
+    sf.args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&raw)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
     let mut child = sf.spawn().unwrap();
     let script = "label: gpt\nsize=1MiB, type=U, name=ESP\nsize=8MiB, type=L, name=root\n";
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success(), "sfdisk");
     let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
-    f.write_all_at(&std::fs::read(&fs).unwrap(), 2 << 20).unwrap();
-    sh(Command::new("qemu-img").args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(s.join(&format!("{name}.qcow2"))));
+    f.write_all_at(&std::fs::read(&fs).unwrap(), 2 << 20)
+        .unwrap();
+    sh(Command::new("qemu-img")
+        .args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(s.join(&format!("{name}.qcow2"))));
     chmod_a_r(&s.path);
     tree
 }
@@ -81,12 +99,21 @@ fn out_dir(s: &Scratch, name: &str) -> PathBuf {
 
 fn chown_to_user(p: &Path) {
     if let Some(u) = &env().user {
-        nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid))).unwrap();
+        nix::unistd::chown(
+            p,
+            Some(nix::unistd::Uid::from_raw(u.uid)),
+            Some(nix::unistd::Gid::from_raw(u.gid)),
+        )
+        .unwrap();
     }
 }
 
 fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -101,18 +128,39 @@ fn extracts_kernel_and_initrd_from_a_compressed_qcow2() {
     let tree = synthetic(&s, "img", true);
     let out = out_dir(&s, "out");
     let img = s.join("img.qcow2");
-    let o = run_ok(&mut kiln("disk-image-get-kernel", &["-i", img.to_str().unwrap(), "-d", out.to_str().unwrap()]));
+    let o = run_ok(&mut kiln(
+        "disk-image-get-kernel",
+        &["-i", img.to_str().unwrap(), "-d", out.to_str().unwrap()],
+    ));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains(&format!("/boot/{KERNEL}")) && stdout.contains(&format!("/boot/{INITRD}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("/boot/{KERNEL}")) && stdout.contains(&format!("/boot/{INITRD}")),
+        "{stdout}"
+    );
     assert_eq!(listing(&out), ["baremetal-initrd", "baremetal-vmlinuz"]);
-    assert!(std::fs::read(out.join("baremetal-vmlinuz")).unwrap() == std::fs::read(tree.join("boot").join(KERNEL)).unwrap());
-    assert!(std::fs::read(out.join("baremetal-initrd")).unwrap() == std::fs::read(tree.join("boot").join(INITRD)).unwrap());
+    assert!(
+        std::fs::read(out.join("baremetal-vmlinuz")).unwrap()
+            == std::fs::read(tree.join("boot").join(KERNEL)).unwrap()
+    );
+    assert!(
+        std::fs::read(out.join("baremetal-initrd")).unwrap()
+            == std::fs::read(tree.join("boot").join(INITRD)).unwrap()
+    );
 
     // Raw, a prefix, and the current directory as the default -d.
     let here = out_dir(&s, "here");
-    run_ok(kiln("disk-image-get-kernel", &["-i", s.join("img.raw").to_str().unwrap(), "-o", "node1"]).current_dir(&here));
+    run_ok(
+        kiln(
+            "disk-image-get-kernel",
+            &["-i", s.join("img.raw").to_str().unwrap(), "-o", "node1"],
+        )
+        .current_dir(&here),
+    );
     assert_eq!(listing(&here), ["node1-initrd", "node1-vmlinuz"]);
-    assert!(std::fs::read(here.join("node1-vmlinuz")).unwrap() == std::fs::read(tree.join("boot").join(KERNEL)).unwrap());
+    assert!(
+        std::fs::read(here.join("node1-vmlinuz")).unwrap()
+            == std::fs::read(tree.join("boot").join(KERNEL)).unwrap()
+    );
 }
 
 #[test]
@@ -122,9 +170,12 @@ fn patterns_from_the_environment_choose() {
     let out = out_dir(&s, "out");
     let img = s.join("img.qcow2");
     let o = run_ok(
-        kiln("disk-image-get-kernel", &["-i", img.to_str().unwrap(), "-d", out.to_str().unwrap()])
-            .env("DIB_BAREMETAL_KERNEL_PATTERN", "vmlinuz-5.10*")
-            .env("DIB_BAREMETAL_INITRD_PATTERN", "initrd.img-5.*"),
+        kiln(
+            "disk-image-get-kernel",
+            &["-i", img.to_str().unwrap(), "-d", out.to_str().unwrap()],
+        )
+        .env("DIB_BAREMETAL_KERNEL_PATTERN", "vmlinuz-5.10*")
+        .env("DIB_BAREMETAL_INITRD_PATTERN", "initrd.img-5.*"),
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("initrd.img-5.10.0-9-amd64"));
     assert!(std::fs::read(out.join("baremetal-vmlinuz")).unwrap() == content(3, 10_000));
@@ -134,7 +185,14 @@ fn patterns_from_the_environment_choose() {
 fn help_explains_the_options() {
     let o = run_ok(&mut kiln("disk-image-get-kernel", &["-h"]));
     let text = String::from_utf8_lossy(&o.stdout);
-    for needle in ["-i <IMAGE>", "-d <DIR>", "-o <PREFIX>", "baremetal", "DIB_BAREMETAL_KERNEL_PATTERN", "qcow2"] {
+    for needle in [
+        "-i <IMAGE>",
+        "-d <DIR>",
+        "-o <PREFIX>",
+        "baremetal",
+        "DIB_BAREMETAL_KERNEL_PATTERN",
+        "qcow2",
+    ] {
         assert!(text.contains(needle), "-h should mention {needle}:\n{text}");
     }
 }
@@ -163,23 +221,50 @@ fn errors_are_plain_and_leave_no_files() {
     ] {
         let r = get_kernel(&["-i", &image, "-d", &dir]);
         let err = String::from_utf8_lossy(&r.stderr);
-        assert_eq!(r.status.code(), Some(1), "{image} → {dir}: {}", output_text(&r));
-        assert!(err.starts_with("disk-image-get-kernel: error: ") && err.contains(needle), "{image}: want {needle:?}:\n{err}");
-        assert!(!err.contains("panicked") && !err.contains("os error"), "{err}");
-        assert!(listing(&out).is_empty() && listing(&locked).is_empty(), "files left: {:?}", listing(&out));
+        assert_eq!(
+            r.status.code(),
+            Some(1),
+            "{image} → {dir}: {}",
+            output_text(&r)
+        );
+        assert!(
+            err.starts_with("disk-image-get-kernel: error: ") && err.contains(needle),
+            "{image}: want {needle:?}:\n{err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("os error"),
+            "{err}"
+        );
+        assert!(
+            listing(&out).is_empty() && listing(&locked).is_empty(),
+            "files left: {:?}",
+            listing(&out)
+        );
     }
 }
 
 fn sfdisk_partitions(raw: &Path) -> Vec<serde_json::Value> {
     let o = Command::new("sfdisk").arg("-J").arg(raw).output().unwrap();
     let t: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    t["partitiontable"]["partitions"].as_array().unwrap().clone()
+    t["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn debugfs_dump(raw: &Path, offset: u64, path: &str, to: &Path) -> Vec<u8> {
     let spec = format!("{}?offset={offset}", raw.display());
-    let o = Command::new("debugfs").arg("-R").arg(format!("dump {path} {}", to.display())).arg(&spec).output().unwrap();
-    assert!(o.status.success(), "debugfs: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump {path} {}", to.display()))
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "debugfs: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     std::fs::read(to).unwrap_or_else(|e| panic!("debugfs dumped nothing for {path}: {e}"))
 }
 
@@ -191,39 +276,82 @@ fn matches_debugfs_on_a_kiln_built_vm_image() {
     let (qcow2, raw) = match std::env::var_os("KILN_TEST_VM_IMAGE") {
         Some(q) => {
             let raw = s.join("vm.raw");
-            sh(Command::new("qemu-img").args(["convert", "-q", "-O", "raw"]).arg(&q).arg(&raw));
+            sh(Command::new("qemu-img")
+                .args(["convert", "-q", "-O", "raw"])
+                .arg(&q)
+                .arg(&raw));
             (PathBuf::from(q), raw)
         }
         None => {
             let tmp = out_dir(&s, "tmp");
             let out = s.join("vm");
-            let mut args = vec!["-t", "qcow2,raw", "--image-size", "2G", "-o", out.to_str().unwrap()];
+            let mut args = vec![
+                "-t",
+                "qcow2,raw",
+                "--image-size",
+                "2G",
+                "-o",
+                out.to_str().unwrap(),
+            ];
             args.extend(IMAGE_FLAVOURS);
             run_ok(kiln("disk-image-create", &args).env("TMPDIR", &tmp));
             (s.join("vm.qcow2"), s.join("vm.raw"))
         }
     };
     let parts = sfdisk_partitions(&raw);
-    let root = parts.iter().find(|p| p["name"] == "root").or(parts.last()).unwrap();
+    let root = parts
+        .iter()
+        .find(|p| p["name"] == "root")
+        .or(parts.last())
+        .unwrap();
     let offset = root["start"].as_u64().unwrap() * 512;
 
     for image in [&qcow2, &raw] {
-        let out = out_dir(&s, &format!("out-{}", image.extension().unwrap().to_string_lossy()));
+        let out = out_dir(
+            &s,
+            &format!("out-{}", image.extension().unwrap().to_string_lossy()),
+        );
         let started = Instant::now();
-        let o = run_ok(&mut kiln("disk-image-get-kernel", &["-i", image.to_str().unwrap(), "-d", out.to_str().unwrap()]));
+        let o = run_ok(&mut kiln(
+            "disk-image-get-kernel",
+            &["-i", image.to_str().unwrap(), "-d", out.to_str().unwrap()],
+        ));
         let took = started.elapsed();
-        let size = Command::new("qemu-img").args(["info", "--output=json"]).arg(image).output().unwrap();
+        let size = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(image)
+            .output()
+            .unwrap();
         let size: serde_json::Value = serde_json::from_slice(&size.stdout).unwrap();
-        eprintln!("disk-image-get-kernel on {} ({} bytes virtual): {:.3} s", image.display(), size["virtual-size"], took.as_secs_f64());
+        eprintln!(
+            "disk-image-get-kernel on {} ({} bytes virtual): {:.3} s",
+            image.display(),
+            size["virtual-size"],
+            took.as_secs_f64()
+        );
         assert!(took.as_secs() < 10, "took {took:?}");
         let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-        let chosen: Vec<&str> = stdout.lines().filter_map(|l| l.rsplit_once(", ").map(|(_, p)| p.trim_end_matches(')'))).collect();
+        let chosen: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| l.rsplit_once(", ").map(|(_, p)| p.trim_end_matches(')')))
+            .collect();
         assert_eq!(chosen.len(), 2, "{stdout}");
-        assert!(chosen[0].starts_with("/boot/vmlinuz-") && chosen[1].starts_with("/boot/initrd.img-"), "{stdout}");
+        assert!(
+            chosen[0].starts_with("/boot/vmlinuz-") && chosen[1].starts_with("/boot/initrd.img-"),
+            "{stdout}"
+        );
         let k = debugfs_dump(&raw, offset, chosen[0], &s.join("dbg-vmlinuz"));
         let i = debugfs_dump(&raw, offset, chosen[1], &s.join("dbg-initrd"));
-        assert!(std::fs::read(out.join("baremetal-vmlinuz")).unwrap() == k, "{}: kernel differs from debugfs", image.display());
-        assert!(std::fs::read(out.join("baremetal-initrd")).unwrap() == i, "{}: initrd differs from debugfs", image.display());
+        assert!(
+            std::fs::read(out.join("baremetal-vmlinuz")).unwrap() == k,
+            "{}: kernel differs from debugfs",
+            image.display()
+        );
+        assert!(
+            std::fs::read(out.join("baremetal-initrd")).unwrap() == i,
+            "{}: initrd differs from debugfs",
+            image.display()
+        );
     }
 }
 
@@ -240,14 +368,22 @@ fn refuses_a_fifo_a_character_device_a_directory_and_a_socket_at_once() {
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     chown_to_user(&sock);
     let out = out_dir(&s, "out");
-    let cases = [(fifo, "is a FIFO"), (PathBuf::from("/dev/zero"), "is a character device"), (dir, "is a directory"), (sock, "is a socket")];
+    let cases = [
+        (fifo, "is a FIFO"),
+        (PathBuf::from("/dev/zero"), "is a character device"),
+        (dir, "is a directory"),
+        (sock, "is a socket"),
+    ];
     for (input, what) in cases {
         let started = Instant::now();
-        let mut child = kiln("disk-image-get-kernel", &["-i", input.to_str().unwrap(), "-d", out.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = kiln(
+            "disk-image-get-kernel",
+            &["-i", input.to_str().unwrap(), "-d", out.to_str().unwrap()],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
         // A hang must fail the test, not hold it.
         while child.try_wait().unwrap().is_none() && started.elapsed().as_secs() < 10 {
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -257,12 +393,33 @@ fn refuses_a_fifo_a_character_device_a_directory_and_a_socket_at_once() {
             child.kill().unwrap();
         }
         let r = child.wait_with_output().unwrap();
-        eprintln!("{}: refused in {:.3} s", input.display(), took.as_secs_f64());
-        assert!(took.as_secs_f64() < 1.0, "{}: took {took:?}; {}", input.display(), output_text(&r));
-        assert_eq!(r.status.code(), Some(1), "{}: {}", input.display(), output_text(&r));
+        eprintln!(
+            "{}: refused in {:.3} s",
+            input.display(),
+            took.as_secs_f64()
+        );
+        assert!(
+            took.as_secs_f64() < 1.0,
+            "{}: took {took:?}; {}",
+            input.display(),
+            output_text(&r)
+        );
+        assert_eq!(
+            r.status.code(),
+            Some(1),
+            "{}: {}",
+            input.display(),
+            output_text(&r)
+        );
         let err = String::from_utf8_lossy(&r.stderr);
-        assert!(err.contains(&format!("{} {what}, not a disk image", input.display())), "want {what:?}:\n{err}");
-        assert!(!err.contains("panicked") && !err.contains("os error"), "{err}");
+        assert!(
+            err.contains(&format!("{} {what}, not a disk image", input.display())),
+            "want {what:?}:\n{err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("os error"),
+            "{err}"
+        );
         assert!(listing(&out).is_empty(), "files left: {:?}", listing(&out));
     }
 }
@@ -278,9 +435,25 @@ fn a_planted_link_at_the_output_name_is_replaced_not_followed() {
     std::fs::write(&victim, "not to be overwritten").unwrap();
     chown_to_user(&victim);
     symlink(&victim, out.join("baremetal-vmlinuz")).unwrap();
-    run_ok(&mut kiln("disk-image-get-kernel", &["-i", s.join("img.raw").to_str().unwrap(), "-d", out.to_str().unwrap()]));
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not to be overwritten");
-    assert!(std::fs::symlink_metadata(out.join("baremetal-vmlinuz")).unwrap().is_file());
-    assert!(std::fs::read(out.join("baremetal-vmlinuz")).unwrap() == std::fs::read(tree.join("boot").join(KERNEL)).unwrap());
+    run_ok(&mut kiln(
+        "disk-image-get-kernel",
+        &[
+            "-i",
+            s.join("img.raw").to_str().unwrap(),
+            "-d",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "not to be overwritten"
+    );
+    assert!(std::fs::symlink_metadata(out.join("baremetal-vmlinuz"))
+        .unwrap()
+        .is_file());
+    assert!(
+        std::fs::read(out.join("baremetal-vmlinuz")).unwrap()
+            == std::fs::read(tree.join("boot").join(KERNEL)).unwrap()
+    );
     assert_eq!(listing(&out), ["baremetal-initrd", "baremetal-vmlinuz"]);
 }

@@ -35,13 +35,20 @@ impl Canaries {
         for (path, want) in [(&self.mine, KILNTEST_CANARY), (&self.anyones, ROOT_CANARY)] {
             let got = std::fs::read(path).unwrap();
             let start = String::from_utf8_lossy(&got[..got.len().min(200)]);
-            assert!(got == want, "{} was written through a link; it begins {start:?}", path.display());
+            assert!(
+                got == want,
+                "{} was written through a link; it begins {start:?}",
+                path.display()
+            );
         }
     }
 }
 
 fn user() -> User {
-    env().user.clone().expect("tests/outputs.rs plants files as a second user: run the tests as root")
+    env()
+        .user
+        .clone()
+        .expect("tests/outputs.rs plants files as a second user: run the tests as root")
 }
 
 /// A directory like /tmp (`mode` 1777) or a group's shared one (0777), owned by
@@ -68,16 +75,47 @@ fn plant(dir: &Path, name: &str, target: &Path, owner: Option<&User>) -> PathBuf
 /// their `.tmp`) for the pids the build is likely to get, and names other tools
 /// use for partial files.
 fn predictable_names(name: &str, fmt: &str) -> Vec<String> {
-    let read = |f: &str| std::fs::read_to_string(f).unwrap().trim().parse::<u32>().unwrap();
-    let (last, max) = (read("/proc/sys/kernel/ns_last_pid"), read("/proc/sys/kernel/pid_max"));
+    let read = |f: &str| {
+        std::fs::read_to_string(f)
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let (last, max) = (
+        read("/proc/sys/kernel/ns_last_pid"),
+        read("/proc/sys/kernel/pid_max"),
+    );
     let mut names = Vec::new();
     for k in 1..=3000 {
         // Past pid_max the kernel starts again above the reserved pids.
-        let pid = if last + k < max { last + k } else { 300 + (last + k - max) };
+        let pid = if last + k < max {
+            last + k
+        } else {
+            300 + (last + k - max)
+        };
         let t = format!(".{name}.{fmt}.kiln-{pid}");
-        names.extend([format!("{t}.sha256.tmp"), format!("{t}.md5.tmp"), format!("{t}.sha256"), format!("{t}.md5"), t]);
+        names.extend([
+            format!("{t}.sha256.tmp"),
+            format!("{t}.md5.tmp"),
+            format!("{t}.sha256"),
+            format!("{t}.md5"),
+            t,
+        ]);
     }
-    for n in [".{n}.{f}.tmp", "{n}.{f}.part", "{n}.{f}.tmp", ".{n}.{f}", "{n}.{f}.sha256.tmp", "{n}.{f}.md5.tmp", ".{n}.{f}.sha256.tmp", "{n}.tmp", ".{n}.kiln-XXXXXX", ".{n}.kiln-000000", ".{n}.kiln-aaaaaa"] {
+    for n in [
+        ".{n}.{f}.tmp",
+        "{n}.{f}.part",
+        "{n}.{f}.tmp",
+        ".{n}.{f}",
+        "{n}.{f}.sha256.tmp",
+        "{n}.{f}.md5.tmp",
+        ".{n}.{f}.sha256.tmp",
+        "{n}.tmp",
+        ".{n}.kiln-XXXXXX",
+        ".{n}.kiln-000000",
+        ".{n}.kiln-aaaaaa",
+    ] {
         names.push(n.replace("{n}", name).replace("{f}", fmt));
     }
     names
@@ -88,7 +126,8 @@ fn tar_build(out: &Path, tmp: &Path, extra: &[&str]) -> Command {
     args.extend(IMAGE_FLAVOURS);
     args.extend(extra);
     let mut cmd = kiln("disk-image-create", &args);
-    cmd.env("ELEMENTS_PATH", test_flavours_path(&[])).env("TMPDIR", tmp);
+    cmd.env("ELEMENTS_PATH", test_flavours_path(&[]))
+        .env("TMPDIR", tmp);
     cmd
 }
 
@@ -96,18 +135,41 @@ fn tar_build(out: &Path, tmp: &Path, extra: &[&str]) -> Command {
 /// the image, and both checksum files name NAME.tar and match it.
 fn assert_outputs(dir: &Path, name: &str) {
     let u = user();
-    for f in [format!("{name}.tar"), format!("{name}.tar.sha256"), format!("{name}.tar.md5")] {
+    for f in [
+        format!("{name}.tar"),
+        format!("{name}.tar.sha256"),
+        format!("{name}.tar.md5"),
+    ] {
         let m = std::fs::symlink_metadata(dir.join(&f)).unwrap();
-        assert!(m.file_type().is_file(), "{f} is not a regular file: {:?}", m.file_type());
+        assert!(
+            m.file_type().is_file(),
+            "{f} is not a regular file: {:?}",
+            m.file_type()
+        );
         assert_eq!((m.uid(), m.nlink()), (u.uid, 1), "{f}");
     }
-    let list = Command::new("tar").arg("-tf").arg(dir.join(format!("{name}.tar"))).output().unwrap();
+    let list = Command::new("tar")
+        .arg("-tf")
+        .arg(dir.join(format!("{name}.tar")))
+        .output()
+        .unwrap();
     assert!(list.status.success());
-    assert!(String::from_utf8_lossy(&list.stdout).lines().any(|l| l == "./etc/os-release"), "the tar holds no image");
+    assert!(
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .any(|l| l == "./etc/os-release"),
+        "the tar holds no image"
+    );
     for (sum, tool) in [("sha256", "sha256sum"), ("md5", "md5sum")] {
         let text = std::fs::read_to_string(dir.join(format!("{name}.tar.{sum}"))).unwrap();
         assert!(text.ends_with(&format!("  {name}.tar\n")), "{sum}: {text}");
-        let check = Command::new(tool).arg("-c").arg("--strict").arg(format!("{name}.tar.{sum}")).current_dir(dir).output().unwrap();
+        let check = Command::new(tool)
+            .arg("-c")
+            .arg("--strict")
+            .arg(format!("{name}.tar.{sum}"))
+            .current_dir(dir)
+            .output()
+            .unwrap();
         assert!(check.status.success(), "{tool} -c: {}", output_text(&check));
     }
 }
@@ -115,7 +177,12 @@ fn assert_outputs(dir: &Path, name: &str) {
 /// The `.NAME.kiln-*` entries in `dir`.
 fn private_dirs(dir: &Path, name: &str) -> Vec<String> {
     let prefix = format!(".{name}.kiln-");
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&prefix)).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
     v.sort();
     v
 }
@@ -130,7 +197,11 @@ fn links_planted_at_every_predictable_name_in_a_sticky_directory_are_never_writt
     // Another user's links at every temporary name.
     let mut planted = Vec::new();
     for (i, n) in predictable_names("img", "tar").iter().enumerate() {
-        let target = if i % 2 == 0 { &canaries.mine } else { &canaries.anyones };
+        let target = if i % 2 == 0 {
+            &canaries.mine
+        } else {
+            &canaries.anyones
+        };
         planted.push((plant(&shared, n, target, None), target.clone()));
     }
     // Another user's entries named like kiln's private directory: left alone.
@@ -147,7 +218,11 @@ fn links_planted_at_every_predictable_name_in_a_sticky_directory_are_never_writt
     std::fs::create_dir(&stale).unwrap();
     std::fs::write(stale.join("img.tar"), b"half an image").unwrap();
     std::fs::write(stale.join("owner"), format!("{} 1\n", dead_pid())).unwrap();
-    Command::new("chown").args(["-R", &format!("{}:{}", u.uid, u.gid)]).arg(&stale).status().unwrap();
+    Command::new("chown")
+        .args(["-R", &format!("{}:{}", u.uid, u.gid)])
+        .arg(&stale)
+        .status()
+        .unwrap();
     std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o700)).unwrap();
 
     let o = tar_build(&shared.join("img"), &tmp, &[]).output().unwrap();
@@ -156,13 +231,35 @@ fn links_planted_at_every_predictable_name_in_a_sticky_directory_are_never_writt
     assert!(o.status.success(), "{}", output_text(&o));
     assert_outputs(&shared, "img");
     for (link, target) in &planted {
-        assert_eq!(std::fs::read_link(link).unwrap(), *target, "{} was replaced", link.display());
+        assert_eq!(
+            std::fs::read_link(link).unwrap(),
+            *target,
+            "{} was replaced",
+            link.display()
+        );
     }
-    assert!(log.contains(&format!("removed {}", stale.display())), "{log}");
-    let mut left = vec![".img.kiln-000000", ".img.kiln-XXXXXX", ".img.kiln-aaaaaa", ".img.kiln-r00t01"];
+    assert!(
+        log.contains(&format!("removed {}", stale.display())),
+        "{log}"
+    );
+    let mut left = vec![
+        ".img.kiln-000000",
+        ".img.kiln-XXXXXX",
+        ".img.kiln-aaaaaa",
+        ".img.kiln-r00t01",
+    ];
     left.sort();
-    assert_eq!(private_dirs(&shared, "img"), left, "kiln's private directory is left, or another's was removed");
-    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "build directory left in {}", tmp.display());
+    assert_eq!(
+        private_dirs(&shared, "img"),
+        left,
+        "kiln's private directory is left, or another's was removed"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "build directory left in {}",
+        tmp.display()
+    );
 }
 
 #[test]
@@ -174,17 +271,27 @@ fn another_users_file_at_a_final_name_in_a_sticky_directory_stops_the_build_befo
     let o = tar_build(&shared.join("img"), &tmp, &[]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
-    assert!(err.contains(&link.display().to_string()) && err.contains("sticky") && err.contains("-o NAME"), "{err}");
+    assert!(
+        err.contains(&link.display().to_string())
+            && err.contains("sticky")
+            && err.contains("-o NAME"),
+        "{err}"
+    );
     assert!(!err.contains("root.d"), "the build started:\n{err}");
     canaries.assert_unchanged();
     assert_eq!(std::fs::read_link(&link).unwrap(), canaries.mine);
-    let names: Vec<_> = std::fs::read_dir(&shared).unwrap().flatten().map(|e| e.file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&shared)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("img.tar.md5")]);
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
 }
 
 #[test]
-fn a_build_killed_outright_leaves_its_private_directory_to_the_next_which_replaces_links_at_the_final_names() {
+fn a_build_killed_outright_leaves_its_private_directory_to_the_next_which_replaces_links_at_the_final_names(
+) {
     let u = user();
     let (s, tmp) = scratch_with_tmp("outputs-killed");
     let canaries = Canaries::new(&s);
@@ -193,14 +300,26 @@ fn a_build_killed_outright_leaves_its_private_directory_to_the_next_which_replac
     let out = shared.join("img");
 
     let cmd = tar_build(&out, &tmp, &["slow-install"]);
-    let (status, seen) = signal_at(cmd, "slow hook started", nix::sys::signal::Signal::SIGKILL, true);
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "{seen}");
+    let (status, seen) = signal_at(
+        cmd,
+        "slow hook started",
+        nix::sys::signal::Signal::SIGKILL,
+        true,
+    );
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{seen}"
+    );
     // Nothing of kiln's ran after SIGKILL: its private directory is all it left here.
     let left = private_dirs(&shared, "img");
     assert_eq!(left.len(), 1, "{left:?}");
     let killed = shared.join(&left[0]);
     let m = std::fs::symlink_metadata(&killed).unwrap();
-    assert!(m.is_dir() && m.uid() == u.uid && m.mode() & 0o7777 == 0o700, "{m:?}");
+    assert!(
+        m.is_dir() && m.uid() == u.uid && m.mode() & 0o7777 == 0o700,
+        "{m:?}"
+    );
     assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 1);
 
     for n in ["img.tar", "img.tar.sha256", "img.tar.md5"] {
@@ -211,11 +330,23 @@ fn a_build_killed_outright_leaves_its_private_directory_to_the_next_which_replac
     std::os::unix::fs::chown(&tmp2, Some(u.uid), Some(u.gid)).unwrap();
     let o = run_ok(&mut tar_build(&out, &tmp2, &[]));
     let log = String::from_utf8_lossy(&o.stderr);
-    assert!(log.contains(&format!("removed {}", killed.display())), "{log}");
+    assert!(
+        log.contains(&format!("removed {}", killed.display())),
+        "{log}"
+    );
     canaries.assert_unchanged();
     assert_outputs(&shared, "img");
-    assert!(private_dirs(&shared, "img").is_empty(), "{:?}", private_dirs(&shared, "img"));
-    assert_eq!(std::fs::read_dir(&tmp2).unwrap().count(), 0, "build directory left in {}", tmp2.display());
+    assert!(
+        private_dirs(&shared, "img").is_empty(),
+        "{:?}",
+        private_dirs(&shared, "img")
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp2).unwrap().count(),
+        0,
+        "build directory left in {}",
+        tmp2.display()
+    );
 }
 
 /// A pid no process has now.

@@ -40,23 +40,47 @@ fn probe_build() -> &'static ProbeBuild {
         let tar = s.join("img.tar");
         let probe = read_probe(&tar);
         assert_no_leftovers(&tmp, &s.path, &["host-secret", "img.tar"]);
-        ProbeBuild { stderr: String::from_utf8_lossy(&o.stderr).into_owned(), _scratch: s, tar, probe, host_file }
+        ProbeBuild {
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            _scratch: s,
+            tar,
+            probe,
+            host_file,
+        }
     })
 }
 
 fn chown_to_user(p: &std::path::Path) {
     if let Some(u) = &env().user {
-        nix::unistd::chown(p, Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid))).unwrap();
+        nix::unistd::chown(
+            p,
+            Some(nix::unistd::Uid::from_raw(u.uid)),
+            Some(nix::unistd::Gid::from_raw(u.gid)),
+        )
+        .unwrap();
     }
 }
 
 fn read_probe(tar: &std::path::Path) -> BTreeMap<String, String> {
     let dir = tempfile::tempdir().unwrap();
-    let st = Command::new("tar").arg("-xf").arg(tar).arg("-C").arg(dir.path()).arg("./root/kiln-probe").status().unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("./root/kiln-probe")
+        .status()
+        .unwrap();
     assert!(st.success(), "the tarball has no /root/kiln-probe");
     let mut m = BTreeMap::new();
-    for e in std::fs::read_dir(dir.path().join("root/kiln-probe")).unwrap().flatten() {
-        m.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read_to_string(e.path()).unwrap());
+    for e in std::fs::read_dir(dir.path().join("root/kiln-probe"))
+        .unwrap()
+        .flatten()
+    {
+        m.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read_to_string(e.path()).unwrap(),
+        );
     }
     m
 }
@@ -74,12 +98,25 @@ const EPERM: &str = "1";
 #[test]
 fn tarball_has_the_images_ownership() {
     let b = probe_build();
-    let out = Command::new("tar").args(["--numeric-owner", "-tvf"]).arg(&b.tar).output().unwrap();
+    let out = Command::new("tar")
+        .args(["--numeric-owner", "-tvf"])
+        .arg(&b.tar)
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
-    let shadow = listing.lines().find(|l| l.ends_with(" ./etc/shadow")).expect("etc/shadow in the tarball");
-    assert!(shadow.starts_with("-rw-r----- 0/42 "), "etc/shadow: {shadow}");
+    let shadow = listing
+        .lines()
+        .find(|l| l.ends_with(" ./etc/shadow"))
+        .expect("etc/shadow in the tarball");
+    assert!(
+        shadow.starts_with("-rw-r----- 0/42 "),
+        "etc/shadow: {shadow}"
+    );
     // A file owned by a system user other than root proves the subordinate range is used.
-    assert!(listing.lines().any(|l| l.contains(" 0/42 ")), "no shadow-group file");
+    assert!(
+        listing.lines().any(|l| l.contains(" 0/42 ")),
+        "no shadow-group file"
+    );
 }
 
 #[test]
@@ -88,14 +125,23 @@ fn hook_runs_as_root_of_its_own_namespace() {
     assert_eq!(p["uid"].trim(), "0");
     // Its own PID namespace: only a handful of the hook's own processes, PID 1 among them.
     let pids: Vec<u32> = p["pids"].lines().map(|l| l.parse().unwrap()).collect();
-    assert!(pids.contains(&1) && pids.len() < 10, "pids seen by the hook: {pids:?}");
+    assert!(
+        pids.contains(&1) && pids.len() < 10,
+        "pids seen by the hook: {pids:?}"
+    );
     assert_eq!(p["hostname"].trim(), "kiln");
 }
 
 #[test]
 fn hook_sees_only_the_listed_device_nodes() {
-    let dev: Vec<String> = probe_build().probe["dev"].lines().map(str::to_string).collect();
-    let want = ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"];
+    let dev: Vec<String> = probe_build().probe["dev"]
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let want = [
+        "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty",
+        "urandom", "zero",
+    ];
     assert_eq!(dev, want);
 }
 
@@ -104,7 +150,10 @@ fn hook_has_seccomp_and_no_new_privs_and_no_sys_admin() {
     let status = &probe_build().probe["status"];
     assert!(status.contains("Seccomp:\t2"), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
-    let cap_eff = status.lines().find_map(|l| l.strip_prefix("CapEff:\t")).unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:\t"))
+        .unwrap();
     let bits = u64::from_str_radix(cap_eff.trim(), 16).unwrap();
     assert_eq!(bits & (1 << 21), 0, "CAP_SYS_ADMIN kept: {cap_eff}");
 }
@@ -116,9 +165,15 @@ fn hook_sees_no_host_path() {
     // Mount points (field 5) are all inside the image's own namespace of paths.
     for line in mi.lines() {
         let mp = line.split(' ').nth(4).unwrap();
-        assert!(!mp.starts_with("/var/tmp") && !mp.starts_with("/home"), "host path mounted in the hook's view: {line}");
+        assert!(
+            !mp.starts_with("/var/tmp") && !mp.starts_with("/home"),
+            "host path mounted in the hook's view: {line}"
+        );
     }
-    assert_eq!(b.probe["host_file_name"].trim(), b.host_file.display().to_string());
+    assert_eq!(
+        b.probe["host_file_name"].trim(),
+        b.host_file.display().to_string()
+    );
 }
 
 #[test]
@@ -159,7 +214,11 @@ fn hook_cannot_mount_a_host_block_device() {
 #[test]
 fn hook_cannot_inject_terminal_input() {
     assert_eq!(escape("tiocsti"), EPERM);
-    assert_eq!(escape("tiocsti_high"), EPERM, "high bits of the ioctl command must not bypass the filter");
+    assert_eq!(
+        escape("tiocsti_high"),
+        EPERM,
+        "high bits of the ioctl command must not bypass the filter"
+    );
     assert_eq!(escape("controlling_tty"), "denied");
 }
 
@@ -171,14 +230,25 @@ fn hook_cannot_ptrace() {
 #[test]
 fn build_reports_progress_and_timings() {
     let e = &probe_build().stderr;
-    assert!(e.contains("install.d/50-probe-facts  (flavour probe)"), "{e}");
+    assert!(
+        e.contains("install.d/50-probe-facts  (flavour probe)"),
+        "{e}"
+    );
     assert!(e.contains("timings:") && e.contains("total"), "{e}");
 }
 
 #[test]
 fn static_files_of_flavours_are_installed() {
     let b = probe_build();
-    let o = Command::new("tar").arg("-xOf").arg(&b.tar).arg("./etc/kiln-static-test").output().unwrap();
+    let o = Command::new("tar")
+        .arg("-xOf")
+        .arg(&b.tar)
+        .arg("./etc/kiln-static-test")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "no /etc/kiln-static-test in the image");
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "from the probe flavour's static/\n");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "from the probe flavour's static/\n"
+    );
 }

@@ -57,7 +57,13 @@ fn main() {
     let args = Args::parse();
     default_interrupts();
     let started = std::time::Instant::now();
-    let opts = Options { image: args.image, dir: args.dir, prefix: args.prefix, patterns: Patterns::from_env(), verbose: args.trace };
+    let opts = Options {
+        image: args.image,
+        dir: args.dir,
+        prefix: args.prefix,
+        patterns: Patterns::from_env(),
+        verbose: args.trace,
+    };
     match get_kernel(&opts) {
         Ok(done) => {
             println!("wrote {} ({})", done.kernel.display(), done.kernel_source);

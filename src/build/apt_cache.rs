@@ -34,14 +34,23 @@ use std::time::Instant;
 /// tightened. Their owner must be the caller (root of kiln's namespace).
 pub fn private_dirs(cache_dir: &Path) -> Result<()> {
     let me = nix::unistd::geteuid().as_raw();
-    for d in [cache_dir.to_path_buf(), cache_dir.join("apt"), cache_dir.join("trees")] {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&d).with_context(|| format!("creating {}", d.display()))?;
+    for d in [
+        cache_dir.to_path_buf(),
+        cache_dir.join("apt"),
+        cache_dir.join("trees"),
+    ] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&d)
+            .with_context(|| format!("creating {}", d.display()))?;
         let meta = std::fs::metadata(&d).with_context(|| format!("reading {}", d.display()))?;
         if meta.uid() != me {
             bail!("the image cache directory {} belongs to another user: give --image-cache a directory of your own", d.display());
         }
         if meta.mode() & 0o077 != 0 {
-            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("making {} private (0700)", d.display()))?;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private (0700)", d.display()))?;
         }
     }
     Ok(())
@@ -59,11 +68,18 @@ struct Proven {
 
 impl Proven {
     fn of(meta: &std::fs::Metadata, sha256: String) -> Proven {
-        Proven { size: meta.size(), ino: meta.ino(), ctime: meta.ctime(), ctime_nsec: meta.ctime_nsec(), sha256 }
+        Proven {
+            size: meta.size(),
+            ino: meta.ino(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+            sha256,
+        }
     }
 
     fn unchanged(&self, meta: &std::fs::Metadata) -> bool {
-        (self.size, self.ino, self.ctime, self.ctime_nsec) == (meta.size(), meta.ino(), meta.ctime(), meta.ctime_nsec())
+        (self.size, self.ino, self.ctime, self.ctime_nsec)
+            == (meta.size(), meta.ino(), meta.ctime(), meta.ctime_nsec())
     }
 }
 
@@ -101,7 +117,13 @@ impl AptCache {
     /// Takes the shared cache `dir` (or, if another build has it, a private one in
     /// the build directory) and removes from it whatever is not as the index left it.
     /// Must run before anything binds the cache.
-    pub fn open(cache_dir: &Path, dir: &Path, work: &WorkDir, keyring: Option<&str>, progress: &Progress) -> Result<AptCache> {
+    pub fn open(
+        cache_dir: &Path,
+        dir: &Path,
+        work: &WorkDir,
+        keyring: Option<&str>,
+        progress: &Progress,
+    ) -> Result<AptCache> {
         private_dirs(cache_dir)?;
         let mut cache = AptCache {
             dir: dir.to_path_buf(),
@@ -112,7 +134,10 @@ impl AptCache {
             warned: false,
             settled: false,
         };
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let parent = dir.parent().unwrap_or(cache_dir);
         let lock_path = parent.join(format!("{name}.lock"));
         let lock = std::fs::OpenOptions::new()
@@ -132,7 +157,11 @@ impl AptCache {
         make_bind_dir(dir)?;
         let index_path = parent.join(format!("{name}.verified.json"));
         let index = load_index(&index_path);
-        cache.shared = Some(Shared { _lock: lock, index_path, index });
+        cache.shared = Some(Shared {
+            _lock: lock,
+            index_path,
+            index,
+        });
         let t = Instant::now();
         let tally = cache.sweep(false)?;
         progress.say(&cache.line("checked", &tally, t));
@@ -178,7 +207,9 @@ impl AptCache {
         );
         if let Some(why) = &t.unverifiable {
             if !self.warned {
-                s.push_str(&format!("\n  warning: new downloads could not be verified and were not kept: {why}"));
+                s.push_str(&format!(
+                    "\n  warning: new downloads could not be verified and were not kept: {why}"
+                ));
                 self.warned = true;
             }
         }
@@ -189,25 +220,40 @@ impl AptCache {
     /// moved), with `prove` also new `.deb`s whose hash the image's signed lists
     /// give for their name; removes everything else.
     fn sweep(&mut self, prove: bool) -> Result<Tally> {
-        let Some(shared) = &mut self.shared else { return Ok(Tally::default()) };
+        let Some(shared) = &mut self.shared else {
+            return Ok(Tally::default());
+        };
         let dir = &self.dir;
         // The bind's own inode is the hooks' to chmod: put it back (apt's `_apt` must traverse it).
-        std::os::unix::fs::lchown(dir, Some(0), Some(0)).with_context(|| format!("owning {}", dir.display()))?;
+        std::os::unix::fs::lchown(dir, Some(0), Some(0))
+            .with_context(|| format!("owning {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         let mut tally = Tally::default();
         let mut index = BTreeMap::new();
         // Known names whose file changed (or was copied): their digest is in the index.
         let mut known: Vec<(String, (String, u64))> = Vec::new();
         let mut unknown = Vec::new();
-        let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+        let entries =
+            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
         for e in entries {
             let e = e?;
             let path = e.path();
-            let meta = e.metadata().with_context(|| format!("reading {}", path.display()))?;
-            let name = e.file_name().into_string().ok().filter(|n| n.ends_with(".deb"));
+            let meta = e
+                .metadata()
+                .with_context(|| format!("reading {}", path.display()))?;
+            let name = e
+                .file_name()
+                .into_string()
+                .ok()
+                .filter(|n| n.ends_with(".deb"));
             match name {
                 Some(name) if plain_file(&meta) => match shared.index.get(&name) {
-                    Some(p) if p.unchanged(&meta) && meta.uid() == 0 && meta.gid() == 0 && meta.mode() & 0o7777 == 0o644 => {
+                    Some(p)
+                        if p.unchanged(&meta)
+                            && meta.uid() == 0
+                            && meta.gid() == 0
+                            && meta.mode() & 0o7777 == 0o644 =>
+                    {
                         index.insert(name, p.clone());
                         tally.kept += 1;
                     }
@@ -227,7 +273,8 @@ impl AptCache {
         let mut digests = HashMap::new();
         if !unknown.is_empty() {
             let wanted: HashSet<&str> = unknown.iter().map(String::as_str).collect();
-            let trusted = trusted_digests(&self.root, &wanted, self.keyring.as_deref(), &self.scratch);
+            let trusted =
+                trusted_digests(&self.root, &wanted, self.keyring.as_deref(), &self.scratch);
             let _ = std::fs::remove_dir_all(&self.scratch);
             match trusted {
                 Ok(d) => digests = d,
@@ -248,7 +295,8 @@ impl AptCache {
                     tally.kept += 1;
                 }
                 _ => {
-                    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("removing {}", path.display()))?;
                     tally.removed += 1;
                 }
             }
@@ -271,8 +319,14 @@ impl Drop for AptCache {
         let prove = !crate::sandbox::signals::interrupted();
         let t = Instant::now();
         match self.sweep(prove) {
-            Ok(tally) => eprintln!("kiln: {}", self.line(if prove { "verified" } else { "checked" }, &tally, t)),
-            Err(e) => eprintln!("kiln: warning: tidying the package cache {}: {e:#}", self.dir.display()),
+            Ok(tally) => eprintln!(
+                "kiln: {}",
+                self.line(if prove { "verified" } else { "checked" }, &tally, t)
+            ),
+            Err(e) => eprintln!(
+                "kiln: warning: tidying the package cache {}: {e:#}",
+                self.dir.display()
+            ),
         }
     }
 }
@@ -280,9 +334,14 @@ impl Drop for AptCache {
 /// The bound directory: 0755, since apt's `_apt` (a subordinate id) must traverse
 /// the bind's root to reach `partial/`; its parent `apt/` (0700) keeps others out.
 fn make_bind_dir(dir: &Path) -> Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     // Whatever the umask.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("setting the mode of {}", dir.display()))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("setting the mode of {}", dir.display()))
 }
 
 /// Regular, not setuid/setgid/sticky, not executable, one link: a `.deb` apt wrote.
@@ -291,15 +350,23 @@ fn plain_file(meta: &std::fs::Metadata) -> bool {
 }
 
 fn remove(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
-    let r = if meta.file_type().is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    let r = if meta.file_type().is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
     r.with_context(|| format!("removing {} from the package cache", path.display()))
 }
 
 /// Hashes the file through one descriptor and, if it is `want`, makes it kiln's
 /// (0:0, 0644) and returns what the index keeps.
 fn prove_file(path: &Path, want: &(String, u64)) -> Result<Option<Proven>> {
-    let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty())
-        .with_context(|| format!("opening {}", path.display()))?;
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: a descriptor we just opened and own.
     let mut f = unsafe { File::from_raw_fd(fd) };
     let meta = f.metadata()?;
@@ -309,8 +376,12 @@ fn prove_file(path: &Path, want: &(String, u64)) -> Result<Option<Proven>> {
     if sha256_hex(&mut f)? != want.0 {
         return Ok(None);
     }
-    nix::unistd::fchown(f.as_raw_fd(), Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(0)))
-        .with_context(|| format!("owning {}", path.display()))?;
+    nix::unistd::fchown(
+        f.as_raw_fd(),
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(0)),
+    )
+    .with_context(|| format!("owning {}", path.display()))?;
     f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
     // After the chown and chmod: those change the ctime the index must match.
     Ok(Some(Proven::of(&f.metadata()?, want.0.clone())))
@@ -333,17 +404,36 @@ pub(crate) fn sha256_hex(r: &mut impl Read) -> Result<String> {
 fn load_index(path: &Path) -> BTreeMap<String, Proven> {
     let mut out = BTreeMap::new();
     // Unreadable or from another kiln: everything is simply proven again.
-    let Ok(text) = std::fs::read_to_string(path) else { return out };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return out };
-    let Some(files) = v.get("files").and_then(|f| f.as_object()) else { return out };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return out;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return out;
+    };
+    let Some(files) = v.get("files").and_then(|f| f.as_object()) else {
+        return out;
+    };
     for (name, e) in files {
         let num = |k: &str| e.get(k).and_then(|x| x.as_i64());
-        let (Some(size), Some(ino), Some(ctime), Some(ctime_nsec), Some(sha)) =
-            (num("size"), num("ino"), num("ctime"), num("ctime_nsec"), e.get("sha256").and_then(|x| x.as_str()))
-        else {
+        let (Some(size), Some(ino), Some(ctime), Some(ctime_nsec), Some(sha)) = (
+            num("size"),
+            num("ino"),
+            num("ctime"),
+            num("ctime_nsec"),
+            e.get("sha256").and_then(|x| x.as_str()),
+        ) else {
             continue;
         };
-        out.insert(name.clone(), Proven { size: size as u64, ino: ino as u64, ctime, ctime_nsec, sha256: sha.to_string() });
+        out.insert(
+            name.clone(),
+            Proven {
+                size: size as u64,
+                ino: ino as u64,
+                ctime,
+                ctime_nsec,
+                sha256: sha.to_string(),
+            },
+        );
     }
     out
 }
@@ -361,7 +451,11 @@ fn save_index(path: &Path, index: &BTreeMap<String, Proven>) -> Result<()> {
     let _ = std::fs::remove_file(&tmp);
     let write = || -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create_new(true).write(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         std::fs::rename(&tmp, path)
     };
@@ -381,13 +475,18 @@ mod tests {
         assert!(plain_file(&std::fs::symlink_metadata(&p).unwrap()));
         for mode in [0o4644, 0o2644, 0o755, 0o1644] {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-            assert!(!plain_file(&std::fs::symlink_metadata(&p).unwrap()), "{mode:o}");
+            assert!(
+                !plain_file(&std::fs::symlink_metadata(&p).unwrap()),
+                "{mode:o}"
+            );
         }
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::hard_link(&p, d.path().join("b.deb")).unwrap();
         assert!(!plain_file(&std::fs::symlink_metadata(&p).unwrap()));
         std::os::unix::fs::symlink("/etc/passwd", d.path().join("c.deb")).unwrap();
-        assert!(!plain_file(&std::fs::symlink_metadata(d.path().join("c.deb")).unwrap()));
+        assert!(!plain_file(
+            &std::fs::symlink_metadata(d.path().join("c.deb")).unwrap()
+        ));
     }
 
     #[test]
@@ -407,7 +506,12 @@ mod tests {
         // Same size, and the mtime put back: the ctime still moves.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&f, b"poison!").unwrap();
-        std::fs::File::options().write(true).open(&f).unwrap().set_modified(meta.modified().unwrap()).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(meta.modified().unwrap())
+            .unwrap();
         assert!(!back["x.deb"].unchanged(&std::fs::metadata(&f).unwrap()));
         std::fs::write(&path, "not json").unwrap();
         assert!(load_index(&path).is_empty());

@@ -23,7 +23,9 @@ pub enum Lookup {
 
 impl TreeCache {
     pub fn new(cache_dir: &Path) -> TreeCache {
-        TreeCache { dir: cache_dir.join("trees") }
+        TreeCache {
+            dir: cache_dir.join("trees"),
+        }
     }
 
     fn archive(&self, key: &str) -> PathBuf {
@@ -36,9 +38,15 @@ impl TreeCache {
 
     /// Held while building an entry so two builds of one key don't both write it.
     pub fn lock(&self, key: &str) -> Result<std::fs::File> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
         let path = self.dir.join(format!("{key}.lock"));
-        let f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: plain flock on an fd we own.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
             bail!("locking {}", path.display());
@@ -53,15 +61,22 @@ impl TreeCache {
         }
         let verdict = (|| -> Result<Option<String>> {
             let text = std::fs::read_to_string(&manifest)?;
-            let m: serde_json::Value = serde_json::from_str(&text).context("manifest is not JSON")?;
-            let want = m["sha256"].as_str().context("manifest has no sha256")?.to_string();
+            let m: serde_json::Value =
+                serde_json::from_str(&text).context("manifest is not JSON")?;
+            let want = m["sha256"]
+                .as_str()
+                .context("manifest has no sha256")?
+                .to_string();
             let size = m["size"].as_u64().context("manifest has no size")?;
             let meta = match std::fs::metadata(&archive) {
                 Ok(m) => m,
                 Err(_) => return Ok(Some("archive missing".into())),
             };
             if meta.len() != size {
-                return Ok(Some(format!("archive is {} bytes, manifest says {size}", meta.len())));
+                return Ok(Some(format!(
+                    "archive is {} bytes, manifest says {size}",
+                    meta.len()
+                )));
             }
             let got = sha256_file(&archive)?;
             Ok((got != want).then(|| "archive checksum mismatch".to_string()))
@@ -88,16 +103,25 @@ impl TreeCache {
     /// files belong to subordinate ids and tar records them as the image sees them).
     pub fn store(&self, key: &str, tree: &Path, tools: &Tools) -> Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let tmp = self.dir.join(format!(".{key}.tar.zst.{}", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".{key}.tar.zst.{}", std::process::id()));
         let result = (|| -> Result<()> {
             let mut cmd = tools.command("tar")?;
-            cmd.args(["--numeric-owner", "--sort=name", "--xattrs", "--xattrs-include=*", "--acls", "-I"])
-                .arg(format!("{} -T0 -3 -q", tools.path("zstd")?.display()))
-                .arg("-cf")
-                .arg(&tmp)
-                .arg("-C")
-                .arg(tree)
-                .arg(".");
+            cmd.args([
+                "--numeric-owner",
+                "--sort=name",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--acls",
+                "-I",
+            ])
+            .arg(format!("{} -T0 -3 -q", tools.path("zstd")?.display()))
+            .arg("-cf")
+            .arg(&tmp)
+            .arg("-C")
+            .arg(tree)
+            .arg(".");
             tools::run(&mut cmd)?;
             let size = std::fs::metadata(&tmp)?.len();
             let sha = sha256_file(&tmp)?;
@@ -124,10 +148,17 @@ impl TreeCache {
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(key) = name.strip_suffix(".tar.zst").filter(|k| !k.starts_with('.')) else { continue };
+            let Some(key) = name
+                .strip_suffix(".tar.zst")
+                .filter(|k| !k.starts_with('.'))
+            else {
+                continue;
+            };
             let meta = e.metadata()?;
             // Restores touch the manifest: its mtime is the entry's last use.
-            let used = std::fs::metadata(self.manifest(key)).and_then(|m| m.modified()).or_else(|_| meta.modified())?;
+            let used = std::fs::metadata(self.manifest(key))
+                .and_then(|m| m.modified())
+                .or_else(|_| meta.modified())?;
             let age = used.elapsed().map(|d| d.as_secs()).unwrap_or(0);
             out.push((key.to_string(), meta.len(), age));
         }
@@ -138,16 +169,30 @@ impl TreeCache {
     pub fn restore(&self, archive: &Path, tree: &Path, tools: &Tools) -> Result<()> {
         std::fs::create_dir_all(tree)?;
         let mut cmd = tools.command("tar")?;
-        cmd.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "-p", "-I"])
-            .arg(format!("{} -q", tools.path("zstd")?.display()))
-            .arg("-xf")
-            .arg(archive)
-            .arg("-C")
-            .arg(tree);
+        cmd.args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "-p",
+            "-I",
+        ])
+        .arg(format!("{} -q", tools.path("zstd")?.display()))
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(tree);
         tools::run(&mut cmd).context("restoring the base tree from the cache")?;
         // Record the use, for --cache-prune.
-        if let Some(key) = archive.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".tar.zst")) {
-            if let Ok(f) = std::fs::File::options().append(true).open(self.manifest(key)) {
+        if let Some(key) = archive
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".tar.zst"))
+        {
+            if let Ok(f) = std::fs::File::options()
+                .append(true)
+                .open(self.manifest(key))
+            {
                 let _ = f.set_modified(std::time::SystemTime::now());
             }
         }

@@ -96,7 +96,8 @@ impl Config {
         let mut user_flavour_path = Vec::new();
         for var in ["KILN_FLAVOURS_PATH", "ELEMENTS_PATH"] {
             if let Some(v) = vars.get(var) {
-                user_flavour_path.extend(v.split(':').filter(|s| !s.is_empty()).map(str::to_string));
+                user_flavour_path
+                    .extend(v.split(':').filter(|s| !s.is_empty()).map(str::to_string));
             }
         }
         let image_size = match a.image_size.as_deref().or(vars.get("DIB_IMAGE_SIZE")) {
@@ -106,8 +107,15 @@ impl Config {
         let cache_dir = cache_dir(&a, &vars)?;
         let builtin_flavours = builtin_flavours()?;
         let dib_lib = dib_lib(&builtin_flavours)?;
-        let mkfs = a.mkfs_options.clone().or_else(|| vars.get("MKFS_OPTS").map(str::to_string)).unwrap_or_default();
-        if let Some(label) = vars.get("DIB_BOOT_LABEL").filter(|l| *l != crate::disk::ESP_LABEL) {
+        let mkfs = a
+            .mkfs_options
+            .clone()
+            .or_else(|| vars.get("MKFS_OPTS").map(str::to_string))
+            .unwrap_or_default();
+        if let Some(label) = vars
+            .get("DIB_BOOT_LABEL")
+            .filter(|l| *l != crate::disk::ESP_LABEL)
+        {
             bail!(
                 "DIB_BOOT_LABEL={label:?}: kiln has no separate /boot and always labels the EFI system partition {}; unset DIB_BOOT_LABEL",
                 crate::disk::ESP_LABEL
@@ -121,7 +129,15 @@ impl Config {
             None => None,
         };
         let journal_mib = match vars.get("DIB_JOURNAL_SIZE") {
-            Some(v) => Some(v.trim().parse::<u64>().ok().filter(|n| *n > 0).with_context(|| format!("DIB_JOURNAL_SIZE={v:?}: expected a whole number of MiB"))?),
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| {
+                        format!("DIB_JOURNAL_SIZE={v:?}: expected a whole number of MiB")
+                    })?,
+            ),
             None => None,
         };
         let cfg = Config {
@@ -141,9 +157,16 @@ impl Config {
             journal_mib,
             extra_size,
             show_usage: vars.get("DIB_SHOW_IMAGE_USAGE").is_some_and(|v| v != "0"),
-            root_label: a.root_label.clone().or_else(|| vars.get("DIB_ROOT_LABEL").map(str::to_string)).unwrap_or_else(|| "cloudimg-rootfs".into()),
+            root_label: a
+                .root_label
+                .clone()
+                .or_else(|| vars.get("DIB_ROOT_LABEL").map(str::to_string))
+                .unwrap_or_else(|| "cloudimg-rootfs".into()),
             cache_dir,
-            image_cache: a.image_cache.clone().or_else(|| vars.get("DIB_IMAGE_CACHE").map(PathBuf::from)),
+            image_cache: a
+                .image_cache
+                .clone()
+                .or_else(|| vars.get("DIB_IMAGE_CACHE").map(PathBuf::from)),
             use_cache: !a.no_cache,
             trace: a.trace > 0,
             debug_trace: a.trace,
@@ -204,7 +227,9 @@ pub fn parse_size(s: &str) -> Result<u64> {
         Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1 << 30),
     };
-    let n: f64 = num.parse().map_err(|_| anyhow::anyhow!("image size `{s}` is not a size: use e.g. 2G, 1536M or 2 (GiB)"))?;
+    let n: f64 = num.parse().map_err(|_| {
+        anyhow::anyhow!("image size `{s}` is not a size: use e.g. 2G, 1536M or 2 (GiB)")
+    })?;
     if !(n > 0.0) {
         bail!("image size `{s}` must be positive");
     }
@@ -212,7 +237,11 @@ pub fn parse_size(s: &str) -> Result<u64> {
 }
 
 pub fn cache_dir(a: &DiskImageArgs, vars: &Vars) -> Result<PathBuf> {
-    match a.image_cache.clone().or_else(|| vars.get("DIB_IMAGE_CACHE").map(PathBuf::from)) {
+    match a
+        .image_cache
+        .clone()
+        .or_else(|| vars.get("DIB_IMAGE_CACHE").map(PathBuf::from))
+    {
         Some(d) => Ok(d),
         None => default_cache_dir(),
     }
@@ -271,7 +300,9 @@ pub use crate::disk::Checksum;
 /// takes it as another name for FS_TYPE, and refuses the two disagreeing.
 fn fs_type(vars: &Vars) -> Result<String> {
     match (vars.get("FS_TYPE"), vars.get("DIB_ROOT_FSTYPE")) {
-        (Some(a), Some(b)) if a != b => bail!("FS_TYPE={a:?} and DIB_ROOT_FSTYPE={b:?} disagree: set one root filesystem type"),
+        (Some(a), Some(b)) if a != b => {
+            bail!("FS_TYPE={a:?} and DIB_ROOT_FSTYPE={b:?} disagree: set one root filesystem type")
+        }
         (Some(t), _) | (None, Some(t)) => Ok(t.to_string()),
         (None, None) => Ok("ext4".to_string()),
     }
@@ -326,22 +357,43 @@ mod tests {
         assert_eq!(fs_type(&v).unwrap(), "btrfs");
         v.set("FS_TYPE", "ext4", "t");
         let e = fs_type(&v).unwrap_err().to_string();
-        assert!(e.contains("FS_TYPE") && e.contains("DIB_ROOT_FSTYPE"), "{e}");
+        assert!(
+            e.contains("FS_TYPE") && e.contains("DIB_ROOT_FSTYPE"),
+            "{e}"
+        );
         v.set("DIB_NO_TIMESTAMP", "yes", "t");
-        assert!(flag(&v, "DIB_NO_TIMESTAMP").unwrap_err().to_string().contains("DIB_NO_TIMESTAMP"));
+        assert!(flag(&v, "DIB_NO_TIMESTAMP")
+            .unwrap_err()
+            .to_string()
+            .contains("DIB_NO_TIMESTAMP"));
     }
 
     #[test]
     fn dib_checksum_values() {
         assert_eq!(checksums(false, None).unwrap(), vec![]);
         assert_eq!(checksums(false, Some("0")).unwrap(), vec![]);
-        assert_eq!(checksums(false, Some("1")).unwrap(), vec![Checksum::Sha256, Checksum::Md5]);
-        assert_eq!(checksums(true, Some("0")).unwrap(), vec![Checksum::Sha256, Checksum::Md5]);
+        assert_eq!(
+            checksums(false, Some("1")).unwrap(),
+            vec![Checksum::Sha256, Checksum::Md5]
+        );
+        assert_eq!(
+            checksums(true, Some("0")).unwrap(),
+            vec![Checksum::Sha256, Checksum::Md5]
+        );
         assert_eq!(checksums(false, Some("md5")).unwrap(), vec![Checksum::Md5]);
-        assert_eq!(checksums(false, Some("sha256")).unwrap(), vec![Checksum::Sha256]);
-        assert_eq!(checksums(false, Some("md5,sha256")).unwrap(), vec![Checksum::Md5, Checksum::Sha256]);
+        assert_eq!(
+            checksums(false, Some("sha256")).unwrap(),
+            vec![Checksum::Sha256]
+        );
+        assert_eq!(
+            checksums(false, Some("md5,sha256")).unwrap(),
+            vec![Checksum::Md5, Checksum::Sha256]
+        );
         let e = checksums(false, Some("sha1")).unwrap_err().to_string();
-        assert!(e.contains("DIB_CHECKSUM") && e.contains("sha1") && e.contains("md5, sha256"), "{e}");
+        assert!(
+            e.contains("DIB_CHECKSUM") && e.contains("sha1") && e.contains("md5, sha256"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -349,7 +401,10 @@ mod tests {
         assert_eq!(parse_size("2").unwrap(), 2 << 30);
         assert_eq!(parse_size("1.5").unwrap(), 3 << 29);
         assert_eq!(parse_size("1536M").unwrap(), 1536 << 20);
-        assert!(parse_size("big").unwrap_err().to_string().contains("not a size"));
+        assert!(parse_size("big")
+            .unwrap_err()
+            .to_string()
+            .contains("not a size"));
     }
 }
 
@@ -361,7 +416,10 @@ fn tmpfs_min(a: &DiskImageArgs, vars: &Vars) -> Result<Option<u64>> {
     }
     let gib = match (a.min_tmpfs, vars.get("DIB_MIN_TMPFS")) {
         (Some(g), _) => g as u64,
-        (None, Some(v)) => v.trim().parse().map_err(|_| anyhow::anyhow!("DIB_MIN_TMPFS={v:?}: expected a whole number of GiB"))?,
+        (None, Some(v)) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("DIB_MIN_TMPFS={v:?}: expected a whole number of GiB"))?,
         (None, None) => 2,
     };
     Ok(Some(gib << 30))

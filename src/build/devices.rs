@@ -34,7 +34,13 @@ pub struct Attached {
 impl Broker {
     /// Forks the broker. Call before entering the namespace, single-threaded.
     pub fn start(helper: &Helper) -> Result<Broker> {
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("socketpair")?;
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .context("socketpair")?;
         // SAFETY: kiln is single-threaded here; the child only runs `serve`.
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
@@ -43,27 +49,44 @@ impl Broker {
                 // SAFETY: leave without running the parent's destructors twice.
                 unsafe { libc::_exit(code) }
             }
-            ForkResult::Parent { child } => Ok(Broker { sock: Some(ours), pid: child }),
+            ForkResult::Parent { child } => Ok(Broker {
+                sock: Some(ours),
+                pid: child,
+            }),
         }
     }
 
     /// Attaches `image` (opened read-write, owned by the caller).
     pub fn attach(&self, image: &File) -> Result<Attached> {
         let (text, mut fds) = self.ask("attach", &[image.as_fd()])?;
-        let name = text.split_whitespace().next().unwrap_or_default().to_string();
+        let name = text
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         if fds.is_empty() || name.is_empty() {
             bail!("kiln-helper attach: the broker's reply carried no device");
         }
-        Ok(Attached { name, disk: fds.remove(0) })
+        Ok(Attached {
+            name,
+            disk: fds.remove(0),
+        })
     }
 
     /// Fresh descriptors of the disk's partitions, after the kernel's partitions
     /// were made to match the table (kiln-helper rescan). Called from the hook's PID 1.
     pub fn partitions(&self) -> Result<Vec<(u32, OwnedFd)>, String> {
         let (text, fds) = self.ask("rescan", &[]).map_err(|e| format!("{e:#}"))?;
-        let numbers: Vec<u32> = text.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        let numbers: Vec<u32> = text
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
         if numbers.len() != fds.len() {
-            return Err(format!("kiln-helper rescan: {} partitions named, {} descriptors received", numbers.len(), fds.len()));
+            return Err(format!(
+                "kiln-helper rescan: {} partitions named, {} descriptors received",
+                numbers.len(),
+                fds.len()
+            ));
         }
         Ok(numbers.into_iter().zip(fds).collect())
     }
@@ -73,14 +96,21 @@ impl Broker {
     }
 
     fn ask(&self, verb: &str, fds: &[BorrowedFd]) -> Result<(String, Vec<OwnedFd>)> {
-        let sock = self.sock.as_ref().ok_or_else(|| anyhow!("the device broker is closed"))?.as_fd();
+        let sock = self
+            .sock
+            .as_ref()
+            .ok_or_else(|| anyhow!("the device broker is closed"))?
+            .as_fd();
         send(sock, verb, fds).with_context(|| format!("asking the device broker to {verb}"))?;
         let (text, fds) = recv(sock)
             .with_context(|| format!("the device broker's answer to {verb}"))?
             .ok_or_else(|| anyhow!("the device broker exited during {verb}"))?;
         match text.strip_prefix("ok") {
             Some(rest) => Ok((rest.trim().to_string(), fds)),
-            None => Err(anyhow!("{}", text.strip_prefix("error ").unwrap_or(&text).to_string())),
+            None => Err(anyhow!(
+                "{}",
+                text.strip_prefix("error ").unwrap_or(&text).to_string()
+            )),
         }
     }
 }

@@ -68,29 +68,73 @@ impl HookEnv {
                 }
             }
         }
-        let caller = |k: &str| if c.clear_env { None } else { c.vars.get(k).map(str::to_string) };
-        set("DIB_INIT_SYSTEM", caller("DIB_INIT_SYSTEM").unwrap_or_else(|| "systemd".into()));
-        set("DIB_ENV", if c.clear_env { String::new() } else { declare_p(c.vars.for_hooks().filter(|(k, _)| k.starts_with("DIB_"))) });
-        set("DIB_PYTHON_EXEC", caller("DIB_PYTHON_EXEC").unwrap_or_else(|| python_exec(plan)));
+        let caller = |k: &str| {
+            if c.clear_env {
+                None
+            } else {
+                c.vars.get(k).map(str::to_string)
+            }
+        };
+        set(
+            "DIB_INIT_SYSTEM",
+            caller("DIB_INIT_SYSTEM").unwrap_or_else(|| "systemd".into()),
+        );
+        set(
+            "DIB_ENV",
+            if c.clear_env {
+                String::new()
+            } else {
+                declare_p(c.vars.for_hooks().filter(|(k, _)| k.starts_with("DIB_")))
+            },
+        );
+        set(
+            "DIB_PYTHON_EXEC",
+            caller("DIB_PYTHON_EXEC").unwrap_or_else(|| python_exec(plan)),
+        );
 
         let image_cache = image_cache(c)?;
-        std::fs::create_dir_all(&image_cache).with_context(|| format!("creating DIB_IMAGE_CACHE {}", image_cache.display()))?;
+        std::fs::create_dir_all(&image_cache)
+            .with_context(|| format!("creating DIB_IMAGE_CACHE {}", image_cache.display()))?;
 
         let elements: Vec<String> = plan.resolved.names();
         let yaml = serde_json::Value::Object(
-            plan.resolved.flavours.iter().map(|f| (f.name.clone(), serde_json::Value::String(f.dir.display().to_string()))).collect(),
+            plan.resolved
+                .flavours
+                .iter()
+                .map(|f| {
+                    (
+                        f.name.clone(),
+                        serde_json::Value::String(f.dir.display().to_string()),
+                    )
+                })
+                .collect(),
         );
-        let array: Vec<String> = plan.resolved.flavours.iter().map(|f| format!("[{}]={}", f.name, f.dir.display())).collect();
+        let array: Vec<String> = plan
+            .resolved
+            .flavours
+            .iter()
+            .map(|f| format!("[{}]={}", f.name, f.dir.display()))
+            .collect();
         // diskimage-builder's meaning: the search path, first wins (the caller's entries, then the built-in flavours).
-        let paths: Vec<String> = plan.search_dirs.iter().map(|d| d.display().to_string()).collect();
+        let paths: Vec<String> = plan
+            .search_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         let fixed = [
-            ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ),
             ("LANG", "C.UTF-8".into()),
             ("DEBIAN_FRONTEND", "noninteractive".into()),
             ("IMAGE_NAME", c.output.display().to_string()),
             ("IMAGE_ELEMENT", elements.join(" ")),
             ("IMAGE_ELEMENT_YAML", yaml.to_string()),
-            (ELEMENT_ARRAY_FN, format!("() {{ echo {}; }}", shell_quote(&array.join(" ")))),
+            (
+                ELEMENT_ARRAY_FN,
+                format!("() {{ echo {}; }}", shell_quote(&array.join(" "))),
+            ),
             ("ELEMENTS_PATH", paths.join(":")),
             ("ARCH", c.arch.clone()),
             ("DISTRO_NAME", plan.distro.clone()),
@@ -109,7 +153,14 @@ impl HookEnv {
             ("KILN_PACKAGES", plan.bootstrap_packages.join(" ")),
             ("KILN_APT_CACHE", apt_cache.display().to_string()),
             ("KILN_ROOT_UUID", ids.root.clone()),
-            ("KILN_ESP_UUID", if plan.layout == "gpt" || plan.layout == "efi" { ids.esp.clone() } else { String::new() }),
+            (
+                "KILN_ESP_UUID",
+                if plan.layout == "gpt" || plan.layout == "efi" {
+                    ids.esp.clone()
+                } else {
+                    String::new()
+                },
+            ),
             ("KILN_ROOT_FSTYPE", c.fs_type.clone()),
             ("KILN_BLOCK_DEVICE_LAYOUT", plan.layout.clone()),
             ("KILN_USER_HOME", std::env::var("HOME").unwrap_or_default()),
@@ -117,11 +168,21 @@ impl HookEnv {
         for (k, v) in fixed {
             set(k, v);
         }
-        Ok(HookEnv { vars: env, hooks: work.hooks(), root: work.root(), home: work.home(), host_bin: c.dib_lib.join("host-bin") })
+        Ok(HookEnv {
+            vars: env,
+            hooks: work.hooks(),
+            root: work.root(),
+            home: work.home(),
+            host_bin: c.dib_lib.join("host-bin"),
+        })
     }
 
     /// What a hook of `phase` gets.
-    pub fn for_phase(&self, phase: Phase, image_block_device: Option<&Path>) -> Vec<(String, String)> {
+    pub fn for_phase(
+        &self,
+        phase: Phase,
+        image_block_device: Option<&Path>,
+    ) -> Vec<(String, String)> {
         let mut env = self.vars.clone();
         match phase.side() {
             Side::Inside => {
@@ -129,7 +190,10 @@ impl HookEnv {
                 for (k, v) in &mut env {
                     // dpkg's finalise.d takes `basename $IMAGE_NAME`; the directory is the user's.
                     if k == "IMAGE_NAME" {
-                        *v = Path::new(v.as_str()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        *v = Path::new(v.as_str())
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
                     }
                 }
                 env.push(("TMP_HOOKS_PATH".into(), IN_TARGET.into()));
@@ -170,7 +234,9 @@ fn image_cache(c: &super::config::Config) -> Result<PathBuf> {
     if let Some(d) = &c.image_cache {
         return Ok(d.clone());
     }
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).context("HOME is not set: give --image-cache DIR")?;
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("HOME is not set: give --image-cache DIR")?;
     Ok(Path::new(&home).join(".cache/image-create"))
 }
 
@@ -180,7 +246,11 @@ fn image_cache(c: &super::config::Config) -> Result<PathBuf> {
 /// elements used in this build, then the host's python3.
 fn python_exec(plan: &Plan) -> String {
     let venv = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from);
-    let from_elements = plan.resolved.flavours.iter().filter_map(|f| venv_of_element(&f.dir));
+    let from_elements = plan
+        .resolved
+        .flavours
+        .iter()
+        .filter_map(|f| venv_of_element(&f.dir));
     for v in venv.into_iter().chain(from_elements) {
         for name in ["python3", "python"] {
             let p = v.join("bin").join(name);
@@ -200,7 +270,8 @@ fn venv_of_element(dir: &Path) -> Option<PathBuf> {
         return None;
     }
     let site = package.parent()?;
-    (site.file_name()? == "site-packages").then(|| site.parent()?.parent()?.parent().map(Path::to_path_buf))?
+    (site.file_name()? == "site-packages")
+        .then(|| site.parent()?.parent()?.parent().map(Path::to_path_buf))?
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -235,19 +306,28 @@ mod tests {
     #[test]
     fn declare_p_quotes_as_bash_does() {
         let got = declare_p([("DIB_A", "x"), ("DIB_B", r#"a "b" $c `d` \e"#)].into_iter());
-        assert_eq!(got, "declare -x DIB_A=\"x\"\ndeclare -x DIB_B=\"a \\\"b\\\" \\$c \\`d\\` \\\\e\"");
+        assert_eq!(
+            got,
+            "declare -x DIB_A=\"x\"\ndeclare -x DIB_B=\"a \\\"b\\\" \\$c \\`d\\` \\\\e\""
+        );
     }
 
     #[test]
     fn venv_found_from_diskimage_builders_elements() {
         let d = Path::new("/v/lib/python3.11/site-packages/diskimage_builder/elements/debootstrap");
         assert_eq!(venv_of_element(d), Some(PathBuf::from("/v")));
-        assert_eq!(venv_of_element(Path::new("/usr/share/kiln/flavours/debian")), None);
+        assert_eq!(
+            venv_of_element(Path::new("/usr/share/kiln/flavours/debian")),
+            None
+        );
     }
 
     #[test]
     fn install_type_flag_wins_else_the_callers_else_source() {
-        assert_eq!(HookEnv::install_type_file(Some("pack'age")), "export DIB_DEFAULT_INSTALLTYPE='pack'\\''age'\n");
+        assert_eq!(
+            HookEnv::install_type_file(Some("pack'age")),
+            "export DIB_DEFAULT_INSTALLTYPE='pack'\\''age'\n"
+        );
         assert!(HookEnv::install_type_file(None).contains("${DIB_DEFAULT_INSTALLTYPE:-source}"));
     }
 }

@@ -51,7 +51,10 @@ impl Runner<'_> {
             copy_any(&e.path, &dst.join("environment.d").join(&e.name))?;
         }
         let install_type = HookEnv::install_type_file(self.plan.config.install_type.as_deref());
-        std::fs::write(dst.join("environment.d").join(INSTALL_TYPE_FILE), install_type)?;
+        std::fs::write(
+            dst.join("environment.d").join(INSTALL_TYPE_FILE),
+            install_type,
+        )?;
         self.merge_element_trees(&dst)
     }
 
@@ -65,7 +68,8 @@ impl Runner<'_> {
         let mut shipped: std::collections::BTreeMap<PathBuf, PathBuf> = Default::default();
         for f in &self.plan.resolved.flavours {
             for (name, path) in sorted_dir(&f.dir)? {
-                let meta = std::fs::metadata(&path).with_context(|| format!("flavour {}: reading {}", f.name, path.display()))?;
+                let meta = std::fs::metadata(&path)
+                    .with_context(|| format!("flavour {}: reading {}", f.name, path.display()))?;
                 if !meta.is_dir() {
                     if meta.is_file() && !name.ends_with(".pyc") {
                         copy_any(&path, &dst.join(&name))?;
@@ -79,8 +83,14 @@ impl Runner<'_> {
                 std::fs::create_dir_all(dst.join(&name))?;
                 for (entry, src) in sorted_dir(&path)? {
                     let to = dst.join(&name).join(&entry);
-                    let is_dir = std::fs::metadata(&src).with_context(|| format!("flavour {}: reading {}", f.name, src.display()))?.is_dir();
-                    if let Some(first) = shipped.get(&to).or(if is_dir { None } else { to.exists().then_some(&to) }) {
+                    let is_dir = std::fs::metadata(&src)
+                        .with_context(|| format!("flavour {}: reading {}", f.name, src.display()))?
+                        .is_dir();
+                    if let Some(first) = shipped.get(&to).or(if is_dir {
+                        None
+                    } else {
+                        to.exists().then_some(&to)
+                    }) {
                         bail!(
                             "two flavours ship {name}/{entry}: {} and {} (flavour {}); rename one of them, \
                              as diskimage-builder also refuses a duplicated file in the merged hooks directory",
@@ -104,9 +114,19 @@ impl Runner<'_> {
     }
 
     /// Runs the phase's hooks; with `lend`, they may open a real block device.
-    pub fn run_phase_lending(&self, phase: Phase, lend: Option<&Lend>, progress: &mut Progress) -> Result<()> {
+    pub fn run_phase_lending(
+        &self,
+        phase: Phase,
+        lend: Option<&Lend>,
+        progress: &mut Progress,
+    ) -> Result<()> {
         for d in self.plan.hooks.skipped_in(phase) {
-            progress.say(&format!("warning: {phase}/{} (flavour {}) skipped: not executable ({})", d.name, d.flavour, d.path.display()));
+            progress.say(&format!(
+                "warning: {phase}/{} (flavour {}) skipped: not executable ({})",
+                d.name,
+                d.flavour,
+                d.path.display()
+            ));
         }
         for hook in self.plan.hooks.phase(phase) {
             self.run_hook(phase, hook, lend, progress)?;
@@ -114,19 +134,44 @@ impl Runner<'_> {
         Ok(())
     }
 
-    fn run_hook(&self, phase: Phase, hook: &Hook, lend: Option<&Lend>, progress: &mut Progress) -> Result<()> {
-        progress.step(&format!("{phase}/{}", hook.name), &format!("(flavour {})", hook.flavour));
+    fn run_hook(
+        &self,
+        phase: Phase,
+        hook: &Hook,
+        lend: Option<&Lend>,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        progress.step(
+            &format!("{phase}/{}", hook.name),
+            &format!("(flavour {})", hook.flavour),
+        );
         let (argv, env_dir) = match phase.side() {
             Side::Inside => (
                 format!("{IN_TARGET}/{}/{}", phase.dir_name(), hook.name),
                 format!("{IN_TARGET}/environment.d"),
             ),
             Side::Host => (
-                self.work.hooks().join(phase.dir_name()).join(&hook.name).display().to_string(),
-                self.work.hooks().join("environment.d").display().to_string(),
+                self.work
+                    .hooks()
+                    .join(phase.dir_name())
+                    .join(&hook.name)
+                    .display()
+                    .to_string(),
+                self.work
+                    .hooks()
+                    .join("environment.d")
+                    .display()
+                    .to_string(),
             ),
         };
-        let argv = vec!["/bin/bash".into(), "-c".into(), WRAPPER.into(), "kiln-hook".into(), argv, env_dir];
+        let argv = vec![
+            "/bin/bash".into(),
+            "-c".into(),
+            WRAPPER.into(),
+            "kiln-hook".into(),
+            argv,
+            env_dir,
+        ];
         let code = self.exec_lending(phase, argv, lend, progress)?;
         if code.0 != 0 {
             bail!(
@@ -142,21 +187,46 @@ impl Runner<'_> {
     }
 
     /// Runs a command in the phase's sandbox view; returns (exit code, output tail).
-    pub fn exec(&self, phase: Phase, argv: Vec<String>, progress: &mut Progress) -> Result<(i32, Vec<String>)> {
+    pub fn exec(
+        &self,
+        phase: Phase,
+        argv: Vec<String>,
+        progress: &mut Progress,
+    ) -> Result<(i32, Vec<String>)> {
         self.exec_lending(phase, argv, None, progress)
     }
 
-    fn exec_lending(&self, phase: Phase, argv: Vec<String>, lend: Option<&Lend>, progress: &mut Progress) -> Result<(i32, Vec<String>)> {
+    fn exec_lending(
+        &self,
+        phase: Phase,
+        argv: Vec<String>,
+        lend: Option<&Lend>,
+        progress: &mut Progress,
+    ) -> Result<(i32, Vec<String>)> {
         let side = phase.side();
-        let env = self.env.for_phase(phase, self.image_block_device.as_deref());
+        let env = self
+            .env
+            .for_phase(phase, self.image_block_device.as_deref());
         let root = self.work.root();
         let mut binds = Vec::new();
         let (view, cwd) = match side {
             Side::Inside => {
-                binds.push(Bind { src: self.work.hooks(), inside: IN_TARGET.into(), writable: false });
-                binds.push(Bind { src: self.apt_cache.clone(), inside: APT_ARCHIVES.into(), writable: true });
+                binds.push(Bind {
+                    src: self.work.hooks(),
+                    inside: IN_TARGET.into(),
+                    writable: false,
+                });
+                binds.push(Bind {
+                    src: self.apt_cache.clone(),
+                    inside: APT_ARCHIVES.into(),
+                    writable: true,
+                });
                 if let Some(resolv) = host_resolv_conf() {
-                    binds.push(Bind { src: resolv, inside: "/etc/resolv.conf".into(), writable: false });
+                    binds.push(Bind {
+                        src: resolv,
+                        inside: "/etc/resolv.conf".into(),
+                        writable: false,
+                    });
                 }
                 (View::Image(root.clone()), PathBuf::from("/"))
             }
@@ -167,7 +237,14 @@ impl Runner<'_> {
                 View::Host => "host side".to_string(),
                 View::Image(r) => format!("image root {}", r.display()),
             };
-            progress.say(&format!("+ sandbox ({v}, CAP_SYS_ADMIN {}): {}", phase == Phase::Root, argv.get(4).or(argv.last()).map(String::as_str).unwrap_or("")));
+            progress.say(&format!(
+                "+ sandbox ({v}, CAP_SYS_ADMIN {}): {}",
+                phase == Phase::Root,
+                argv.get(4)
+                    .or(argv.last())
+                    .map(String::as_str)
+                    .unwrap_or("")
+            ));
         }
         let job = sandbox::Job {
             argv,
@@ -193,32 +270,64 @@ impl Runner<'_> {
         }
         progress.step("install.d/static", "static/ files of the flavours");
         let script = format!("cp -RP --preserve=mode,timestamps {IN_TARGET}/static/. /");
-        let (code, tail) = self.exec(Phase::Install, vec!["/bin/sh".into(), "-c".into(), script], progress)?;
+        let (code, tail) = self.exec(
+            Phase::Install,
+            vec!["/bin/sh".into(), "-c".into(), script],
+            progress,
+        )?;
         if code != 0 {
-            bail!("copying the flavours' static/ files into the image failed (exit {code}):\n    {}", tail.join("\n    "));
+            bail!(
+                "copying the flavours' static/ files into the image failed (exit {code}):\n    {}",
+                tail.join("\n    ")
+            );
         }
         Ok(())
     }
 
     /// diskimage-builder's package-installs for a phase the bootstrap could not
     /// take: apt inside the image, before the phase's hooks (and removals after).
-    pub fn install_packages(&self, phase: Phase, install: bool, progress: &mut Progress) -> Result<()> {
-        let Some((inst, uninst)) = self.plan.phase_packages.get(&phase) else { return Ok(()) };
+    pub fn install_packages(
+        &self,
+        phase: Phase,
+        install: bool,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        let Some((inst, uninst)) = self.plan.phase_packages.get(&phase) else {
+            return Ok(());
+        };
         let list = if install { inst } else { uninst };
         if list.is_empty() {
             return Ok(());
         }
         let verb = if install { "install" } else { "purge" };
-        progress.step(&format!("{phase}/packages"), &format!("apt-get {verb} {}", list.join(" ")));
+        progress.step(
+            &format!("{phase}/packages"),
+            &format!("apt-get {verb} {}", list.join(" ")),
+        );
         let script = format!(
             "export DEBIAN_FRONTEND=noninteractive; apt-get -q -y {} {verb} {}",
-            if install { "--no-install-recommends" } else { "--auto-remove" },
+            if install {
+                "--no-install-recommends"
+            } else {
+                "--auto-remove"
+            },
             list.join(" ")
         );
-        let run_phase = if phase.side() == Side::Inside { phase } else { Phase::Install };
-        let (code, tail) = self.exec(run_phase, vec!["/bin/sh".into(), "-c".into(), script], progress)?;
+        let run_phase = if phase.side() == Side::Inside {
+            phase
+        } else {
+            Phase::Install
+        };
+        let (code, tail) = self.exec(
+            run_phase,
+            vec!["/bin/sh".into(), "-c".into(), script],
+            progress,
+        )?;
         if code != 0 {
-            bail!("packages for {phase}: apt-get {verb} failed (exit {code}):\n    {}", tail.join("\n    "));
+            bail!(
+                "packages for {phase}: apt-get {verb} failed (exit {code}):\n    {}",
+                tail.join("\n    ")
+            );
         }
         Ok(())
     }
@@ -254,7 +363,8 @@ fn copy_any(src: &Path, dst: &Path) -> Result<()> {
             copy_any(&e.path(), &dst.join(e.file_name()))?;
         }
     } else {
-        std::fs::copy(src, dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        std::fs::copy(src, dst)
+            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
     }
     Ok(())
 }

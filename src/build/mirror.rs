@@ -23,7 +23,13 @@ pub fn from_host_apt() -> Result<String> {
         }
     }
     for (name, text) in &texts {
-        let found = if name.ends_with(".sources") { deb822(text) } else if name.ends_with(".list") { one_line(text) } else { None };
+        let found = if name.ends_with(".sources") {
+            deb822(text)
+        } else if name.ends_with(".list") {
+            one_line(text)
+        } else {
+            None
+        };
         if let Some(m) = found {
             return Ok(m);
         }
@@ -64,7 +70,9 @@ fn deb822(text: &str) -> Option<String> {
         if !field("Types").is_some_and(|t| t.split_whitespace().any(|w| w == "deb")) {
             continue;
         }
-        let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) else { continue };
+        let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) else {
+            continue;
+        };
         if suites.split_whitespace().any(plain_suite) {
             if let Some(uri) = uris.split_whitespace().find(|u| u.contains("://")) {
                 return Some(uri.trim_end_matches('/').to_string());
@@ -76,7 +84,9 @@ fn deb822(text: &str) -> Option<String> {
 
 /// A mirror given by the user must at least look like a URL apt accepts.
 pub fn check(mirror: &str) -> Result<()> {
-    let ok = ["http://", "https://", "file://", "copy://", "mirror+"].iter().any(|p| mirror.starts_with(p));
+    let ok = ["http://", "https://", "file://", "copy://", "mirror+"]
+        .iter()
+        .any(|p| mirror.starts_with(p));
     if !ok {
         bail!("mirror `{mirror}` is not a URL apt understands (http://, https://, file:// …)");
     }

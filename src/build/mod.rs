@@ -21,13 +21,13 @@ use crate::cli::{DiskImageArgs, Vars};
 use crate::flavour::Phase;
 use crate::sandbox::{lend::Lend, namespace, signals, Interrupted};
 use crate::tree::ImageTree;
-use std::os::fd::{AsFd, AsRawFd};
 use anyhow::{bail, Context, Result};
 use cache::{Lookup, TreeCache};
 use config::Config;
 use hooks::Runner;
 use plan::Plan;
 use progress::Progress;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use workdir::WorkDir;
 
@@ -49,12 +49,19 @@ pub fn ramdisk_image_create(args: crate::cli::RamdiskArgs) -> Result<i32> {
     add_sbin_to_path();
     let vars = Vars::load(std::env::vars())?;
     let logfile = args.common.logfile.clone();
-    logged("ramdisk-image-create", logfile.as_deref(), &vars, || build(Config::from_ramdisk_args(args, vars.clone())?))
+    logged("ramdisk-image-create", logfile.as_deref(), &vars, || {
+        build(Config::from_ramdisk_args(args, vars.clone())?)
+    })
 }
 
 /// Runs `f` with stderr going through `--logfile`/DIB_QUIET; an error is
 /// printed while the log is still open, so the log ends with it.
-fn logged(program: &str, logfile: Option<&Path>, vars: &Vars, f: impl FnOnce() -> Result<i32>) -> Result<i32> {
+fn logged(
+    program: &str,
+    logfile: Option<&Path>,
+    vars: &Vars,
+    f: impl FnOnce() -> Result<i32>,
+) -> Result<i32> {
     let settings = crate::cli::log::LogSettings::new(logfile, vars.get("DIB_QUIET"))?;
     let Some(tee) = crate::cli::log::Tee::start(&settings)? else {
         return f();
@@ -87,7 +94,11 @@ fn build(config: Config) -> Result<i32> {
     let code = namespace::enter(&plan.maps, || worker(&plan, &work, broker.as_ref()))?;
     drop(broker);
     drop(work);
-    Ok(if signals::interrupted() && code != 0 { EXIT_INTERRUPTED } else { code })
+    Ok(if signals::interrupted() && code != 0 {
+        EXIT_INTERRUPTED
+    } else {
+        code
+    })
 }
 
 /// `--cache-list` / `--cache-prune DAYS`. Archives belong to the user, so no
@@ -99,7 +110,12 @@ fn cache_command(args: &DiskImageArgs, vars: &Vars) -> Result<i32> {
     if args.cache_list {
         println!("{:<16}  {:>10}  {:>8}", "base tree", "size", "unused");
         for (key, size, age) in &entries {
-            println!("{:<16}  {:>7} MiB  {:>6} d", &key[..16.min(key.len())], size >> 20, age / 86400);
+            println!(
+                "{:<16}  {:>7} MiB  {:>6} d",
+                &key[..16.min(key.len())],
+                size >> 20,
+                age / 86400
+            );
         }
         println!("{} entries in {}", entries.len(), dir.display());
         return Ok(0);
@@ -140,7 +156,9 @@ fn add_sbin_to_path() {
 fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 {
     let mut progress = Progress::new(plan.config.trace);
     progress.stamps = plan.config.timestamps;
-    let result = work.open_inside().and_then(|()| pipeline(plan, work, broker, &mut progress));
+    let result = work
+        .open_inside()
+        .and_then(|()| pipeline(plan, work, broker, &mut progress));
     progress.finish();
     work.empty_inside();
     // Here too, for when kiln itself was killed and only this side unwinds.
@@ -149,7 +167,8 @@ fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 
         Ok(()) => {
             eprint!("{}", progress.table());
             // kiln's own memory, not its tools': the worker does all of kiln's work.
-            if let Ok(u) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+            if let Ok(u) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            {
                 eprintln!("kiln peak RSS: {:.1} MiB", u.max_rss() as f64 / 1024.0);
             }
             0
@@ -165,25 +184,48 @@ fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 
     }
 }
 
-fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progress: &mut Progress) -> Result<()> {
+fn pipeline(
+    plan: &Plan,
+    work: &WorkDir,
+    broker: Option<&devices::Broker>,
+    progress: &mut Progress,
+) -> Result<()> {
     let c = &plan.config;
     let root = work.root();
     for d in [work.hooks(), work.image(), work.home(), work.root()] {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     tree_in_memory(c.tmpfs_min, &root, progress)?;
-    let mut apt = apt_cache::AptCache::open(&c.cache_dir, &apt_cache_dir(c), work, c.vars.get("DIB_APT_KEYRING"), progress)?;
+    let mut apt = apt_cache::AptCache::open(
+        &c.cache_dir,
+        &apt_cache_dir(c),
+        work,
+        c.vars.get("DIB_APT_KEYRING"),
+        progress,
+    )?;
     let apt_cache = apt.dir().to_path_buf();
     let uuids = DiskIds::fresh()?;
     let env = hook_env::HookEnv::new(plan, work, &apt_cache, &uuids)?;
-    let mut runner = Runner { plan, work, env, apt_cache, image_block_device: None };
+    let mut runner = Runner {
+        plan,
+        work,
+        env,
+        apt_cache,
+        image_block_device: None,
+    };
     runner.stage_hooks()?;
 
     make_root(plan, &runner, &root, &mut apt, progress)?;
     // From here on the tree holds what hooks and packages wrote: see crate::tree.
     let tree = ImageTree::open(&root)?;
     image_root::prepare(&tree)?;
-    for phase in [Phase::ExtraData, Phase::PreInstall, Phase::Install, Phase::PostInstall, Phase::PostRoot] {
+    for phase in [
+        Phase::ExtraData,
+        Phase::PreInstall,
+        Phase::Install,
+        Phase::PostInstall,
+        Phase::PostRoot,
+    ] {
         run_phase(&runner, phase, None, progress)?;
     }
     image_root::install_first_boot(&work.hooks(), &tree)?;
@@ -200,10 +242,20 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
                 s
             }
             // As diskimage-builder: the journal and DIB_IMAGE_EXTRA_SIZE come on top.
-            None => crate::disk::size_for_content(content, &plan.layout)? + (c.journal_mib.unwrap_or(0) << 20) + c.extra_size.unwrap_or(0),
+            None => {
+                crate::disk::size_for_content(content, &plan.layout)?
+                    + (c.journal_mib.unwrap_or(0) << 20)
+                    + c.extra_size.unwrap_or(0)
+            }
         };
         let fs = crate::disk::FsType::parse(&c.fs_type)?;
-        let mut d = crate::disk::plan_disk(&plan.layout, fs, size, &c.root_label, c.mkfs_options.clone())?;
+        let mut d = crate::disk::plan_disk(
+            &plan.layout,
+            fs,
+            size,
+            &c.root_label,
+            c.mkfs_options.clone(),
+        )?;
         d.root_uuid = uuids.root.clone();
         d.esp_uuid = uuids.esp.clone();
         let raw = work.image().join("disk.raw");
@@ -239,7 +291,12 @@ fn pipeline(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>, progr
     }
     check_interrupted()?;
     progress.step("outputs", &c.formats.join(","));
-    outputs::write_all(plan, &tree, disk.as_ref().map(|(_, r)| r.as_path()), &work.outputs)?;
+    outputs::write_all(
+        plan,
+        &tree,
+        disk.as_ref().map(|(_, r)| r.as_path()),
+        &work.outputs,
+    )?;
     Ok(())
 }
 
@@ -249,15 +306,27 @@ fn tree_in_memory(min: Option<u64>, root: &Path, progress: &mut Progress) -> Res
     let Some(min) = min else { return Ok(()) };
     let available = mem_available().unwrap_or(0);
     if available < min {
-        progress.say(&format!("tree on disk: {} MiB of memory free, the tmpfs needs {} MiB (--min-tmpfs)", available >> 20, min >> 20));
+        progress.say(&format!(
+            "tree on disk: {} MiB of memory free, the tmpfs needs {} MiB (--min-tmpfs)",
+            available >> 20,
+            min >> 20
+        ));
         return Ok(());
     }
-    crate::sandbox::mounts::tree_tmpfs(root).map_err(|e| anyhow::anyhow!("{e} (--no-tmpfs builds on disk)"))
+    crate::sandbox::mounts::tree_tmpfs(root)
+        .map_err(|e| anyhow::anyhow!("{e} (--no-tmpfs builds on disk)"))
 }
 
 fn mem_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = text.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kib << 10)
 }
 
@@ -269,7 +338,12 @@ fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-fn run_phase(runner: &Runner, phase: Phase, lend: Option<&Lend>, progress: &mut Progress) -> Result<()> {
+fn run_phase(
+    runner: &Runner,
+    phase: Phase,
+    lend: Option<&Lend>,
+    progress: &mut Progress,
+) -> Result<()> {
     check_interrupted()?;
     if phase == Phase::Install {
         runner.install_static(progress)?;
@@ -281,15 +355,33 @@ fn run_phase(runner: &Runner, phase: Phase, lend: Option<&Lend>, progress: &mut 
 
 /// block-device.d with the image attached to a loop device (kiln-helper): the
 /// hooks open /dev/loopN and its partitions; everything after works on the file.
-fn block_device_phase(runner: &mut Runner, broker: &devices::Broker, raw: &Path, progress: &mut Progress) -> Result<()> {
+fn block_device_phase(
+    runner: &mut Runner,
+    broker: &devices::Broker,
+    raw: &Path,
+    progress: &mut Progress,
+) -> Result<()> {
     check_interrupted()?;
-    let image = std::fs::OpenOptions::new().read(true).write(true).open(raw).with_context(|| format!("opening {}", raw.display()))?;
-    progress.step("block-device", "attaching the image to a loop device (kiln-helper)");
+    let image = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(raw)
+        .with_context(|| format!("opening {}", raw.display()))?;
+    progress.step(
+        "block-device",
+        "attaching the image to a loop device (kiln-helper)",
+    );
     let attached = broker.attach(&image)?;
-    progress.say(&format!("block-device: the image is /dev/{} until block-device.d ends", attached.name));
+    progress.say(&format!(
+        "block-device: the image is /dev/{} until block-device.d ends",
+        attached.name
+    ));
     runner.image_block_device = Some(PathBuf::from("/dev").join(&attached.name));
     let partitions = || broker.partitions();
-    let lend = Lend { disk: attached.disk.as_fd(), partitions: &partitions };
+    let lend = Lend {
+        disk: attached.disk.as_fd(),
+        partitions: &partitions,
+    };
     let ran = run_phase(runner, Phase::BlockDevice, Some(&lend), progress);
     // What the hooks wrote through the device must be in the file before kiln reads it.
     let synced = nix::unistd::fsync(attached.disk.as_raw_fd()).context("flushing the loop device");
@@ -303,9 +395,19 @@ fn block_device_phase(runner: &mut Runner, broker: &devices::Broker, raw: &Path,
 
 /// A block-device.d hook may have moved or resized kiln's partitions: kiln fills
 /// them where the table now says they are.
-fn adopt_partitions(d: &mut crate::disk::DiskPlan, raw: &Path, progress: &mut Progress) -> Result<()> {
-    let table = crate::kernel::partition_table(raw).context("re-reading the partition table after block-device.d")?;
-    let numbers = d.partitions.iter().map(|q| q.number.to_string()).collect::<Vec<_>>().join(", ");
+fn adopt_partitions(
+    d: &mut crate::disk::DiskPlan,
+    raw: &Path,
+    progress: &mut Progress,
+) -> Result<()> {
+    let table = crate::kernel::partition_table(raw)
+        .context("re-reading the partition table after block-device.d")?;
+    let numbers = d
+        .partitions
+        .iter()
+        .map(|q| q.number.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     for p in &mut d.partitions {
         let Some(&(_, start, len)) = table.iter().find(|(n, _, _)| *n == p.number) else {
             bail!(
@@ -315,7 +417,12 @@ fn adopt_partitions(d: &mut crate::disk::DiskPlan, raw: &Path, progress: &mut Pr
             );
         };
         if (start, len) != (p.start, p.size) {
-            progress.say(&format!("block-device: partition {} is now at {} MiB, {} MiB long", p.number, start >> 20, len >> 20));
+            progress.say(&format!(
+                "block-device: partition {} is now at {} MiB, {} MiB long",
+                p.number,
+                start >> 20,
+                len >> 20
+            ));
             p.start = start;
             p.size = len;
         }
@@ -325,18 +432,31 @@ fn adopt_partitions(d: &mut crate::disk::DiskPlan, raw: &Path, progress: &mut Pr
 
 /// root: from the base-tree cache when every input matches, else the OS
 /// flavour's root.d (which then fills the cache).
-fn make_root(plan: &Plan, runner: &Runner, root: &Path, apt: &mut apt_cache::AptCache, progress: &mut Progress) -> Result<()> {
+fn make_root(
+    plan: &Plan,
+    runner: &Runner,
+    root: &Path,
+    apt: &mut apt_cache::AptCache,
+    progress: &mut Progress,
+) -> Result<()> {
     let c = &plan.config;
     let cache = TreeCache::new(&c.cache_dir);
     let key = &plan.cache_key;
-    let _lock = if c.use_cache { Some(cache.lock(key)?) } else { None };
+    let _lock = if c.use_cache {
+        Some(cache.lock(key)?)
+    } else {
+        None
+    };
     if c.use_cache {
         match cache.lookup(key)? {
             Lookup::Hit(archive) => {
                 progress.step("root.d (cached)", &format!("base tree {}", &key[..12]));
                 return cache.restore(&archive, root, &plan.tools);
             }
-            Lookup::Corrupt(why) => progress.say(&format!("warning: cached base tree {} was corrupt ({why}); discarded, rebuilding", &key[..12])),
+            Lookup::Corrupt(why) => progress.say(&format!(
+                "warning: cached base tree {} was corrupt ({why}); discarded, rebuilding",
+                &key[..12]
+            )),
             Lookup::Miss => {}
         }
     }
@@ -349,8 +469,14 @@ fn make_root(plan: &Plan, runner: &Runner, root: &Path, apt: &mut apt_cache::Apt
     }
     std::fs::create_dir_all(root)?;
     runner.run_phase(Phase::Root, progress)?;
-    if std::fs::read_dir(root).map(|mut d| d.next().is_none()).unwrap_or(true) {
-        bail!("no root.d hook created the image root (flavours: {})", plan.resolved.names().join(" "));
+    if std::fs::read_dir(root)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+    {
+        bail!(
+            "no root.d hook created the image root (flavours: {})",
+            plan.resolved.names().join(" ")
+        );
     }
     apt.after_bootstrap(progress)?;
     if c.use_cache {
@@ -364,7 +490,9 @@ fn apt_cache_dir(c: &Config) -> PathBuf {
     use sha2::Digest;
     let h = sha2::Sha256::digest(format!("{}\n{}\n{}", c.mirror, c.release, c.arch).as_bytes());
     let tag: String = h.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    c.cache_dir.join("apt").join(format!("{}-{}-{tag}", c.release, c.arch))
+    c.cache_dir
+        .join("apt")
+        .join(format!("{}-{}-{tag}", c.release, c.arch))
 }
 
 /// Filesystem ids chosen before the image exists, so finalise.d can write fstab
@@ -376,9 +504,19 @@ pub struct DiskIds {
 
 impl DiskIds {
     fn fresh() -> Result<DiskIds> {
-        let root = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?.trim().to_string();
+        let root = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?
+            .trim()
+            .to_string();
         let other = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
-        let hex: String = other.chars().filter(|c| c.is_ascii_hexdigit()).take(8).collect::<String>().to_uppercase();
-        Ok(DiskIds { root, esp: format!("{}-{}", &hex[..4], &hex[4..8]) })
+        let hex: String = other
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .take(8)
+            .collect::<String>()
+            .to_uppercase();
+        Ok(DiskIds {
+            root,
+            esp: format!("{}-{}", &hex[..4], &hex[4..8]),
+        })
     }
 }

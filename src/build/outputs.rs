@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub fn check_destination(c: &Config) -> Result<()> {
     let dir = output_dir(c);
-    let meta = std::fs::metadata(dir).with_context(|| format!("output directory {} does not exist", dir.display()))?;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("output directory {} does not exist", dir.display()))?;
     if !meta.is_dir() {
         bail!("output directory {} is not a directory", dir.display());
     }
@@ -23,9 +24,14 @@ pub fn check_destination(c: &Config) -> Result<()> {
     let me = nix::unistd::geteuid().as_raw();
     let sticky = meta.mode() & libc::S_ISVTX != 0 && meta.uid() != me && me != 0;
     for f in final_names(c) {
-        let Ok(m) = std::fs::symlink_metadata(&f) else { continue };
+        let Ok(m) = std::fs::symlink_metadata(&f) else {
+            continue;
+        };
         if m.is_dir() {
-            bail!("{} is a directory: remove it or choose another -o NAME", f.display());
+            bail!(
+                "{} is a directory: remove it or choose another -o NAME",
+                f.display()
+            );
         }
         if sticky && m.uid() != me {
             bail!(
@@ -42,12 +48,18 @@ pub fn check_destination(c: &Config) -> Result<()> {
 /// The private directory for this build's outputs, made on the host side
 /// before the build starts so the host side removes it whatever happens inside.
 pub fn stage(c: &Config) -> Result<Staging> {
-    let name = c.output.file_name().with_context(|| format!("-o {} names no file", c.output.display()))?;
+    let name = c
+        .output
+        .file_name()
+        .with_context(|| format!("-o {} names no file", c.output.display()))?;
     Staging::create(output_dir(c), &name.to_string_lossy())
 }
 
 fn output_dir(c: &Config) -> &Path {
-    c.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    c.output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// Every name the build writes: the outputs, then their checksums.
@@ -61,9 +73,18 @@ fn final_names(c: &Config) -> Vec<PathBuf> {
     names
 }
 
-pub fn write_all(plan: &Plan, tree: &ImageTree, raw: Option<&Path>, staging: &Staging) -> Result<()> {
+pub fn write_all(
+    plan: &Plan,
+    tree: &ImageTree,
+    raw: Option<&Path>,
+    staging: &Staging,
+) -> Result<()> {
     let c = &plan.config;
-    let temps: Vec<PathBuf> = c.formats.iter().map(|f| staging.file_for(&c.output_path(f))).collect();
+    let temps: Vec<PathBuf> = c
+        .formats
+        .iter()
+        .map(|f| staging.file_for(&c.output_path(f)))
+        .collect();
     if let super::config::Kind::Ramdisk(compression) = c.kind {
         let opts = crate::ramdisk::RamdiskOptions {
             compression,
@@ -108,7 +129,8 @@ fn write_checksums(c: &Config, file: &Path) -> Result<()> {
 fn rename_all(c: &Config, staging: &Staging) -> Result<()> {
     let into_place = |dest: &Path| {
         let from = staging.file_for(dest);
-        std::fs::rename(&from, dest).with_context(|| format!("renaming {} to {}", from.display(), dest.display()))
+        std::fs::rename(&from, dest)
+            .with_context(|| format!("renaming {} to {}", from.display(), dest.display()))
     };
     for format in &c.formats {
         let dest = c.output_path(format);

@@ -4,8 +4,8 @@
 use super::config::Config;
 use super::devices::ASK_FILE;
 use super::tools::{self, Tools};
-use crate::helper::client::Helper;
 use crate::flavour::{self, EnvFile, HookSet, PackageRequest, Phase, Resolved, SearchPath};
+use crate::helper::client::Helper;
 use crate::sandbox::{seccomp::Profile, IdMaps};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -46,27 +46,52 @@ impl Plan {
         let ramdisk = matches!(config.kind, super::config::Kind::Ramdisk(_));
         for f in config.formats.iter().filter(|_| !ramdisk) {
             if !FORMATS.contains(&f.as_str()) {
-                bail!("unknown output format `{f}` in -t: kiln writes {}", FORMATS.join(", "));
+                bail!(
+                    "unknown output format `{f}` in -t: kiln writes {}",
+                    FORMATS.join(", ")
+                );
             }
         }
-        if !ramdisk && !config.formats.iter().all(|f| TREE_FORMATS.contains(&f.as_str())) {
+        if !ramdisk
+            && !config
+                .formats
+                .iter()
+                .all(|f| TREE_FORMATS.contains(&f.as_str()))
+        {
             let fs = crate::disk::FsType::parse(&config.fs_type).context("FS_TYPE")?;
             ext_options(&mut config, fs)?;
         }
         let search = SearchPath::new(&config.user_flavour_path, config.builtin_flavours.clone());
-        let layout_default = format!("block-device-{}", config.vars.get("DIB_BLOCK_DEVICE").unwrap_or("gpt"));
+        let layout_default = format!(
+            "block-device-{}",
+            config.vars.get("DIB_BLOCK_DEVICE").unwrap_or("gpt")
+        );
         let defaults = [("block-device".to_string(), layout_default)];
-        let resolved = flavour::resolve_with_defaults(&search, &config.flavours, &defaults).map_err(|e| anyhow!("{e}"))?;
+        let resolved = flavour::resolve_with_defaults(&search, &config.flavours, &defaults)
+            .map_err(|e| anyhow!("{e}"))?;
         let hooks = flavour::collect_hooks(&resolved).map_err(|e| anyhow!("{e}"))?;
         let env_files = flavour::environment_files(&resolved).map_err(|e| anyhow!("{e}"))?;
-        let os = resolved.provider_of("operating-system").map(|f| f.name.clone()).unwrap_or_default();
-        let distro = if os.starts_with("debian") { "debian".to_string() } else { os.clone() };
+        let os = resolved
+            .provider_of("operating-system")
+            .map(|f| f.name.clone())
+            .unwrap_or_default();
+        let distro = if os.starts_with("debian") {
+            "debian".to_string()
+        } else {
+            os.clone()
+        };
         // --install-type is what the hooks' environment.d makes of DIB_DEFAULT_INSTALLTYPE.
         let lookup = |k: &str| match (k, &config.install_type) {
             ("DIB_DEFAULT_INSTALLTYPE", Some(t)) => Some(t.clone()),
             _ => config.vars.get(k).map(str::to_string),
         };
-        let target = flavour::Target { distro: &distro, release: &config.release, arch: &config.arch, family: "debian", env: &lookup };
+        let target = flavour::Target {
+            distro: &distro,
+            release: &config.release,
+            arch: &config.arch,
+            family: "debian",
+            env: &lookup,
+        };
         let packages = flavour::collect_packages(&resolved, &target).map_err(|e| anyhow!("{e}"))?;
         let (bootstrap_packages, phase_packages) = split_packages(&packages, &config.packages);
 
@@ -74,11 +99,16 @@ impl Plan {
             Some(l) => l.to_string(),
             None => layout_of(&resolved, &config)?,
         };
-        let needs_disk = !ramdisk && config.formats.iter().any(|f| !TREE_FORMATS.contains(&f.as_str()));
+        let needs_disk = !ramdisk
+            && config
+                .formats
+                .iter()
+                .any(|f| !TREE_FORMATS.contains(&f.as_str()));
         let tools = Tools::find(&needed_tools(&resolved, &config, &layout, needs_disk)?)?;
         let seccomp = match &config.seccomp_profile {
             Some(p) => Profile::from_file(p).map_err(|e| anyhow!("{e}"))?,
-            None => Profile::from_str(DEFAULT_PROFILE, "seccomp/default.json (built in)").map_err(|e| anyhow!("{e}"))?,
+            None => Profile::from_str(DEFAULT_PROFILE, "seccomp/default.json (built in)")
+                .map_err(|e| anyhow!("{e}"))?,
         };
         let maps = IdMaps::for_caller()?;
         let mut warnings = hooks.warnings.clone();
@@ -119,10 +149,23 @@ impl Plan {
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");
         }
-        let _ = writeln!(s, "distribution: {} {} {} from {}", self.distro, c.release, c.arch, c.mirror);
-        let _ = writeln!(s, "bootstrap packages: {}", self.bootstrap_packages.join(" "));
+        let _ = writeln!(
+            s,
+            "distribution: {} {} {} from {}",
+            self.distro, c.release, c.arch, c.mirror
+        );
+        let _ = writeln!(
+            s,
+            "bootstrap packages: {}",
+            self.bootstrap_packages.join(" ")
+        );
         for (phase, (inst, uninst)) in &self.phase_packages {
-            let _ = writeln!(s, "{phase} packages: install [{}] uninstall [{}]", inst.join(" "), uninst.join(" "));
+            let _ = writeln!(
+                s,
+                "{phase} packages: install [{}] uninstall [{}]",
+                inst.join(" "),
+                uninst.join(" ")
+            );
         }
         for phase in Phase::ALL {
             let hooks = self.hooks.phase(phase);
@@ -135,25 +178,47 @@ impl Plan {
                 let _ = writeln!(s, "  {:<32} ({})", h.name, h.flavour);
             }
             for d in skipped {
-                let _ = writeln!(s, "  {:<32} ({}) skipped: not executable", d.name, d.flavour);
+                let _ = writeln!(
+                    s,
+                    "  {:<32} ({}) skipped: not executable",
+                    d.name, d.flavour
+                );
             }
         }
         let mut outs = Vec::new();
         for f in &c.formats {
             let out = c.output_path(f).display().to_string();
-            outs.extend(c.checksums.iter().map(|d| format!("{out}.{}", d.extension())));
+            outs.extend(
+                c.checksums
+                    .iter()
+                    .map(|d| format!("{out}.{}", d.extension())),
+            );
             outs.push(out);
         }
         let _ = writeln!(s, "disk layout: {}", self.layout);
         if self.needs_disk {
-            let _ = writeln!(s, "root filesystem: {} (mkfs options: {})", c.fs_type, c.mkfs_options.join(" "));
+            let _ = writeln!(
+                s,
+                "root filesystem: {} (mkfs options: {})",
+                c.fs_type,
+                c.mkfs_options.join(" ")
+            );
         }
         match &self.helper {
             Some((h, askers)) => {
-                let _ = writeln!(s, "block device: a loop device through {} ({:?}), for {}", h.program.display(), h.mode, askers.join(", "));
+                let _ = writeln!(
+                    s,
+                    "block device: a loop device through {} ({:?}), for {}",
+                    h.program.display(),
+                    h.mode,
+                    askers.join(", ")
+                );
             }
             None => {
-                let _ = writeln!(s, "block device: a plain file (no flavour asks for a real one)");
+                let _ = writeln!(
+                    s,
+                    "block device: a plain file (no flavour asks for a real one)"
+                );
             }
         }
         let _ = writeln!(s, "outputs: {}", outs.join(" "));
@@ -172,13 +237,17 @@ fn ext_options(config: &mut Config, fs: crate::disk::FsType) -> Result<()> {
         if !ext {
             bail!("--max-online-resize {n} sets mke2fs -E resize=, but the root filesystem is {}: it applies to ext2/ext3/ext4 only", fs.as_str());
         }
-        config.mkfs_options.extend(["-E".to_string(), format!("resize={n}")]);
+        config
+            .mkfs_options
+            .extend(["-E".to_string(), format!("resize={n}")]);
     }
     if let Some(j) = config.journal_mib {
         if !matches!(fs, FsType::Ext3 | FsType::Ext4) {
             bail!("DIB_JOURNAL_SIZE={j} sets the ext3/ext4 journal, but the root filesystem is {}, which has none kiln can size", fs.as_str());
         }
-        config.mkfs_options.extend(["-J".to_string(), format!("size={j}")]);
+        config
+            .mkfs_options
+            .extend(["-J".to_string(), format!("size={j}")]);
     }
     Ok(())
 }
@@ -187,8 +256,17 @@ pub const DEFAULT_PROFILE: &str = include_str!("../../seccomp/default.json");
 
 /// Flavours with a `real-block-device` file get a loop device in block-device.d,
 /// which only kiln-helper can attach: without it, fail now with how to install it.
-fn block_device_helper(resolved: &Resolved, needs_disk: bool, warnings: &mut Vec<String>) -> Result<Option<(Helper, Vec<String>)>> {
-    let askers: Vec<String> = resolved.flavours.iter().filter(|f| f.dir.join(ASK_FILE).exists()).map(|f| f.name.clone()).collect();
+fn block_device_helper(
+    resolved: &Resolved,
+    needs_disk: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<(Helper, Vec<String>)>> {
+    let askers: Vec<String> = resolved
+        .flavours
+        .iter()
+        .filter(|f| f.dir.join(ASK_FILE).exists())
+        .map(|f| f.name.clone())
+        .collect();
     if askers.is_empty() {
         return Ok(None);
     }
@@ -202,7 +280,10 @@ fn block_device_helper(resolved: &Resolved, needs_disk: bool, warnings: &mut Vec
     Ok(Some((helper, askers)))
 }
 
-fn split_packages(reqs: &[PackageRequest], extra: &[String]) -> (Vec<String>, BTreeMap<Phase, (Vec<String>, Vec<String>)>) {
+fn split_packages(
+    reqs: &[PackageRequest],
+    extra: &[String],
+) -> (Vec<String>, BTreeMap<Phase, (Vec<String>, Vec<String>)>) {
     let mut boot: Vec<String> = extra.to_vec();
     let mut later: BTreeMap<Phase, (Vec<String>, Vec<String>)> = BTreeMap::new();
     for r in reqs {
@@ -211,7 +292,11 @@ fn split_packages(reqs: &[PackageRequest], extra: &[String]) -> (Vec<String>, BT
             boot.push(r.name.clone());
         } else {
             let e = later.entry(r.phase).or_default();
-            if r.uninstall { e.1.push(r.name.clone()) } else { e.0.push(r.name.clone()) }
+            if r.uninstall {
+                e.1.push(r.name.clone())
+            } else {
+                e.0.push(r.name.clone())
+            }
         }
     }
     boot.sort();
@@ -223,10 +308,17 @@ fn split_packages(reqs: &[PackageRequest], extra: &[String]) -> (Vec<String>, BT
 /// the layouts kiln builds without a block device; it overrides FS_TYPE and the
 /// root label where it names them, as in diskimage-builder.
 fn dib_block_device_config(config: &mut Config) -> Result<Option<&'static str>> {
-    let Some(value) = config.vars.get("DIB_BLOCK_DEVICE_CONFIG").map(str::to_string) else { return Ok(None) };
+    let Some(value) = config
+        .vars
+        .get("DIB_BLOCK_DEVICE_CONFIG")
+        .map(str::to_string)
+    else {
+        return Ok(None);
+    };
     let (text, origin) = match value.strip_prefix("file://") {
         Some(path) => (
-            std::fs::read_to_string(path).with_context(|| format!("reading DIB_BLOCK_DEVICE_CONFIG file {path}"))?,
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading DIB_BLOCK_DEVICE_CONFIG file {path}"))?,
             format!("DIB_BLOCK_DEVICE_CONFIG ({path})"),
         ),
         None => (value, "DIB_BLOCK_DEVICE_CONFIG".to_string()),
@@ -243,21 +335,41 @@ fn dib_block_device_config(config: &mut Config) -> Result<Option<&'static str>> 
 
 fn layout_of(resolved: &Resolved, config: &Config) -> Result<String> {
     let layout = match resolved.provider_of("block-device") {
-        Some(f) => f.name.strip_prefix("block-device-").unwrap_or("gpt").to_string(),
+        Some(f) => f
+            .name
+            .strip_prefix("block-device-")
+            .unwrap_or("gpt")
+            .to_string(),
         None => "none".to_string(),
     };
-    let layout = config.vars.get("KILN_BLOCK_DEVICE_LAYOUT").map(str::to_string).unwrap_or(layout);
-    crate::disk::Layout::parse(&layout).with_context(|| "block-device layout (KILN_BLOCK_DEVICE_LAYOUT / the block-device flavour)".to_string())?;
+    let layout = config
+        .vars
+        .get("KILN_BLOCK_DEVICE_LAYOUT")
+        .map(str::to_string)
+        .unwrap_or(layout);
+    crate::disk::Layout::parse(&layout).with_context(|| {
+        "block-device layout (KILN_BLOCK_DEVICE_LAYOUT / the block-device flavour)".to_string()
+    })?;
     Ok(layout)
 }
 
 /// Host tools: kiln's own, the disk assembly's, plus each flavour's `host-tools`
 /// file (kiln's addition: one tool per line, `a|b` for alternatives).
-fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: bool) -> Result<Vec<(&'static str, &'static str)>> {
-    let mut t: Vec<(&'static str, &'static str)> = ["bash", "tar", "zstd"].iter().map(|n| (*n, tools::package_of(n))).collect();
+fn needed_tools(
+    resolved: &Resolved,
+    config: &Config,
+    layout: &str,
+    needs_disk: bool,
+) -> Result<Vec<(&'static str, &'static str)>> {
+    let mut t: Vec<(&'static str, &'static str)> = ["bash", "tar", "zstd"]
+        .iter()
+        .map(|n| (*n, tools::package_of(n)))
+        .collect();
     for f in &resolved.flavours {
         let path = f.dir.join("host-tools");
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
         for (i, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -265,10 +377,26 @@ fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: 
             }
             let known: Vec<&'static str> = line
                 .split('|')
-                .map(|a| tools::PACKAGES.iter().find(|(n, _)| *n == a.trim()).map(|(n, _)| *n))
+                .map(|a| {
+                    tools::PACKAGES
+                        .iter()
+                        .find(|(n, _)| *n == a.trim())
+                        .map(|(n, _)| *n)
+                })
                 .collect::<Option<_>>()
-                .with_context(|| format!("flavour `{}`, {} line {}: unknown host tool in `{line}`", f.name, path.display(), i + 1))?;
-            let pick = known.iter().copied().find(|a| which::which(a).is_ok()).unwrap_or(known[0]);
+                .with_context(|| {
+                    format!(
+                        "flavour `{}`, {} line {}: unknown host tool in `{line}`",
+                        f.name,
+                        path.display(),
+                        i + 1
+                    )
+                })?;
+            let pick = known
+                .iter()
+                .copied()
+                .find(|a| which::which(a).is_ok())
+                .unwrap_or(known[0]);
             t.push((pick, tools::package_of(pick)));
         }
     }
@@ -277,11 +405,23 @@ fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: 
     }
     let formats = match config.kind {
         super::config::Kind::Ramdisk(_) => Vec::new(),
-        super::config::Kind::Disk => config.formats.iter().map(|f| crate::disk::Format::parse(f)).collect::<Result<Vec<_>>>()?,
+        super::config::Kind::Disk => config
+            .formats
+            .iter()
+            .map(|f| crate::disk::Format::parse(f))
+            .collect::<Result<Vec<_>>>()?,
     };
     let fs = crate::disk::FsType::parse(&config.fs_type)?;
-    let layout = if needs_disk { crate::disk::Layout::parse(layout)? } else { crate::disk::Layout::None };
-    let disk_formats: Vec<_> = formats.iter().copied().filter(|f| needs_disk || !f.is_disk()).collect();
+    let layout = if needs_disk {
+        crate::disk::Layout::parse(layout)?
+    } else {
+        crate::disk::Layout::None
+    };
+    let disk_formats: Vec<_> = formats
+        .iter()
+        .copied()
+        .filter(|f| needs_disk || !f.is_disk())
+        .collect();
     let fs_tools = if needs_disk { Vec::new() } else { fs.tools() };
     for h in crate::disk::host_tools(layout, fs, &disk_formats) {
         if !fs_tools.contains(&h) {
@@ -297,7 +437,13 @@ fn needed_tools(resolved: &Resolved, config: &Config, layout: &str, needs_disk: 
 }
 
 /// Everything that made the base tree: a change to any of it is a miss.
-fn cache_key(config: &Config, distro: &str, hooks: &HookSet, env_files: &[EnvFile], packages: &[String]) -> Result<String> {
+fn cache_key(
+    config: &Config,
+    distro: &str,
+    hooks: &HookSet,
+    env_files: &[EnvFile],
+    packages: &[String],
+) -> Result<String> {
     let mut h = Sha256::new();
     let mut field = |name: &str, value: &[u8]| {
         h.update(name.as_bytes());
@@ -311,11 +457,13 @@ fn cache_key(config: &Config, distro: &str, hooks: &HookSet, env_files: &[EnvFil
     field("mirror", config.mirror.as_bytes());
     field("packages", packages.join("\n").as_bytes());
     for hook in hooks.phase(Phase::Root) {
-        let body = std::fs::read(&hook.path).with_context(|| format!("reading {}", hook.path.display()))?;
+        let body = std::fs::read(&hook.path)
+            .with_context(|| format!("reading {}", hook.path.display()))?;
         field(&format!("root.d/{}", hook.name), &body);
     }
     for e in env_files {
-        let body = std::fs::read(&e.path).with_context(|| format!("reading {}", e.path.display()))?;
+        let body =
+            std::fs::read(&e.path).with_context(|| format!("reading {}", e.path.display()))?;
         field(&format!("environment.d/{}", e.name), &body);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())

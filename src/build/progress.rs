@@ -15,7 +15,13 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(trace: bool) -> Progress {
-        Progress { start: Instant::now(), current: None, timings: Vec::new(), trace, stamps: true }
+        Progress {
+            start: Instant::now(),
+            current: None,
+            timings: Vec::new(),
+            trace,
+            stamps: true,
+        }
     }
 
     fn stamp(&self) -> String {
@@ -61,7 +67,10 @@ impl Progress {
         for (name, d) in &self.timings {
             s.push_str(&format!("  {:>8.2}s  {name}\n", d.as_secs_f64()));
         }
-        s.push_str(&format!("  {:>8.2}s  total\n", self.start.elapsed().as_secs_f64()));
+        s.push_str(&format!(
+            "  {:>8.2}s  total\n",
+            self.start.elapsed().as_secs_f64()
+        ));
         s
     }
 }

@@ -41,13 +41,23 @@ impl Staging {
     pub fn create(dir: &Path, name: &str) -> Result<Staging> {
         for stale in stale_dirs(dir, name) {
             match std::fs::remove_dir_all(&stale) {
-                Ok(()) => eprintln!("kiln: removed {}, left by a build that was killed", stale.display()),
-                Err(e) => eprintln!("kiln: warning: could not remove {}, left by a build that was killed: {e}", stale.display()),
+                Ok(()) => eprintln!(
+                    "kiln: removed {}, left by a build that was killed",
+                    stale.display()
+                ),
+                Err(e) => eprintln!(
+                    "kiln: warning: could not remove {}, left by a build that was killed: {e}",
+                    stale.display()
+                ),
             }
         }
         let template = dir.join(format!(".{name}.kiln-XXXXXX"));
-        let path = nix::unistd::mkdtemp(&template)
-            .with_context(|| format!("creating a private directory for the outputs in {}", dir.display()))?;
+        let path = nix::unistd::mkdtemp(&template).with_context(|| {
+            format!(
+                "creating a private directory for the outputs in {}",
+                dir.display()
+            )
+        })?;
         let staging = Staging { dir: path };
         let me = std::process::id();
         let started = start_time(me).with_context(|| format!("reading /proc/{me}/stat"))?;
@@ -87,10 +97,17 @@ impl Drop for Staging {
 /// entry, a link, a live build's directory.
 fn stale_dirs(dir: &Path, name: &str) -> Vec<PathBuf> {
     let prefix = format!(".{name}.kiln-");
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     entries
         .flatten()
-        .filter(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).is_some_and(|s| s.len() == SUFFIX_LEN))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|s| s.len() == SUFFIX_LEN)
+        })
         .map(|e| e.path())
         .filter(|p| is_stale(p))
         .collect()
@@ -98,14 +115,21 @@ fn stale_dirs(dir: &Path, name: &str) -> Vec<PathBuf> {
 
 fn is_stale(path: &Path) -> bool {
     // O_NOFOLLOW: a link named like ours is never followed, nor removed.
-    let Ok(d) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path) else {
+    let Ok(d) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+    else {
         return false;
     };
     let Ok(meta) = d.metadata() else { return false };
     if meta.uid() != nix::unistd::geteuid().as_raw() {
         return false;
     }
-    let owner = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path.join(OWNER));
+    let owner = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path.join(OWNER));
     match owner {
         Ok(mut f) => {
             let mut text = String::new();
@@ -118,9 +142,11 @@ fn is_stale(path: &Path) -> bool {
                 _ => false,
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age > UNOWNED_GRACE)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > UNOWNED_GRACE),
         Err(_) => false,
     }
 }
@@ -128,10 +154,14 @@ fn is_stale(path: &Path) -> bool {
 /// The process is the one that wrote `owner` (same pid, same start time: pids
 /// are reused). Unsure counts as alive.
 fn alive(pid: u64, started: u64) -> bool {
-    let Ok(pid) = u32::try_from(pid) else { return false };
+    let Ok(pid) = u32::try_from(pid) else {
+        return false;
+    };
     match start_time(pid) {
         Ok(t) => t == started,
-        Err(e) => e.downcast_ref::<std::io::Error>().is_none_or(|e| e.kind() != std::io::ErrorKind::NotFound),
+        Err(e) => e
+            .downcast_ref::<std::io::Error>()
+            .is_none_or(|e| e.kind() != std::io::ErrorKind::NotFound),
     }
 }
 
@@ -139,7 +169,10 @@ fn alive(pid: u64, started: u64) -> bool {
 fn start_time(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces and parentheses: count from its end.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
     match after.split_whitespace().nth(19).map(str::parse::<u64>) {
         Some(Ok(t)) => Ok(t),
         _ => bail!("/proc/{pid}/stat has no start time"),
@@ -153,7 +186,11 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -172,7 +209,10 @@ mod tests {
             let meta = std::fs::symlink_metadata(s.path()).unwrap();
             assert!(meta.is_dir());
             assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
-            assert_eq!(s.file_for(&out.path().join("img.tar")), s.path().join("img.tar"));
+            assert_eq!(
+                s.file_for(&out.path().join("img.tar")),
+                s.path().join("img.tar")
+            );
         }
         // A live build's directory survives the next build's sweep.
         assert_eq!(entries(out.path()).len(), 2);
@@ -204,17 +244,33 @@ mod tests {
         make("young1", None);
         let old = make("old001", None);
         let long_ago = std::time::SystemTime::now() - 2 * UNOWNED_GRACE;
-        File::open(&old).unwrap().set_times(std::fs::FileTimes::new().set_modified(long_ago)).unwrap();
+        File::open(&old)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(long_ago))
+            .unwrap();
         make("junk01", Some("not a pid".into()));
         make("toolong1", Some(format!("{dead} 1\n")));
         let victim = tempfile::tempdir().unwrap();
         std::fs::write(victim.path().join(OWNER), format!("{dead} 1\n")).unwrap();
         std::os::unix::fs::symlink(victim.path(), out.path().join(".img.kiln-link01")).unwrap();
         let fresh = Staging::create(out.path(), "img").unwrap();
-        let fresh_name = fresh.path().file_name().unwrap().to_string_lossy().into_owned();
+        let fresh_name = fresh
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         // Gone: dead01 (its process ended), reuse1 (its pid now names another
         // process), old001 (killed before it had an owner).
-        let mut want: Vec<String> = [".img.kiln-alive1", ".img.kiln-junk01", ".img.kiln-link01", ".img.kiln-toolong1", ".img.kiln-young1"].map(String::from).to_vec();
+        let mut want: Vec<String> = [
+            ".img.kiln-alive1",
+            ".img.kiln-junk01",
+            ".img.kiln-link01",
+            ".img.kiln-toolong1",
+            ".img.kiln-young1",
+        ]
+        .map(String::from)
+        .to_vec();
         want.push(fresh_name);
         want.sort();
         assert_eq!(entries(out.path()), want);

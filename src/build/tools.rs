@@ -33,7 +33,11 @@ pub const PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn package_of(tool: &str) -> &'static str {
-    PACKAGES.iter().find(|(t, _)| *t == tool).map(|(_, p)| *p).unwrap_or("?")
+    PACKAGES
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .map(|(_, p)| *p)
+        .unwrap_or("?")
 }
 
 /// Every tool the plan needs, resolved to a path.
@@ -48,7 +52,10 @@ impl Tools {
         let mut found = BTreeMap::new();
         let mut missing = Vec::new();
         // sbin is searched too: mkfs tools live there and an ordinary user's PATH often lacks it.
-        let path = format!("{}:/usr/local/sbin:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:/usr/local/sbin:/usr/sbin:/sbin",
+            std::env::var("PATH").unwrap_or_default()
+        );
         let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
         for (t, pkg) in needed {
             match which::which_in(t, Some(&path), &cwd) {
@@ -64,7 +71,11 @@ impl Tools {
             pkgs.dedup();
             bail!(
                 "host tools missing: {}\n  install them with: apt-get install {}",
-                missing.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", "),
+                missing
+                    .iter()
+                    .map(|(t, _)| *t)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 pkgs.join(" ")
             );
         }
@@ -72,7 +83,9 @@ impl Tools {
     }
 
     pub fn path(&self, tool: &str) -> Result<&PathBuf> {
-        self.found.get(tool).with_context(|| format!("internal: {tool} was not checked at plan time"))
+        self.found
+            .get(tool)
+            .with_context(|| format!("internal: {tool} was not checked at plan time"))
     }
 
     pub fn command(&self, tool: &str) -> Result<Command> {
@@ -107,7 +120,14 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     let _ = out.map(|h| h.join());
     let err = err.and_then(|h| h.join().ok()).unwrap_or_default();
     if !status.success() {
-        let tail: Vec<&str> = err.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         bail!("{shown} failed ({status}):\n  {}", tail.join("\n  "));
     }
     Ok(())

@@ -13,7 +13,11 @@ pub fn report(root: &Path) -> Result<String> {
         .output()
         .context("running du for DIB_SHOW_IMAGE_USAGE (package coreutils)")?;
     if !out.status.success() {
-        bail!("du {} failed for DIB_SHOW_IMAGE_USAGE: {}", root.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "du {} failed for DIB_SHOW_IMAGE_USAGE: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(format_report(&String::from_utf8_lossy(&out.stdout), root))
 }
@@ -25,7 +29,14 @@ fn format_report(du: &str, root: &Path) -> String {
         .filter_map(|l| {
             let (size, path) = l.split_once('\t')?;
             let inside = path.strip_prefix(prefix.as_str()).unwrap_or(path);
-            Some((size.trim().parse().ok()?, if inside.is_empty() { "/".to_string() } else { inside.to_string() }))
+            Some((
+                size.trim().parse().ok()?,
+                if inside.is_empty() {
+                    "/".to_string()
+                } else {
+                    inside.to_string()
+                },
+            ))
         })
         .collect();
     rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -42,7 +53,10 @@ mod tests {
 
     #[test]
     fn biggest_first_paths_inside_the_image() {
-        let text = format_report("12\t/w/root/usr/lib\n300\t/w/root\n40\t/w/root/usr\n", Path::new("/w/root"));
+        let text = format_report(
+            "12\t/w/root/usr/lib\n300\t/w/root\n40\t/w/root/usr\n",
+            Path::new("/w/root"),
+        );
         assert_eq!(text, "image usage (MiB, entries of 10 MiB or more):\n      300  /\n       40  /usr\n       12  /usr/lib");
     }
 }

@@ -19,11 +19,19 @@ pub struct WorkDir {
 
 impl WorkDir {
     pub fn create(maps: &IdMaps, outputs: Staging) -> Result<WorkDir> {
-        let base = std::env::var_os("TMPDIR").filter(|t| !t.is_empty()).map(PathBuf::from).unwrap_or_else(|| "/var/tmp".into());
+        let base = std::env::var_os("TMPDIR")
+            .filter(|t| !t.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/var/tmp".into());
         let template = base.join("kiln.XXXXXX");
         // 0700: the tree may hold setuid files a hook made; no other user may reach them.
-        let path = nix::unistd::mkdtemp(&template).with_context(|| format!("creating a build directory in {}", base.display()))?;
-        let work = WorkDir { path, maps: maps.clone(), outputs };
+        let path = nix::unistd::mkdtemp(&template)
+            .with_context(|| format!("creating a build directory in {}", base.display()))?;
+        let work = WorkDir {
+            path,
+            maps: maps.clone(),
+            outputs,
+        };
         let inner = work.path.join(INNER);
         std::fs::create_dir(&inner).with_context(|| format!("creating {}", inner.display()))?;
         std::fs::set_permissions(&inner, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
@@ -35,7 +43,8 @@ impl WorkDir {
     /// The 0711 inner directory is bound over the 0700 outer one, in kiln's mount
     /// namespace only, so `_apt` passes and no other host user ever can.
     pub fn open_inside(&self) -> Result<()> {
-        crate::sandbox::mounts::bind_over(&self.path.join(INNER), &self.path).map_err(|e| anyhow::anyhow!("{e}"))
+        crate::sandbox::mounts::bind_over(&self.path.join(INNER), &self.path)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// Inside kiln's namespace, at the end: everything the build made, then the bind.
@@ -44,7 +53,11 @@ impl WorkDir {
         if let Ok(rd) = std::fs::read_dir(&self.path) {
             for e in rd.flatten() {
                 let p = e.path();
-                let removed = if e.file_type().is_ok_and(|t| t.is_dir()) { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
                 if let Err(e) = removed {
                     eprintln!("kiln: removing {}: {e}", p.display());
                 }

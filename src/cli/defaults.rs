@@ -17,7 +17,10 @@ pub struct Vars {
 
 impl Vars {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.map.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.map
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     pub fn set(&mut self, name: &str, value: &str, origin: &str) {
@@ -52,7 +55,11 @@ impl Vars {
             }
         }
         for (k, v) in env {
-            if k.starts_with("DIB_") || k.starts_with("KILN_") || PASSED.contains(&k.as_str()) || KNOWN_ENV.contains(&k.as_str()) {
+            if k.starts_with("DIB_")
+                || k.starts_with("KILN_")
+                || PASSED.contains(&k.as_str())
+                || KNOWN_ENV.contains(&k.as_str())
+            {
                 vars.set(&k, &v, "environment");
             }
         }
@@ -67,11 +74,19 @@ impl Vars {
             }
             let line = line.strip_prefix("export ").unwrap_or(line).trim();
             let Some((k, v)) = line.split_once('=') else {
-                bail!("{} line {}: expected NAME=value, found `{raw}`", path.display(), i + 1);
+                bail!(
+                    "{} line {}: expected NAME=value, found `{raw}`",
+                    path.display(),
+                    i + 1
+                );
             };
             let k = k.trim();
             if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                bail!("{} line {}: `{k}` is not a variable name", path.display(), i + 1);
+                bail!(
+                    "{} line {}: `{k}` is not a variable name",
+                    path.display(),
+                    i + 1
+                );
             }
             let v = v.trim();
             let v = v
@@ -96,18 +111,26 @@ mod tests {
     #[test]
     fn defaults_file_lines_and_errors() {
         let mut v = Vars::default();
-        v.read_file("# c\nexport DIB_RELEASE=\"bookworm\"\nFS_TYPE='xfs'\n\nDIB_X=1\n", Path::new("/d")).unwrap();
+        v.read_file(
+            "# c\nexport DIB_RELEASE=\"bookworm\"\nFS_TYPE='xfs'\n\nDIB_X=1\n",
+            Path::new("/d"),
+        )
+        .unwrap();
         assert_eq!(v.get("DIB_RELEASE"), Some("bookworm"));
         assert_eq!(v.get("FS_TYPE"), Some("xfs"));
         assert_eq!(v.origin("DIB_X"), Some("/d"));
-        let err = v.read_file("JUNK\n", Path::new("/d")).unwrap_err().to_string();
+        let err = v
+            .read_file("JUNK\n", Path::new("/d"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/d line 1"), "{err}");
     }
 
     #[test]
     fn environment_overrides_files() {
         let mut v = Vars::default();
-        v.read_file("DIB_RELEASE=bullseye\n", Path::new("/d")).unwrap();
+        v.read_file("DIB_RELEASE=bullseye\n", Path::new("/d"))
+            .unwrap();
         v.set("DIB_RELEASE", "bookworm", "environment");
         assert_eq!(v.get("DIB_RELEASE"), Some("bookworm"));
         assert_eq!(v.for_hooks().count(), 1);

@@ -33,7 +33,10 @@ impl LogSettings {
             Some("0") => false,
             Some(v) => bail!("DIB_QUIET={v:?}: use 1 (only errors on the terminal) or 0 (everything on the terminal)"),
         };
-        Ok(LogSettings { file: file.map(Path::to_path_buf), quiet })
+        Ok(LogSettings {
+            file: file.map(Path::to_path_buf),
+            quiet,
+        })
     }
 }
 
@@ -46,7 +49,12 @@ pub struct Tee {
 
 /// kiln's own error lines: what a quiet build still shows.
 fn is_error(line: &[u8]) -> bool {
-    const PREFIXES: [&[u8]; 4] = [b"kiln: error:", b"disk-image-create: error:", b"ramdisk-image-create: error:", b"kiln: interrupted"];
+    const PREFIXES: [&[u8]; 4] = [
+        b"kiln: error:",
+        b"disk-image-create: error:",
+        b"ramdisk-image-create: error:",
+        b"kiln: interrupted",
+    ];
     PREFIXES.iter().any(|p| line.starts_with(p))
 }
 
@@ -66,7 +74,9 @@ impl Tee {
                         .append(true)
                         .create(true)
                         .open(p)
-                        .with_context(|| format!("--logfile {}: cannot open it for appending", p.display()))?,
+                        .with_context(|| {
+                            format!("--logfile {}: cannot open it for appending", p.display())
+                        })?,
                 )
             }
             None => None,
@@ -80,7 +90,12 @@ impl Tee {
                 drop(wr);
                 // The tee must outlive kiln's handling of ^C so the last lines
                 // (the interruption notice) still reach the log; it ends at EOF.
-                for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+                for sig in [
+                    Signal::SIGINT,
+                    Signal::SIGTERM,
+                    Signal::SIGHUP,
+                    Signal::SIGQUIT,
+                ] {
                     // SAFETY: SIG_IGN installs no handler code.
                     let _ = unsafe { signal(sig, SigHandler::SigIgn) };
                 }
@@ -152,7 +167,9 @@ fn copy(mut input: std::fs::File, mut file: Option<std::fs::File>, quiet: bool) 
 
 /// `YYYY-MM-DD HH:MM:SS.mmm | `, UTC, as diskimage-builder's log lines start.
 fn stamp() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     format_stamp(now.as_secs(), now.subsec_millis())
 }
 
@@ -160,7 +177,12 @@ fn format_stamp(secs: u64, millis: u32) -> String {
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{millis:03} | ", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{millis:03} | ",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
@@ -196,7 +218,10 @@ mod tests {
     fn stamps_are_utc_dates() {
         assert_eq!(format_stamp(0, 0), "1970-01-01 00:00:00.000 | ");
         // 2024-02-29 13:05:09 UTC, a leap day.
-        assert_eq!(format_stamp(1_709_211_909, 42), "2024-02-29 13:05:09.042 | ");
+        assert_eq!(
+            format_stamp(1_709_211_909, 42),
+            "2024-02-29 13:05:09.042 | "
+        );
         assert!(is_error(b"kiln: error: x\n") && !is_error(b"warning: x\n"));
     }
 }

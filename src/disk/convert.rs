@@ -109,7 +109,9 @@ pub fn convert(
                 format!("cannot copy {} to {}", raw.display(), out_tmp.display())
             });
         }
-        Format::Qcow2 if compress && !qcow2_v2(qemu_img_options) => ("qcow2", &["compression_type=zstd"]),
+        Format::Qcow2 if compress && !qcow2_v2(qemu_img_options) => {
+            ("qcow2", &["compression_type=zstd"])
+        }
         Format::Qcow2 => ("qcow2", &[]),
         // force_size keeps the virtual size exact instead of rounding it to a CHS
         // geometry (clouds reject VHDs whose size is not a whole MiB).
@@ -139,7 +141,9 @@ pub fn convert(
 
 /// `compat=0.10` asks for qcow2 version 2, which has no compression type field.
 fn qcow2_v2(user: &str) -> bool {
-    user.split(',').map(str::trim).any(|o| matches!(o, "compat=0.10" | "compat=v2"))
+    user.split(',')
+        .map(str::trim)
+        .any(|o| matches!(o, "compat=0.10" | "compat=v2"))
 }
 
 /// Our defaults, minus any key the user sets: qemu-img rejects a repeated option.
@@ -166,8 +170,14 @@ pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
     let mut cmd = match format {
         Format::Tar | Format::Tgz => {
             let mut c = Command::new("tar");
-            c.args(["--numeric-owner", "--sort=name", "--xattrs", "--xattrs-include=*", "-C"])
-                .arg(tree);
+            c.args([
+                "--numeric-owner",
+                "--sort=name",
+                "--xattrs",
+                "--xattrs-include=*",
+                "-C",
+            ])
+            .arg(tree);
             c.arg(if format == Format::Tgz { "-czf" } else { "-cf" })
                 .arg(out)
                 .arg(".");
@@ -381,7 +391,10 @@ mod tests {
         // zstd clusters by default; the user's options can ask for zlib or for v2.
         assert_eq!(qinfo("compat=1.1", true)["compression-type"], "zstd");
         assert_eq!(qinfo("", true)["compression-type"], "zstd");
-        assert_eq!(qinfo("compression_type=zlib", true)["compression-type"], "zlib");
+        assert_eq!(
+            qinfo("compression_type=zlib", true)["compression-type"],
+            "zlib"
+        );
         assert_eq!(qinfo("compat=0.10", true)["compat"], "0.10");
         // Uncompressed: no zstd header bit that old readers would refuse for nothing.
         assert_eq!(qinfo("", false)["compression-type"], "zlib");

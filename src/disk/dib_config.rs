@@ -16,8 +16,8 @@
 //! built differently from what was asked.
 
 use super::layout::{GPT_TYPE_BIOS_BOOT, GPT_TYPE_ESP, GPT_TYPE_ROOT_X86_64, MIB};
-use anyhow::{anyhow, Result};
 use crate::yaml::{Node, Value};
+use anyhow::{anyhow, Result};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
@@ -83,13 +83,25 @@ type R<T> = Result<T, Refusal>;
 
 fn load(text: &str) -> R<Node> {
     let mut docs = crate::yaml::load(text).or_else(|e| match e.column {
-        Some(col) => refuse(0, format!("invalid YAML at line {} column {col}: {}", e.line, e.message)),
+        Some(col) => refuse(
+            0,
+            format!(
+                "invalid YAML at line {} column {col}: {}",
+                e.line, e.message
+            ),
+        ),
         None => refuse(e.line, e.message.replace("the YAML", "the configuration")),
     })?;
     if docs.len() > 1 {
-        return refuse(docs[1].line, "more than one YAML document: the block-device configuration is one list");
+        return refuse(
+            docs[1].line,
+            "more than one YAML document: the block-device configuration is one list",
+        );
     }
-    Ok(docs.pop().unwrap_or(Node { value: Value::Null, line: 0 }))
+    Ok(docs.pop().unwrap_or(Node {
+        value: Value::Null,
+        line: 0,
+    }))
 }
 
 // ---- DIB's configuration graph -------------------------------------------------

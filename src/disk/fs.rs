@@ -288,17 +288,30 @@ impl<'a> EmptyMountPoint<'a> {
         match tree.kind(dir) {
             None => {
                 tree.create_dir_all(dir, 0o755)?;
-                return Ok(EmptyMountPoint { tree, dir, aside: None });
+                return Ok(EmptyMountPoint {
+                    tree,
+                    dir,
+                    aside: None,
+                });
             }
             Some(Kind::Dir) => {}
             Some(_) => bail!("{} must be a directory (the ESP's mount point)", shown()),
         }
         if tree.is_empty_dir(dir)? {
-            return Ok(EmptyMountPoint { tree, dir, aside: None });
+            return Ok(EmptyMountPoint {
+                tree,
+                dir,
+                aside: None,
+            });
         }
         let aside = dir.with_file_name(".kiln-esp-content");
-        tree.rename(dir, &aside).with_context(|| format!("cannot move {} aside", shown()))?;
-        let guard = EmptyMountPoint { tree, dir, aside: Some(aside) };
+        tree.rename(dir, &aside)
+            .with_context(|| format!("cannot move {} aside", shown()))?;
+        let guard = EmptyMountPoint {
+            tree,
+            dir,
+            aside: Some(aside),
+        };
         tree.create_dir_all(dir, 0o755)?;
         Ok(guard)
     }

@@ -34,7 +34,9 @@ mod boot_test;
 /// The EFI system partition's filesystem label (DIB_BOOT_LABEL can only repeat it).
 pub const ESP_LABEL: &str = "ESP";
 
-pub use convert::{convert, create_output, tree_archive, write_checksum, write_checksums, Checksum, Format};
+pub use convert::{
+    convert, create_output, tree_archive, write_checksum, write_checksums, Checksum, Format,
+};
 pub use fs::{build_filesystems, FsType};
 pub use grub::install_bootloader;
 pub use layout::{

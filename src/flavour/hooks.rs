@@ -162,10 +162,12 @@ fn phase_dirs(
         }
         match Phase::from_dir_name(&name) {
             Some(phase) => found.push((phase, path)),
-            None if name.ends_with(".d") && !NOT_PHASES.contains(&name.as_str()) => warnings.push(format!(
-                "flavour `{flavour}`: {} is not a phase directory and will not run",
-                path.display()
-            )),
+            None if name.ends_with(".d") && !NOT_PHASES.contains(&name.as_str()) => {
+                warnings.push(format!(
+                    "flavour `{flavour}`: {} is not a phase directory and will not run",
+                    path.display()
+                ))
+            }
             None => {}
         }
     }
@@ -174,7 +176,12 @@ fn phase_dirs(
 
 /// `*.d` directories of the contract that are not hook phases: sourced
 /// (environment.d) or read by the ramdisk flavour (DIB's ramdisk element).
-pub const NOT_PHASES: [&str; 4] = ["environment.d", "init.d", "binary-deps.d", "ramdisk-install.d"];
+pub const NOT_PHASES: [&str; 4] = [
+    "environment.d",
+    "init.d",
+    "binary-deps.d",
+    "ramdisk-install.d",
+];
 
 fn sorted_entries(flavour: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, FlavourError> {
     let read = fs::read_dir(dir).map_err(|e| FlavourError::io("list", dir, &e).flavour(flavour))?;
@@ -367,13 +374,22 @@ mod tests {
         write(&a.join("cleanup.d/50-real"), 0o755);
         let set = collect_hooks(&resolved(&t, &["debian", "a"])).unwrap();
         assert_eq!(names(set.phase(Phase::Cleanup)), vec!["50-real"]);
-        let skipped: Vec<_> = set.skipped_in(Phase::Cleanup).map(|d| d.path.clone()).collect();
+        let skipped: Vec<_> = set
+            .skipped_in(Phase::Cleanup)
+            .map(|d| d.path.clone())
+            .collect();
         assert_eq!(skipped, vec![hook.clone()]);
         // It still travels with the hooks, as diskimage-builder copies it.
         assert!(set.data_files.iter().any(|d| d.path == hook));
         assert_eq!(set.warnings.len(), 1, "{:?}", set.warnings);
         let w = &set.warnings[0];
-        assert!(w.contains(&format!("{} is not executable and will not run", hook.display())), "{w}");
+        assert!(
+            w.contains(&format!(
+                "{} is not executable and will not run",
+                hook.display()
+            )),
+            "{w}"
+        );
         assert!(w.contains(&format!("chmod +x {}", hook.display())), "{w}");
     }
 

@@ -82,7 +82,10 @@ fn parse_yaml(flavour: &str, path: &Path, text: &str) -> Result<Option<Node>, Fl
             Some(col) => format!("invalid YAML at column {col}: {}", e.message),
             None => e.message,
         };
-        FlavourError::new(message).flavour(flavour).file(path).line(e.line)
+        FlavourError::new(message)
+            .flavour(flavour)
+            .file(path)
+            .line(e.line)
     })?;
     if docs.len() > 1 {
         let line = docs[1].line;
@@ -103,7 +106,19 @@ fn from_json(v: serde_json::Value) -> Node {
         J::Number(n) => Value::Scalar(n.to_string()),
         J::String(s) => Value::Scalar(s),
         J::Array(items) => Value::Seq(items.into_iter().map(from_json).collect()),
-        J::Object(map) => Value::Map(map.into_iter().map(|(k, v)| (Node { value: Value::Scalar(k), line: 0 }, from_json(v))).collect()),
+        J::Object(map) => Value::Map(
+            map.into_iter()
+                .map(|(k, v)| {
+                    (
+                        Node {
+                            value: Value::Scalar(k),
+                            line: 0,
+                        },
+                        from_json(v),
+                    )
+                })
+                .collect(),
+        ),
     };
     Node { value, line: 0 }
 }

@@ -98,53 +98,53 @@ pub fn resolve_with_defaults(
     let mut unfound: Vec<(String, Origin)> = Vec::new();
 
     loop {
-    while let Some((name, origin)) = queue.pop_front() {
-        if providers.contains_key(&name) {
-            continue;
+        while let Some((name, origin)) = queue.pop_front() {
+            if providers.contains_key(&name) {
+                continue;
+            }
+            let Some(found) = search.find(&name) else {
+                unfound.push((name, origin));
+                continue;
+            };
+            for shadowed in &found.shadowed {
+                notes.push(format!(
+                    "flavour `{name}` from {} shadows {}",
+                    found.dir.display(),
+                    shadowed.display()
+                ));
+            }
+            let item = load(&name, found.dir)?;
+            for p in &item.flavour.provides {
+                providers.entry(p.clone()).or_default().push(name.clone());
+            }
+            let deps_file = item.flavour.dir.join("element-deps");
+            for (dep, line) in item.flavour.deps.iter().zip(&item.dep_lines) {
+                if seen.insert(dep.clone()) {
+                    let origin = Origin::Dep {
+                        flavour: name.clone(),
+                        file: deps_file.clone(),
+                        line: *line,
+                    };
+                    queue.push_back((dep.clone(), origin));
+                }
+            }
+            loaded.push(item);
         }
-        let Some(found) = search.find(&name) else {
-            unfound.push((name, origin));
-            continue;
-        };
-        for shadowed in &found.shadowed {
-            notes.push(format!(
-                "flavour `{name}` from {} shadows {}",
-                found.dir.display(),
-                shadowed.display()
-            ));
-        }
-        let item = load(&name, found.dir)?;
-        for p in &item.flavour.provides {
-            providers.entry(p.clone()).or_default().push(name.clone());
-        }
-        let deps_file = item.flavour.dir.join("element-deps");
-        for (dep, line) in item.flavour.deps.iter().zip(&item.dep_lines) {
-            if seen.insert(dep.clone()) {
-                let origin = Origin::Dep {
-                    flavour: name.clone(),
-                    file: deps_file.clone(),
-                    line: *line,
-                };
-                queue.push_back((dep.clone(), origin));
+        let mut added = false;
+        for (name, origin) in &unfound {
+            if providers.contains_key(name) {
+                continue;
+            }
+            if let Some((_, default)) = defaults.iter().find(|(v, _)| v == name) {
+                if seen.insert(default.clone()) {
+                    queue.push_back((default.clone(), origin.clone()));
+                    added = true;
+                }
             }
         }
-        loaded.push(item);
-    }
-    let mut added = false;
-    for (name, origin) in &unfound {
-        if providers.contains_key(name) {
-            continue;
+        if !added {
+            break;
         }
-        if let Some((_, default)) = defaults.iter().find(|(v, _)| v == name) {
-            if seen.insert(default.clone()) {
-                queue.push_back((default.clone(), origin.clone()));
-                added = true;
-            }
-        }
-    }
-    if !added {
-        break;
-    }
     }
 
     for (name, origin) in &unfound {

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 /// Where an installed helper is looked for, in order.
-pub const DEFAULT_PATHS: [&str; 2] = ["/usr/local/libexec/kiln/kiln-helper", "/usr/libexec/kiln/kiln-helper"];
+pub const DEFAULT_PATHS: [&str; 2] = [
+    "/usr/local/libexec/kiln/kiln-helper",
+    "/usr/libexec/kiln/kiln-helper",
+];
 
 /// What README's "Real block devices: kiln-helper" says, for an error message.
 pub const INSTALL: &str = "\
@@ -76,12 +79,19 @@ impl Reply {
             Some(Message::Ok { disk, parts }) if self.status.success() => {
                 let want = disk.iter().count() + parts.len();
                 if self.fds.len() != want {
-                    bail!("kiln-helper sent {} descriptors for {want} devices", self.fds.len());
+                    bail!(
+                        "kiln-helper sent {} descriptors for {want} devices",
+                        self.fds.len()
+                    );
                 }
                 Ok((disk, parts, self.fds))
             }
             Some(Message::Error(reason)) => bail!("kiln-helper refused: {reason}"),
-            _ => bail!("kiln-helper failed ({}) without a reply: {}", self.status, self.stderr.trim()),
+            _ => bail!(
+                "kiln-helper failed ({}) without a reply: {}",
+                self.status,
+                self.stderr.trim()
+            ),
         }
     }
 
@@ -91,7 +101,16 @@ impl Reply {
         let mut fds = fds.into_iter();
         // ok() checked that there is one descriptor per line.
         let disk = disk.and_then(|d| Some((d, fds.next()?)));
-        let parts = parts.into_iter().zip(fds).map(|(p, fd)| Partition { number: p.number, start: p.start, size: p.size, fd }).collect();
+        let parts = parts
+            .into_iter()
+            .zip(fds)
+            .map(|(p, fd)| Partition {
+                number: p.number,
+                start: p.start,
+                size: p.size,
+                fd,
+            })
+            .collect();
         Ok((disk, parts))
     }
 }
@@ -102,28 +121,44 @@ impl Helper {
     /// sudo lets this user run it without a password; else the install
     /// instructions, as the error.
     pub fn locate(explicit: Option<&Path>) -> Result<Helper> {
-        let chosen = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os("KILN_HELPER").map(PathBuf::from));
+        let chosen = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("KILN_HELPER").map(PathBuf::from));
         let candidates: Vec<PathBuf> = match chosen {
-            Some(p) if !p.exists() => bail!("KILN_HELPER names {}, which does not exist.\n{INSTALL}", p.display()),
+            Some(p) if !p.exists() => bail!(
+                "KILN_HELPER names {}, which does not exist.\n{INSTALL}",
+                p.display()
+            ),
             Some(p) => vec![p],
             None => DEFAULT_PATHS.iter().map(PathBuf::from).collect(),
         };
         let mut seen = Vec::new();
         for program in candidates {
-            let Ok(meta) = std::fs::metadata(&program) else { continue };
+            let Ok(meta) = std::fs::metadata(&program) else {
+                continue;
+            };
             let setuid = meta.uid() == 0 && meta.mode() & 0o4000 != 0 && meta.mode() & 0o001 != 0;
             if setuid || nix::unistd::getuid().is_root() {
-                return Ok(Helper { program, mode: Mode::Setuid });
+                return Ok(Helper {
+                    program,
+                    mode: Mode::Setuid,
+                });
             }
             if sudo_allows(&program) {
-                return Ok(Helper { program, mode: Mode::Sudo });
+                return Ok(Helper {
+                    program,
+                    mode: Mode::Sudo,
+                });
             }
             seen.push(program.display().to_string());
         }
         if seen.is_empty() {
             bail!("{INSTALL}");
         }
-        bail!("{} is neither setuid root nor allowed through `sudo -n` for this user.\n{INSTALL}", seen.join(" and "));
+        bail!(
+            "{} is neither setuid root nor allowed through `sudo -n` for this user.\n{INSTALL}",
+            seen.join(" and ")
+        );
     }
 
     /// The helper with a clean environment, ready for its descriptors.
@@ -136,23 +171,36 @@ impl Helper {
                 c
             }
         };
-        cmd.arg(verb).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.arg(verb)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         cmd
     }
 
     /// Binds `image` (open read-write, owned by this user) to a loop device.
     pub fn attach(&self, image: &std::fs::File) -> Result<Attached> {
-        let stdin = Stdio::from(image.try_clone().context("duplicating the image's descriptor")?);
+        let stdin = Stdio::from(
+            image
+                .try_clone()
+                .context("duplicating the image's descriptor")?,
+        );
         let (disk, partitions) = exchange(self.command("attach"), stdin)?.devices()?;
         let (line, disk) = disk.context("kiln-helper's attach reply names no disk")?;
-        Ok(Attached { name: line.name, size: line.size, disk, partitions })
+        Ok(Attached {
+            name: line.name,
+            size: line.size,
+            disk,
+            partitions,
+        })
     }
 
     /// After the table on `disk` changed: the kernel's partitions made to match
     /// it, all of them returned. Descriptors of partitions that changed must be
     /// closed first (the helper refuses to remove a partition in use).
     pub fn rescan(&self, disk: BorrowedFd) -> Result<Vec<Partition>> {
-        Ok(exchange(self.command("rescan"), stdin_of(disk)?)?.devices()?.1)
+        Ok(exchange(self.command("rescan"), stdin_of(disk)?)?
+            .devices()?
+            .1)
     }
 
     /// Detaches `disk` once every descriptor of it is closed.
@@ -166,30 +214,50 @@ fn sudo_allows(program: &Path) -> bool {
     let mut cmd = Command::new("sudo");
     cmd.arg("-n").arg("-l").arg(program).arg("attach");
     cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     cmd.status().is_ok_and(|s| s.success())
 }
 
 fn stdin_of(fd: BorrowedFd) -> Result<Stdio> {
-    Ok(Stdio::from(fd.try_clone_to_owned().context("duplicating the device's descriptor")?))
+    Ok(Stdio::from(
+        fd.try_clone_to_owned()
+            .context("duplicating the device's descriptor")?,
+    ))
 }
 
 /// Runs `cmd` (the helper, however it is invoked) with `stdin` and a socket as
 /// its standard output, and returns what it said. Refusals are replies too:
 /// see `Reply::ok`.
 pub fn exchange(mut cmd: Command, stdin: Stdio) -> Result<Reply> {
-    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("creating a socket for kiln-helper")?;
-    cmd.stdin(stdin).stdout(Stdio::from(theirs)).stderr(Stdio::piped());
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .context("creating a socket for kiln-helper")?;
+    cmd.stdin(stdin)
+        .stdout(Stdio::from(theirs))
+        .stderr(Stdio::piped());
     let shown = format!("{:?}", cmd.get_program());
     let child = cmd.spawn().with_context(|| format!("running {shown}"))?;
     // Our copy of the helper's end must go, or its exit would not end the wait.
     drop(cmd);
     let received = protocol::recv(ours.as_fd());
-    let out = child.wait_with_output().with_context(|| format!("waiting for {shown}"))?;
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {shown}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let (message, fds) = match received? {
         Some((text, fds)) => (Some(Message::parse(&text)?), fds),
         None => (None, Vec::new()),
     };
-    Ok(Reply { status: out.status, stderr, message, fds })
+    Ok(Reply {
+        status: out.status,
+        stderr,
+        message,
+        fds,
+    })
 }

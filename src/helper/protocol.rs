@@ -37,7 +37,10 @@ pub struct DiskLine {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Ok { disk: Option<DiskLine>, parts: Vec<PartLine> },
+    Ok {
+        disk: Option<DiskLine>,
+        parts: Vec<PartLine>,
+    },
     Error(String),
 }
 
@@ -71,11 +74,16 @@ impl Message {
             let words: Vec<&str> = line.split(' ').collect();
             match words[..] {
                 ["disk", name, size] if i == 0 && is_loop_name(name) => {
-                    disk = Some(DiskLine { name: name.to_string(), size: number(size, line)? })
+                    disk = Some(DiskLine {
+                        name: name.to_string(),
+                        size: number(size, line)?,
+                    })
                 }
-                ["part", n, start, size] if parts.len() < MAX_PARTITIONS => {
-                    parts.push(PartLine { number: number(n, line)?, start: number(start, line)?, size: number(size, line)? })
-                }
+                ["part", n, start, size] if parts.len() < MAX_PARTITIONS => parts.push(PartLine {
+                    number: number(n, line)?,
+                    start: number(start, line)?,
+                    size: number(size, line)?,
+                }),
                 _ => bail!("kiln-helper's reply has an unexpected line {line:?}"),
             }
         }
@@ -92,11 +100,14 @@ impl Message {
 }
 
 fn number<T: std::str::FromStr>(word: &str, line: &str) -> Result<T> {
-    word.parse().ok().with_context(|| format!("kiln-helper's reply has a bad number in {line:?}"))
+    word.parse()
+        .ok()
+        .with_context(|| format!("kiln-helper's reply has a bad number in {line:?}"))
 }
 
 pub fn is_loop_name(name: &str) -> bool {
-    name.strip_prefix("loop").is_some_and(|n| !n.is_empty() && n.len() <= 7 && n.bytes().all(|b| b.is_ascii_digit()))
+    name.strip_prefix("loop")
+        .is_some_and(|n| !n.is_empty() && n.len() <= 7 && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Sends `text` and `fds` as one message. Never blocks and never raises SIGPIPE:
@@ -104,9 +115,19 @@ pub fn is_loop_name(name: &str) -> bool {
 pub fn send(sock: BorrowedFd, text: &str, fds: &[BorrowedFd]) -> nix::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsgs: Vec<ControlMessage> = if raw.is_empty() { vec![] } else { vec![ControlMessage::ScmRights(&raw)] };
+    let cmsgs: Vec<ControlMessage> = if raw.is_empty() {
+        vec![]
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
     let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
-    let sent = sendmsg::<UnixAddr>(sock.as_raw_fd(), &[IoSlice::new(text.as_bytes())], &cmsgs, flags, None)?;
+    let sent = sendmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(text.as_bytes())],
+        &cmsgs,
+        flags,
+        None,
+    )?;
     if sent != text.len() {
         return Err(nix::errno::Errno::EMSGSIZE);
     }
@@ -119,9 +140,13 @@ pub fn send(sock: BorrowedFd, text: &str, fds: &[BorrowedFd]) -> nix::Result<()>
 pub fn recv(sock: BorrowedFd) -> Result<Option<(String, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_PAYLOAD];
     // u64 elements: cmsghdr alignment.
-    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let space =
+        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
     let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: msghdr is plain data; zero is its empty value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -180,28 +205,64 @@ mod tests {
     #[test]
     fn replies_round_trip() {
         let m = Message::Ok {
-            disk: Some(DiskLine { name: "loop12".into(), size: 1 << 26 }),
-            parts: vec![PartLine { number: 1, start: 1 << 20, size: 8 << 20 }, PartLine { number: 5, start: 9 << 20, size: 512 }],
+            disk: Some(DiskLine {
+                name: "loop12".into(),
+                size: 1 << 26,
+            }),
+            parts: vec![
+                PartLine {
+                    number: 1,
+                    start: 1 << 20,
+                    size: 8 << 20,
+                },
+                PartLine {
+                    number: 5,
+                    start: 9 << 20,
+                    size: 512,
+                },
+            ],
         };
         assert_eq!(Message::parse(&m.render()).unwrap(), m);
         assert_eq!(m.fd_count(), 3);
         let e = Message::Error("image is a FIFO\nsecond line".into());
-        assert_eq!(Message::parse(&e.render()).unwrap(), Message::Error("image is a FIFO second line".into()));
+        assert_eq!(
+            Message::parse(&e.render()).unwrap(),
+            Message::Error("image is a FIFO second line".into())
+        );
     }
 
     #[test]
     fn bad_replies_are_rejected() {
-        for bad in ["", "OK\n", "ok\ndisk sda 5\n", "ok\npart 1 2\n", "ok\npart 1 2 x\n", "ok\npart 1 0 1\ndisk loop0 1\n", "okay\n"] {
+        for bad in [
+            "",
+            "OK\n",
+            "ok\ndisk sda 5\n",
+            "ok\npart 1 2\n",
+            "ok\npart 1 2 x\n",
+            "ok\npart 1 0 1\ndisk loop0 1\n",
+            "okay\n",
+        ] {
             assert!(Message::parse(bad).is_err(), "{bad:?}");
         }
-        assert!(is_loop_name("loop0") && !is_loop_name("loop") && !is_loop_name("loop1p2") && !is_loop_name("../x"));
+        assert!(
+            is_loop_name("loop0")
+                && !is_loop_name("loop")
+                && !is_loop_name("loop1p2")
+                && !is_loop_name("../x")
+        );
     }
 
     #[test]
     fn descriptors_travel_with_the_text() {
         use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
         use std::os::fd::AsFd;
-        let (a, b) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
         let f = std::fs::File::open("/dev/null").unwrap();
         send(a.as_fd(), "ok\n", &[f.as_fd()]).unwrap();
         let (text, fds) = recv(b.as_fd()).unwrap().unwrap();

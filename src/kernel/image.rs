@@ -3,8 +3,8 @@
 
 use super::qcow2::Qcow2;
 use anyhow::{bail, Result};
-use std::fs::File;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
@@ -28,9 +28,14 @@ pub fn io_reason(e: &std::io::Error) -> String {
 pub fn open(path: &Path) -> Result<Box<dyn Disk>> {
     let shown = path.display();
     let (file, meta) = open_input(path)?;
-    let size = if meta.file_type().is_file() { meta.len() } else { device_size(&file, path)? };
+    let size = if meta.file_type().is_file() {
+        meta.len()
+    } else {
+        device_size(&file, path)?
+    };
     let mut head = [0u8; 512];
-    let n = read_prefix(&file, &mut head).map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", io_reason(&e)))?;
+    let n = read_prefix(&file, &mut head)
+        .map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", io_reason(&e)))?;
     let head = &head[..n];
     if head.starts_with(b"QFI\xfb") {
         return Ok(Box::new(Qcow2::open(file, size)?));
@@ -60,16 +65,29 @@ fn open_input(path: &Path) -> Result<(File, std::fs::Metadata)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("image {shown} does not exist"),
         Err(e) => bail!("cannot open image {shown}: {}", io_reason(&e)),
     }
-    let file = match File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC).open(path) {
+    let file = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("image {shown} does not exist"),
         Err(e) => bail!("cannot open image {shown}: {}", io_reason(&e)),
     };
-    let meta = file.metadata().map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", io_reason(&e)))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", io_reason(&e)))?;
     readable_kind(&meta, path)?;
     // Back to blocking reads: only what opens is meant to be non-blocking.
-    let flags = OFlag::from_bits_truncate(fcntl(file.as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", e.desc()))?);
-    fcntl(file.as_raw_fd(), FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", e.desc()))?;
+    let flags = OFlag::from_bits_truncate(
+        fcntl(file.as_raw_fd(), FcntlArg::F_GETFL)
+            .map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", e.desc()))?,
+    );
+    fcntl(
+        file.as_raw_fd(),
+        FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot read image {shown}: {}", e.desc()))?;
     Ok((file, meta))
 }
 
@@ -88,7 +106,10 @@ fn readable_kind(meta: &std::fs::Metadata, path: &Path) -> Result<()> {
     } else {
         "neither a regular file nor a block device"
     };
-    bail!("{} is {what}, not a disk image: give a raw or qcow2 image file, or a block device", path.display())
+    bail!(
+        "{} is {what}, not a disk image: give a raw or qcow2 image file, or a block device",
+        path.display()
+    )
 }
 
 fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -105,7 +126,8 @@ fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
 fn device_size(file: &File, path: &Path) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
     let mut f = file;
-    f.seek(SeekFrom::End(0)).map_err(|e| anyhow::anyhow!("cannot read {}: {}", path.display(), io_reason(&e)))
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {}", path.display(), io_reason(&e)))
 }
 
 /// Container formats qemu-img knows that we do not read: naming them beats
@@ -140,7 +162,9 @@ impl Disk for Raw {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.size);
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.size);
         if end.is_none() {
             bail!(
                 "the image is truncated or its tables are corrupt: needed bytes {offset}..+{} but the image ends at {}",
@@ -148,7 +172,9 @@ impl Disk for Raw {
                 self.size
             );
         }
-        self.file.read_exact_at(buf, offset).map_err(|e| anyhow::anyhow!("reading the image at byte {offset}: {}", io_reason(&e)))
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| anyhow::anyhow!("reading the image at byte {offset}: {}", io_reason(&e)))
     }
 
     fn format(&self) -> &'static str {
@@ -186,7 +212,10 @@ impl<'d> Volume<'d> {
 
     /// Bytes at `offset`, or None where the volume is too small to hold them.
     pub fn peek(&mut self, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
-        if offset.checked_add(len as u64).is_none_or(|e| e > self.len || self.start.saturating_add(e) > self.disk.size()) {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|e| e > self.len || self.start.saturating_add(e) > self.disk.size())
+        {
             return Ok(None);
         }
         let mut buf = vec![0u8; len];

@@ -24,7 +24,11 @@ pub use partitions::table_only as partition_table_only;
 pub fn partition_table(path: &std::path::Path) -> Result<Vec<(u32, u64, u64)>> {
     let mut disk = image::open(path)?;
     let (_, parts) = partitions::find(disk.as_mut())?;
-    Ok(parts.into_iter().filter(|p| p.number > 0).map(|p| (p.number, p.start, p.len)).collect())
+    Ok(parts
+        .into_iter()
+        .filter(|p| p.number > 0)
+        .map(|p| (p.number, p.start, p.len))
+        .collect())
 }
 
 use anyhow::{bail, Context, Result};
@@ -48,7 +52,10 @@ impl Patterns {
     /// DIB_BAREMETAL_KERNEL_PATTERN / DIB_BAREMETAL_INITRD_PATTERN; empty means unset.
     pub fn from_env() -> Patterns {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Patterns { kernel: get("DIB_BAREMETAL_KERNEL_PATTERN"), initrd: get("DIB_BAREMETAL_INITRD_PATTERN") }
+        Patterns {
+            kernel: get("DIB_BAREMETAL_KERNEL_PATTERN"),
+            initrd: get("DIB_BAREMETAL_INITRD_PATTERN"),
+        }
     }
 }
 
@@ -75,13 +82,22 @@ pub fn get_kernel(opts: &Options) -> Result<Extracted> {
             Table::Mbr => "an MBR",
             Table::None => "no partition table",
         };
-        eprintln!("{shown}: {} image, {} bytes, {t}, {} filesystem(s) to look at", disk.format(), disk.size(), parts.len());
+        eprintln!(
+            "{shown}: {} image, {} bytes, {t}, {} filesystem(s) to look at",
+            disk.format(),
+            disk.size(),
+            parts.len()
+        );
     }
     let mut notes = Vec::new();
     let mut saw_ext = false;
     for part in &parts {
         let what = part.describe();
-        if part.start.checked_add(part.len).is_none_or(|end| end > disk.size()) {
+        if part
+            .start
+            .checked_add(part.len)
+            .is_none_or(|end| end > disk.size())
+        {
             bail!("{shown}: {what} extends past the end of the image ({} bytes): the image is truncated", disk.size());
         }
         let mut vol = Volume::new(disk.as_mut(), part.start, part.len);
@@ -97,17 +113,26 @@ pub fn get_kernel(opts: &Options) -> Result<Extracted> {
             }
         }
         let mut fs = Ext4::open(vol).with_context(|| format!("{shown}: {what}"))?;
-        let found = find_kernel(&mut fs, &opts.patterns).with_context(|| format!("{shown}: {what}"))?;
+        let found =
+            find_kernel(&mut fs, &opts.patterns).with_context(|| format!("{shown}: {what}"))?;
         let Some(found) = found else {
-            notes.push(format!("{what} (ext) has no {} in /boot or /", kernel_wanted(&opts.patterns)));
+            notes.push(format!(
+                "{what} (ext) has no {} in /boot or /",
+                kernel_wanted(&opts.patterns)
+            ));
             continue;
         };
-        return extract(&mut fs, part, found, opts, &out).with_context(|| format!("{shown}: {what}"));
+        return extract(&mut fs, part, found, opts, &out)
+            .with_context(|| format!("{shown}: {what}"));
     }
     bail!(
         "no kernel found in {shown}: {}{}",
         notes.join("; "),
-        if saw_ext { "" } else { " — disk-image-get-kernel reads kernels from ext2/3/4 filesystems only" }
+        if saw_ext {
+            ""
+        } else {
+            " — disk-image-get-kernel reads kernels from ext2/3/4 filesystems only"
+        }
     )
 }
 
@@ -115,7 +140,10 @@ fn check_options(opts: &Options) -> Result<()> {
     if opts.prefix.is_empty() || opts.prefix.contains('/') {
         bail!("the output prefix {:?} must be a plain file name prefix (choose the directory with -d)", opts.prefix);
     }
-    for (var, p) in [("DIB_BAREMETAL_KERNEL_PATTERN", &opts.patterns.kernel), ("DIB_BAREMETAL_INITRD_PATTERN", &opts.patterns.initrd)] {
+    for (var, p) in [
+        ("DIB_BAREMETAL_KERNEL_PATTERN", &opts.patterns.kernel),
+        ("DIB_BAREMETAL_INITRD_PATTERN", &opts.patterns.initrd),
+    ] {
         if p.as_deref().is_some_and(|p| p.contains('/')) {
             bail!("{var} matches file names in /boot and cannot contain '/'");
         }
@@ -170,22 +198,39 @@ fn find_kernel(fs: &mut Ext4, patterns: &Patterns) -> Result<Option<Found>> {
         let names: Vec<Vec<u8>> = files.iter().map(|(n, _)| n.clone()).collect();
         if let Some(choice) = select::choose(&names, patterns, shown)? {
             let take = |want: &[u8]| {
-                let (n, i) = files.iter().find(|(n, _)| n == want).context("the chosen file vanished from the listing")?;
+                let (n, i) = files
+                    .iter()
+                    .find(|(n, _)| n == want)
+                    .context("the chosen file vanished from the listing")?;
                 Ok::<_, anyhow::Error>((String::from_utf8_lossy(n).into_owned(), i.clone()))
             };
-            return Ok(Some(Found { dir: shown, kernel: take(&choice.kernel)?, initrd: take(&choice.initrd)? }));
+            return Ok(Some(Found {
+                dir: shown,
+                kernel: take(&choice.kernel)?,
+                initrd: take(&choice.initrd)?,
+            }));
         }
     }
     Ok(None)
 }
 
-fn extract(fs: &mut Ext4, part: &Partition, found: Found, opts: &Options, out: &OutDir) -> Result<Extracted> {
+fn extract(
+    fs: &mut Ext4,
+    part: &Partition,
+    found: Found,
+    opts: &Options,
+    out: &OutDir,
+) -> Result<Extracted> {
     let kernel = Pending::create(out, &format!("{}-vmlinuz", opts.prefix))?;
     let initrd = Pending::create(out, &format!("{}-initrd", opts.prefix))?;
     for ((name, inode), out) in [(&found.kernel, &kernel), (&found.initrd, &initrd)] {
         let path = format!("{}{name}", found.dir);
         if opts.verbose {
-            eprintln!("  copying {path} ({} bytes) to {}", inode.size, out.target().display());
+            eprintln!(
+                "  copying {path} ({} bytes) to {}",
+                inode.size,
+                out.target().display()
+            );
         }
         copy(fs, inode, out).with_context(|| format!("copying {path}"))?;
     }
@@ -201,11 +246,13 @@ fn extract(fs: &mut Ext4, part: &Partition, found: Found, opts: &Options, out: &
 
 fn copy(fs: &mut Ext4, inode: &Inode, out: &Pending) -> Result<()> {
     if inode.size > MAX_FILE_BYTES {
-        bail!("it is {} bytes, too large for a kernel or initrd: the filesystem is corrupt", inode.size);
+        bail!(
+            "it is {} bytes, too large for a kernel or initrd: the filesystem is corrupt",
+            inode.size
+        );
     }
     // No check for Ctrl-C here: SIGINT keeps its default action and kills at
     // once, even in a read the kernel would not interrupt for a handler.
     fs.read_file(inode, &mut |offset, data| out.write_at(offset, data))?;
     out.finish(inode.size)
 }
-

@@ -26,10 +26,18 @@ pub struct OutDir {
 impl OutDir {
     pub fn open(dir: &Path) -> Result<OutDir> {
         check_dir(dir)?;
-        let fd = openat(None, dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| anyhow!("output directory {}: {}", dir.display(), e.desc()))?;
+        let fd = openat(
+            None,
+            dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| anyhow!("output directory {}: {}", dir.display(), e.desc()))?;
         // SAFETY: openat returned a new descriptor that nothing else owns.
-        Ok(OutDir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: dir.to_path_buf() })
+        Ok(OutDir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: dir.to_path_buf(),
+        })
     }
 
     fn raw(&self) -> Option<std::os::fd::RawFd> {
@@ -42,7 +50,9 @@ fn check_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => bail!("output directory {shown} is not a directory"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("output directory {shown} does not exist"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("output directory {shown} does not exist")
+        }
         Err(e) => bail!("output directory {shown}: {}", io_reason(&e)),
     }
     use nix::unistd::{access, AccessFlags};
@@ -71,22 +81,41 @@ impl<'d> Pending<'d> {
                 let file = unsafe { File::from_raw_fd(fd) };
                 // Naming it later goes through /proc; without /proc, use a name now.
                 if Path::new(&format!("/proc/self/fd/{fd}")).exists() {
-                    return Ok(Pending { dir, name: name.to_string(), temp: None, file, done: false });
+                    return Ok(Pending {
+                        dir,
+                        name: name.to_string(),
+                        temp: None,
+                        file,
+                        done: false,
+                    });
                 }
             }
             // The filesystem (or kernel) has no O_TMPFILE.
             Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {}
-            Err(e) => bail!("cannot create a file in {}: {}", dir.path.display(), e.desc()),
+            Err(e) => bail!(
+                "cannot create a file in {}: {}",
+                dir.path.display(),
+                e.desc()
+            ),
         }
         Pending::create_named(dir, name)
     }
 
     /// O_EXCL: a name someone planted (a symbolic link included) is never opened.
     fn create_named(dir: &'d OutDir, name: &str) -> Result<Pending<'d>> {
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let (temp, fd) = unique_name(dir, name, |temp| openat(dir.raw(), temp, flags, Mode::from_bits_truncate(0o644)))?;
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let (temp, fd) = unique_name(dir, name, |temp| {
+            openat(dir.raw(), temp, flags, Mode::from_bits_truncate(0o644))
+        })?;
         // SAFETY: openat returned a new descriptor that nothing else owns.
-        Ok(Pending { dir, name: name.to_string(), temp: Some(temp), file: unsafe { File::from_raw_fd(fd) }, done: false })
+        Ok(Pending {
+            dir,
+            name: name.to_string(),
+            temp: Some(temp),
+            file: unsafe { File::from_raw_fd(fd) },
+            done: false,
+        })
     }
 
     pub fn target(&self) -> PathBuf {
@@ -94,12 +123,15 @@ impl<'d> Pending<'d> {
     }
 
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.file.write_all_at(data, offset).map_err(|e| anyhow!("writing {}: {}", self.target().display(), io_reason(&e)))
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| anyhow!("writing {}: {}", self.target().display(), io_reason(&e)))
     }
 
     /// Sets the final length (a trailing hole was never written) and flushes.
     pub fn finish(&self, len: u64) -> Result<()> {
-        let err = |e: std::io::Error| anyhow!("writing {}: {}", self.target().display(), io_reason(&e));
+        let err =
+            |e: std::io::Error| anyhow!("writing {}: {}", self.target().display(), io_reason(&e));
         self.file.set_len(len).map_err(err)?;
         self.file.sync_all().map_err(err)
     }
@@ -110,7 +142,16 @@ impl<'d> Pending<'d> {
             return Ok(());
         }
         let proc = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-        let link = |temp: &str| linkat(None, proc.as_str(), self.dir.raw(), temp, AtFlags::AT_SYMLINK_FOLLOW).map(|_| ());
+        let link = |temp: &str| {
+            linkat(
+                None,
+                proc.as_str(),
+                self.dir.raw(),
+                temp,
+                AtFlags::AT_SYMLINK_FOLLOW,
+            )
+            .map(|_| ())
+        };
         let (temp, ()) = unique_name(self.dir, &self.name, link)?;
         self.temp = Some(temp);
         Ok(())
@@ -118,16 +159,27 @@ impl<'d> Pending<'d> {
 }
 
 /// `make` tried with hidden names beside `name` until one is not taken.
-fn unique_name<T>(dir: &OutDir, name: &str, mut make: impl FnMut(&str) -> nix::Result<T>) -> Result<(String, T)> {
+fn unique_name<T>(
+    dir: &OutDir,
+    name: &str,
+    mut make: impl FnMut(&str) -> nix::Result<T>,
+) -> Result<(String, T)> {
     for n in 0..100 {
         let temp = format!(".{name}.kiln-{}-{n}", std::process::id());
         match make(&temp) {
             Ok(made) => return Ok((temp, made)),
             Err(Errno::EEXIST) => continue,
-            Err(e) => bail!("cannot create a file in {}: {}", dir.path.display(), e.desc()),
+            Err(e) => bail!(
+                "cannot create a file in {}: {}",
+                dir.path.display(),
+                e.desc()
+            ),
         }
     }
-    bail!("cannot create a temporary file in {}: too many stale ones", dir.path.display())
+    bail!(
+        "cannot create a temporary file in {}: too many stale ones",
+        dir.path.display()
+    )
 }
 
 impl Drop for Pending<'_> {
@@ -141,7 +193,8 @@ impl Drop for Pending<'_> {
 /// Names all, or (if one cannot be named) removes the ones already named.
 pub fn commit(mut files: Vec<Pending>) -> Result<()> {
     for f in files.iter_mut() {
-        f.name_it().map_err(|e| anyhow!("cannot create {}: {e:#}", f.target().display()))?;
+        f.name_it()
+            .map_err(|e| anyhow!("cannot create {}: {e:#}", f.target().display()))?;
     }
     for i in 0..files.len() {
         let f = &files[i];
@@ -149,7 +202,11 @@ pub fn commit(mut files: Vec<Pending>) -> Result<()> {
         // rename(2) replaces whatever has the name, a symbolic link included; it never follows one.
         if let Err(e) = renameat(f.dir.raw(), temp, f.dir.raw(), f.name.as_str()) {
             for done in &files[..i] {
-                let _ = unlinkat(done.dir.raw(), done.name.as_str(), UnlinkatFlags::NoRemoveDir);
+                let _ = unlinkat(
+                    done.dir.raw(),
+                    done.name.as_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                );
             }
             bail!("cannot create {}: {}", f.target().display(), e.desc());
         }
@@ -163,7 +220,10 @@ mod tests {
     use super::*;
 
     fn names(d: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -185,7 +245,10 @@ mod tests {
         a.finish(8).unwrap();
         b.finish(0).unwrap();
         commit(vec![a, b]).unwrap();
-        assert_eq!(std::fs::read(d.path().join("a")).unwrap(), b"\0\0\0x\0\0\0\0");
+        assert_eq!(
+            std::fs::read(d.path().join("a")).unwrap(),
+            b"\0\0\0x\0\0\0\0"
+        );
         assert_eq!(names(d.path()), ["a", "b"]);
     }
 
@@ -224,14 +287,20 @@ mod tests {
         k.finish(3).unwrap();
         commit(vec![k]).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
-        assert!(!std::fs::symlink_metadata(out_path.join("k")).unwrap().file_type().is_symlink());
+        assert!(!std::fs::symlink_metadata(out_path.join("k"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(std::fs::read(out_path.join("k")).unwrap(), b"new");
     }
 
     #[test]
     fn missing_and_file_dirs_are_named() {
         let d = tempfile::tempdir().unwrap();
-        let e = OutDir::open(&d.path().join("nope")).err().unwrap().to_string();
+        let e = OutDir::open(&d.path().join("nope"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
         std::fs::write(d.path().join("f"), "").unwrap();
         let e = OutDir::open(&d.path().join("f")).err().unwrap().to_string();

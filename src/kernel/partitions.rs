@@ -37,7 +37,15 @@ pub fn find(disk: &mut dyn Disk) -> Result<(Table, Vec<Partition>)> {
     }
     let size = disk.size();
     if probe::identify_at(disk, 0, size)?.is_some() {
-        return Ok((Table::None, vec![Partition { number: 0, name: String::new(), start: 0, len: size }]));
+        return Ok((
+            Table::None,
+            vec![Partition {
+                number: 0,
+                name: String::new(),
+                start: 0,
+                len: size,
+            }],
+        ));
     }
     bail!("not a disk image: no qcow2 header, no partition table and no filesystem found");
 }
@@ -76,7 +84,9 @@ fn read(disk: &mut dyn Disk, off: u64, len: usize) -> Result<Option<Vec<u8>>> {
 }
 
 fn gpt(disk: &mut dyn Disk, sector: u64) -> Result<Option<Vec<Partition>>> {
-    let Some(h) = read(disk, sector, sector as usize)? else { return Ok(None) };
+    let Some(h) = read(disk, sector, sector as usize)? else {
+        return Ok(None);
+    };
     if &h[..8] != b"EFI PART" {
         return Ok(None);
     }
@@ -111,7 +121,10 @@ fn gpt(disk: &mut dyn Disk, sector: u64) -> Result<Option<Vec<Partition>>> {
             continue;
         }
         let (first, last) = (le64(e, 32), le64(e, 40));
-        let span = last.checked_sub(first).and_then(|n| n.checked_add(1)).and_then(|n| n.checked_mul(sector));
+        let span = last
+            .checked_sub(first)
+            .and_then(|n| n.checked_add(1))
+            .and_then(|n| n.checked_mul(sector));
         let start = first.checked_mul(sector);
         let (Some(start), Some(len)) = (start, span) else {
             bail!("GPT entry {} is corrupt (LBA {first}..{last})", i + 1);
@@ -119,14 +132,25 @@ fn gpt(disk: &mut dyn Disk, sector: u64) -> Result<Option<Vec<Partition>>> {
         if start.checked_add(len).is_none() {
             bail!("GPT entry {} is corrupt (LBA {first}..{last})", i + 1);
         }
-        let units: Vec<u16> = e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
-        parts.push(Partition { number: i as u32 + 1, name: String::from_utf16_lossy(&units), start, len });
+        let units: Vec<u16> = e[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        parts.push(Partition {
+            number: i as u32 + 1,
+            name: String::from_utf16_lossy(&units),
+            start,
+            len,
+        });
     }
     Ok(Some(parts))
 }
 
 fn mbr(disk: &mut dyn Disk) -> Result<Option<Vec<Partition>>> {
-    let Some(s) = read(disk, 0, 512)? else { return Ok(None) };
+    let Some(s) = read(disk, 0, 512)? else {
+        return Ok(None);
+    };
     if s[510..512] != [0x55, 0xaa] {
         return Ok(None);
     }
@@ -143,7 +167,12 @@ fn mbr(disk: &mut dyn Disk) -> Result<Option<Vec<Partition>>> {
             0 => {}
             0xee => bail!("the MBR is a GPT protective one, but no valid GPT header was found"),
             0x05 | 0x0f | 0x85 => extended(disk, first, &mut parts, &mut logical)?,
-            _ => parts.push(Partition { number: i as u32 + 1, name: String::new(), start: first * 512, len: count * 512 }),
+            _ => parts.push(Partition {
+                number: i as u32 + 1,
+                name: String::new(),
+                start: first * 512,
+                len: count * 512,
+            }),
         }
     }
     if parts.is_empty() {
@@ -154,7 +183,12 @@ fn mbr(disk: &mut dyn Disk) -> Result<Option<Vec<Partition>>> {
 
 /// Logical partitions: a chain of EBRs, each giving one partition (relative to
 /// itself) and the next EBR (relative to the extended partition).
-fn extended(disk: &mut dyn Disk, base: u64, parts: &mut Vec<Partition>, logical: &mut u32) -> Result<()> {
+fn extended(
+    disk: &mut dyn Disk,
+    base: u64,
+    parts: &mut Vec<Partition>,
+    logical: &mut u32,
+) -> Result<()> {
     let mut ebr = base;
     for _ in 0..128 {
         let Some(s) = read(disk, ebr * 512, 512)? else {
@@ -166,7 +200,12 @@ fn extended(disk: &mut dyn Disk, base: u64, parts: &mut Vec<Partition>, logical:
         let (this, next) = (&s[446..462], &s[462..478]);
         if this[4] != 0 {
             let start = (ebr + le32(this, 8) as u64) * 512;
-            parts.push(Partition { number: *logical, name: String::new(), start, len: le32(this, 12) as u64 * 512 });
+            parts.push(Partition {
+                number: *logical,
+                name: String::new(),
+                start,
+                len: le32(this, 12) as u64 * 512,
+            });
             *logical += 1;
         }
         if next[4] == 0 {
@@ -184,7 +223,11 @@ pub fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { crc >> 1 ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                crc >> 1 ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -201,8 +244,20 @@ mod tests {
 
     #[test]
     fn describes_partitions_for_people() {
-        let p = Partition { number: 3, name: "root".into(), start: 0, len: 0 };
+        let p = Partition {
+            number: 3,
+            name: "root".into(),
+            start: 0,
+            len: 0,
+        };
         assert_eq!(p.describe(), "partition 3 (\"root\")");
-        assert_eq!(Partition { number: 0, ..p.clone() }.describe(), "the whole disk");
+        assert_eq!(
+            Partition {
+                number: 0,
+                ..p.clone()
+            }
+            .describe(),
+            "the whole disk"
+        );
     }
 }

@@ -32,7 +32,11 @@ const MAGICS: &[(u64, &[u8], &str)] = &[
 pub fn identify(vol: &mut Volume) -> Result<Option<Fs>> {
     for &(off, magic, name) in MAGICS {
         if vol.peek(off, magic.len())?.as_deref() == Some(magic) {
-            return Ok(Some(if name == "ext" { Fs::Ext } else { Fs::Other(name) }));
+            return Ok(Some(if name == "ext" {
+                Fs::Ext
+            } else {
+                Fs::Other(name)
+            }));
         }
     }
     Ok(None)

@@ -19,7 +19,8 @@ const INCOMPAT_EXTERNAL_DATA: u64 = 1 << 2;
 const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
 const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
 /// dirty (0) and corrupt (1) only concern writers and refcounts; reading is safe.
-const INCOMPAT_KNOWN: u64 = 0b11 | INCOMPAT_EXTERNAL_DATA | INCOMPAT_COMPRESSION_TYPE | INCOMPAT_EXTENDED_L2;
+const INCOMPAT_KNOWN: u64 =
+    0b11 | INCOMPAT_EXTERNAL_DATA | INCOMPAT_COMPRESSION_TYPE | INCOMPAT_EXTENDED_L2;
 
 /// qemu's own limit; beyond it the header is corrupt, not merely large.
 const MAX_L1_BYTES: u64 = 32 << 20;
@@ -55,7 +56,8 @@ impl Qcow2 {
     pub fn open(file: File, file_size: u64) -> Result<Qcow2> {
         let mut h = [0u8; 112];
         let n = (file_size.min(h.len() as u64)) as usize;
-        file.read_exact_at(&mut h[..n], 0).map_err(|e| anyhow::anyhow!("reading the qcow2 header: {}", io_reason(&e)))?;
+        file.read_exact_at(&mut h[..n], 0)
+            .map_err(|e| anyhow::anyhow!("reading the qcow2 header: {}", io_reason(&e)))?;
         if n < 72 {
             bail!("qcow2 image is truncated: the file ends inside its header ({file_size} bytes)");
         }
@@ -91,12 +93,18 @@ impl Qcow2 {
             bail!("the qcow2 image keeps its data in an external file, which disk-image-get-kernel does not support");
         }
         if incompat & !INCOMPAT_KNOWN != 0 {
-            bail!("the qcow2 image uses unknown incompatible features (0x{:x})", incompat & !INCOMPAT_KNOWN);
+            bail!(
+                "the qcow2 image uses unknown incompatible features (0x{:x})",
+                incompat & !INCOMPAT_KNOWN
+            );
         }
         let compression = if header_len > 104 { h[104] } else { 0 };
         let zstd = match compression {
             0 => None,
-            1 => Some(ZstdDecoder::new().map_err(|e| anyhow::anyhow!("starting the zstd decoder: {e}"))?),
+            1 => Some(
+                ZstdDecoder::new()
+                    .map_err(|e| anyhow::anyhow!("starting the zstd decoder: {e}"))?,
+            ),
             t => bail!("qcow2 compression type {t} is unknown"),
         };
         let extended_l2 = incompat & INCOMPAT_EXTENDED_L2 != 0;
@@ -117,7 +125,8 @@ impl Qcow2 {
             bail!("qcow2 image is truncated: the L1 table at byte {l1_off} lies beyond the end of the file ({file_size} bytes)");
         }
         let mut raw = vec![0u8; (l1_entries * 8) as usize];
-        file.read_exact_at(&mut raw, l1_off).map_err(|e| anyhow::anyhow!("reading the qcow2 L1 table: {}", io_reason(&e)))?;
+        file.read_exact_at(&mut raw, l1_off)
+            .map_err(|e| anyhow::anyhow!("reading the qcow2 L1 table: {}", io_reason(&e)))?;
         let l1 = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
         Ok(Qcow2 {
             file,
@@ -164,15 +173,22 @@ impl Qcow2 {
             if self.l2_cache.len() >= MAX_L2_TABLES {
                 self.l2_cache.clear();
             }
-            self.l2_cache.insert(table, raw.chunks_exact(8).map(|c| be64(c, 0)).collect());
+            self.l2_cache
+                .insert(table, raw.chunks_exact(8).map(|c| be64(c, 0)).collect());
         }
         let t = &self.l2_cache[&table];
         let i = (cluster & ((1 << self.l2_bits) - 1)) as usize;
-        Ok(if self.extended_l2 { (t[2 * i], t[2 * i + 1]) } else { (t[i], 0) })
+        Ok(if self.extended_l2 {
+            (t[2 * i], t[2 * i + 1])
+        } else {
+            (t[i], 0)
+        })
     }
 
     fn pread(&self, buf: &mut [u8], off: u64) -> Result<()> {
-        self.file.read_exact_at(buf, off).map_err(|e| anyhow::anyhow!("reading the qcow2 file at byte {off}: {}", io_reason(&e)))
+        self.file
+            .read_exact_at(buf, off)
+            .map_err(|e| anyhow::anyhow!("reading the qcow2 file at byte {off}: {}", io_reason(&e)))
     }
 
     fn read_in_cluster(&mut self, cluster: u64, within: u64, out: &mut [u8]) -> Result<()> {
@@ -223,7 +239,13 @@ impl Qcow2 {
         self.pread(out, at)
     }
 
-    fn read_compressed(&mut self, cluster: u64, entry: u64, within: u64, out: &mut [u8]) -> Result<()> {
+    fn read_compressed(
+        &mut self,
+        cluster: u64,
+        entry: u64,
+        within: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
         let cs = self.cluster_size();
         if within == 0 && out.len() as u64 == cs {
             return self.inflate(entry, out);
@@ -274,24 +296,40 @@ impl Qcow2 {
 
 /// One zstd frame into exactly `out`, as qemu's qcow2_zstd_decompress reads it: the
 /// frame must fill the cluster and end; bytes after it (sector padding) are ignored.
-fn unzstd(dec: &mut ZstdDecoder<'static>, data: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
-    dec.reinit().map_err(|e| format!("does not decompress ({e})"))?;
+fn unzstd(
+    dec: &mut ZstdDecoder<'static>,
+    data: &[u8],
+    out: &mut [u8],
+) -> std::result::Result<(), String> {
+    dec.reinit()
+        .map_err(|e| format!("does not decompress ({e})"))?;
     let mut input = InBuffer::around(data);
     let mut output = OutBuffer::around(out);
     loop {
         let before = (input.pos(), output.pos());
-        let left = dec.run(&mut input, &mut output).map_err(|e| format!("does not decompress ({e})"))?;
+        let left = dec
+            .run(&mut input, &mut output)
+            .map_err(|e| format!("does not decompress ({e})"))?;
         let full = output.pos() == output.capacity();
         if left == 0 {
             // The frame ended: it must have filled the cluster exactly.
-            return if full { Ok(()) } else { Err(format!("decompresses to {} bytes, short of a cluster", output.pos())) };
+            return if full {
+                Ok(())
+            } else {
+                Err(format!(
+                    "decompresses to {} bytes, short of a cluster",
+                    output.pos()
+                ))
+            };
         }
         if full {
             // The cluster is full but the frame goes on: only its epilogue (a
             // checksum) may remain, never more data.
             let mut spare = [0u8; 1];
             let mut more = OutBuffer::around(&mut spare[..]);
-            let left = dec.run(&mut input, &mut more).map_err(|e| format!("does not decompress ({e})"))?;
+            let left = dec
+                .run(&mut input, &mut more)
+                .map_err(|e| format!("does not decompress ({e})"))?;
             return match (more.pos(), left) {
                 (0, 0) => Ok(()),
                 (0, _) => Err("ends inside its zstd frame".to_string()),
@@ -307,7 +345,9 @@ fn unzstd(dec: &mut ZstdDecoder<'static>, data: &[u8], out: &mut [u8]) -> std::r
 fn backing_name(file: &File, file_size: u64, off: u64, len: u32) -> String {
     let len = len.min(1023) as u64;
     let mut b = vec![0u8; len as usize];
-    if off.checked_add(len).is_some_and(|e| e <= file_size) && file.read_exact_at(&mut b, off).is_ok() {
+    if off.checked_add(len).is_some_and(|e| e <= file_size)
+        && file.read_exact_at(&mut b, off).is_ok()
+    {
         return String::from_utf8_lossy(&b).into_owned();
     }
     "unreadable name".to_string()
@@ -319,7 +359,10 @@ impl Disk for Qcow2 {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.virtual_size) {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.virtual_size)
+        {
             bail!(
                 "the partition table or filesystem points past the end of the qcow2 image (byte {offset}, virtual size {})",
                 self.virtual_size
@@ -355,7 +398,9 @@ mod tests {
 
     #[test]
     fn zstd_frames_fill_the_cluster_exactly() {
-        let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8 ^ (i >> 12) as u8).collect();
+        let data: Vec<u8> = (0..65536u32)
+            .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+            .collect();
         let mut dec = ZstdDecoder::new().unwrap();
         let mut out = vec![0u8; data.len()];
         for checksum in [false, true] {
@@ -369,7 +414,10 @@ mod tests {
             unzstd(&mut dec, &padded, &mut out).unwrap();
             assert!(out == data);
             let e = unzstd(&mut dec, &f[..f.len() - 5], &mut out).unwrap_err();
-            assert!(e.contains("ends inside") || e.contains("does not decompress"), "{e}");
+            assert!(
+                e.contains("ends inside") || e.contains("does not decompress"),
+                "{e}"
+            );
         }
         let e = unzstd(&mut dec, &frame(&data[..1000], false), &mut out).unwrap_err();
         assert!(e.contains("short of a cluster"), "{e}");
@@ -392,7 +440,10 @@ mod tests {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for (i, chunk) in data.chunks_mut(4096).enumerate() {
             match i % 4 {
-                0 => chunk.iter_mut().enumerate().for_each(|(j, b)| *b = (j % 7) as u8 + b'a'),
+                0 => chunk
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, b)| *b = (j % 7) as u8 + b'a'),
                 1 => chunk.iter_mut().for_each(|b| {
                     x ^= x << 13;
                     x ^= x >> 7;
@@ -404,11 +455,17 @@ mod tests {
             }
         }
         std::fs::write(&raw, &data).unwrap();
-        for opts in ["compression_type=zstd", "compression_type=zstd,cluster_size=4096", "compression_type=zstd,cluster_size=2M"] {
+        for opts in [
+            "compression_type=zstd",
+            "compression_type=zstd,cluster_size=4096",
+            "compression_type=zstd,cluster_size=2M",
+        ] {
             let q = dir.path().join("disk.qcow2");
             let _ = std::fs::remove_file(&q);
             let st = Command::new("qemu-img")
-                .args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", opts])
+                .args([
+                    "convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", opts,
+                ])
                 .arg(&raw)
                 .arg(&q)
                 .status()
@@ -417,14 +474,20 @@ mod tests {
             let f = File::open(&q).unwrap();
             let size = f.metadata().unwrap().len();
             let mut img = Qcow2::open(f, size).unwrap();
-            assert!(img.zstd.is_some(), "{opts}: header's compression type not seen");
+            assert!(
+                img.zstd.is_some(),
+                "{opts}: header's compression type not seen"
+            );
             let mut back = vec![0u8; data.len()];
             img.read_at(0, &mut back).unwrap();
             assert!(back == data, "{opts}: whole-image read differs");
             // Reads inside a cluster go through the cluster cache.
             let mut part = vec![0u8; 1000];
             img.read_at(4096 * 8 + 123, &mut part).unwrap();
-            assert!(part[..] == data[4096 * 8 + 123..4096 * 8 + 1123], "{opts}: partial read differs");
+            assert!(
+                part[..] == data[4096 * 8 + 123..4096 * 8 + 1123],
+                "{opts}: partial read differs"
+            );
         }
     }
 }

@@ -24,9 +24,15 @@ const KERNEL_PREFIX: &[u8] = b"vmlinuz-";
 pub fn choose(names: &[Vec<u8>], patterns: &Patterns, dir: &str) -> Result<Option<Choice>> {
     let kernel = match &patterns.kernel {
         Some(p) => newest(names.iter().filter(|n| glob(p, n))),
-        None => newest(names.iter().filter(|n| n.starts_with(KERNEL_PREFIX) && n.len() > KERNEL_PREFIX.len())),
+        None => newest(
+            names
+                .iter()
+                .filter(|n| n.starts_with(KERNEL_PREFIX) && n.len() > KERNEL_PREFIX.len()),
+        ),
     };
-    let Some(kernel) = kernel else { return Ok(None) };
+    let Some(kernel) = kernel else {
+        return Ok(None);
+    };
     let shown = String::from_utf8_lossy(kernel);
     let initrd = match &patterns.initrd {
         Some(p) => match newest(names.iter().filter(|n| glob(p, n))) {
@@ -49,7 +55,10 @@ pub fn choose(names: &[Vec<u8>], patterns: &Patterns, dir: &str) -> Result<Optio
             }
         }
     };
-    Ok(Some(Choice { kernel: kernel.clone(), initrd: initrd.clone() }))
+    Ok(Some(Choice {
+        kernel: kernel.clone(),
+        initrd: initrd.clone(),
+    }))
 }
 
 /// Whether a directory entry could be chosen, so only those need their inode read.
@@ -74,15 +83,26 @@ fn kernel_version(name: &[u8]) -> Option<&[u8]> {
 /// unversioned kernel (SUSE's vmlinuz symlink) goes with an unversioned initrd.
 fn initrd_names(version: Option<&[u8]>) -> Vec<Vec<u8>> {
     let Some(version) = version else {
-        return vec![b"initrd.img".to_vec(), b"initrd".to_vec(), b"initramfs.img".to_vec()];
+        return vec![
+            b"initrd.img".to_vec(),
+            b"initrd".to_vec(),
+            b"initramfs.img".to_vec(),
+        ];
     };
     let v = |pre: &str, post: &str| [pre.as_bytes(), version, post.as_bytes()].concat();
-    vec![v("initrd.img-", ""), v("initramfs-", ".img"), v("initrd-", ""), v("initrd-", ".img")]
+    vec![
+        v("initrd.img-", ""),
+        v("initramfs-", ".img"),
+        v("initrd-", ""),
+        v("initrd-", ".img"),
+    ]
 }
 
 /// Shell glob on a file name, with the shell's own matcher (fnmatch(3)).
 pub fn glob(pattern: &str, name: &[u8]) -> bool {
-    let (Ok(p), Ok(n)) = (CString::new(pattern), CString::new(name)) else { return false };
+    let (Ok(p), Ok(n)) = (CString::new(pattern), CString::new(name)) else {
+        return false;
+    };
     // SAFETY: both are NUL-terminated strings that outlive the call.
     unsafe { libc::fnmatch(p.as_ptr(), n.as_ptr(), 0) == 0 }
 }
@@ -102,7 +122,9 @@ pub fn version_cmp(a: &[u8], b: &[u8]) -> Ordering {
     let at = |s: &[u8], i: usize| s.get(i).copied().unwrap_or(0);
     let (mut i, mut j) = (0, 0);
     while i < a.len() || j < b.len() {
-        while (at(a, i) != 0 && !at(a, i).is_ascii_digit()) || (at(b, j) != 0 && !at(b, j).is_ascii_digit()) {
+        while (at(a, i) != 0 && !at(a, i).is_ascii_digit())
+            || (at(b, j) != 0 && !at(b, j).is_ascii_digit())
+        {
             let (x, y) = (order(at(a, i)), order(at(b, j)));
             if x != y {
                 return x.cmp(&y);
@@ -161,7 +183,11 @@ mod tests {
             ("~", "", Less),
         ] {
             assert_eq!(version_cmp(a.as_bytes(), b.as_bytes()), want, "{a} vs {b}");
-            assert_eq!(version_cmp(b.as_bytes(), a.as_bytes()), want.reverse(), "{b} vs {a}");
+            assert_eq!(
+                version_cmp(b.as_bytes(), a.as_bytes()),
+                want.reverse(),
+                "{b} vs {a}"
+            );
         }
     }
 
@@ -194,26 +220,64 @@ mod tests {
 
     #[test]
     fn patterns_override_the_choice() {
-        let n = names(&["vmlinuz-6.1.0-10-amd64", "initrd.img-6.1.0-10-amd64", "vmlinuz-5.10.0-1-amd64", "initrd.img-5.10.0-1-amd64"]);
-        let p = Patterns { kernel: Some("vmlinuz-5.10*".into()), initrd: None };
+        let n = names(&[
+            "vmlinuz-6.1.0-10-amd64",
+            "initrd.img-6.1.0-10-amd64",
+            "vmlinuz-5.10.0-1-amd64",
+            "initrd.img-5.10.0-1-amd64",
+        ]);
+        let p = Patterns {
+            kernel: Some("vmlinuz-5.10*".into()),
+            initrd: None,
+        };
         let c = choose(&n, &p, "/boot/").unwrap().unwrap();
-        assert_eq!((c.kernel.as_slice(), c.initrd.as_slice()), (&b"vmlinuz-5.10.0-1-amd64"[..], &b"initrd.img-5.10.0-1-amd64"[..]));
-        let p = Patterns { kernel: None, initrd: Some("initrd.img-5.*".into()) };
+        assert_eq!(
+            (c.kernel.as_slice(), c.initrd.as_slice()),
+            (
+                &b"vmlinuz-5.10.0-1-amd64"[..],
+                &b"initrd.img-5.10.0-1-amd64"[..]
+            )
+        );
+        let p = Patterns {
+            kernel: None,
+            initrd: Some("initrd.img-5.*".into()),
+        };
         let c = choose(&n, &p, "/boot/").unwrap().unwrap();
         assert_eq!(c.kernel, b"vmlinuz-6.1.0-10-amd64");
         assert_eq!(c.initrd, b"initrd.img-5.10.0-1-amd64");
-        let p = Patterns { kernel: Some("vmlinuz-[!6]*".into()), initrd: Some("nothing*".into()) };
+        let p = Patterns {
+            kernel: Some("vmlinuz-[!6]*".into()),
+            initrd: Some("nothing*".into()),
+        };
         let e = choose(&n, &p, "/boot/").unwrap_err().to_string();
-        assert!(e.contains("DIB_BAREMETAL_INITRD_PATTERN") && e.contains("vmlinuz-5.10.0-1-amd64"), "{e}");
-        let p = Patterns { kernel: Some("bzImage*".into()), initrd: None };
+        assert!(
+            e.contains("DIB_BAREMETAL_INITRD_PATTERN") && e.contains("vmlinuz-5.10.0-1-amd64"),
+            "{e}"
+        );
+        let p = Patterns {
+            kernel: Some("bzImage*".into()),
+            initrd: None,
+        };
         assert_eq!(choose(&n, &p, "/boot/").unwrap(), None);
     }
 
     #[test]
     fn a_kernel_without_initrd_is_an_error_naming_both() {
-        let e = choose(&names(&["vmlinuz-6.1.0-10-amd64"]), &Patterns::default(), "/boot/").unwrap_err().to_string();
-        assert!(e.contains("/boot/vmlinuz-6.1.0-10-amd64") && e.contains("initrd.img-6.1.0-10-amd64"), "{e}");
-        assert_eq!(choose(&names(&["vmlinuz", "config-1"]), &Patterns::default(), "/").unwrap(), None);
+        let e = choose(
+            &names(&["vmlinuz-6.1.0-10-amd64"]),
+            &Patterns::default(),
+            "/boot/",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/boot/vmlinuz-6.1.0-10-amd64") && e.contains("initrd.img-6.1.0-10-amd64"),
+            "{e}"
+        );
+        assert_eq!(
+            choose(&names(&["vmlinuz", "config-1"]), &Patterns::default(), "/").unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -31,7 +31,11 @@ pub(crate) fn content(seed: u64, len: usize) -> Vec<u8> {
 
 fn run(cmd: &mut Command) {
     let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(o.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// The usual Debian /boot: two kernels with their initrds, and /vmlinuz → boot/….
@@ -50,7 +54,11 @@ pub(crate) fn debian_tree(root: &Path) {
 
 pub(crate) fn mkfs(tree: &Path, out: &Path, kind: &str, mib: u32, extra: &[&str]) {
     let mut c = Command::new(format!("mkfs.{kind}"));
-    c.args(["-q", "-F", "-d"]).arg(tree).args(extra).arg(out).arg(format!("{mib}M"));
+    c.args(["-q", "-F", "-d"])
+        .arg(tree)
+        .args(extra)
+        .arg(out)
+        .arg(format!("{mib}M"));
     run(&mut c);
 }
 
@@ -69,7 +77,9 @@ pub(crate) fn disk(fs: &Path, out: &Path, label: &str) -> u64 {
     let f = std::fs::File::create(out).unwrap();
     f.set_len(len + (4 << 20)).unwrap();
     let mut c = Command::new("sfdisk");
-    c.args(["-q", "--no-reread", "--no-tell-kernel"]).arg(out).stdin(std::process::Stdio::piped());
+    c.args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(out)
+        .stdin(std::process::Stdio::piped());
     let mut child = c.stdout(std::process::Stdio::null()).spawn().unwrap();
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success(), "sfdisk {label}");
@@ -82,7 +92,11 @@ pub(crate) fn disk(fs: &Path, out: &Path, label: &str) -> u64 {
 }
 
 pub(crate) fn qcow2(raw: &Path, out: &Path, args: &[&str]) {
-    run(Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).args(args).arg(raw).arg(out));
+    run(Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .args(args)
+        .arg(raw)
+        .arg(out));
 }
 
 struct Case {
@@ -103,31 +117,58 @@ impl Case {
         self.p("tree")
     }
     fn opts(&self, image: &str) -> Options {
-        Options { image: self.p(image), dir: self.p("out"), prefix: "t".into(), patterns: Patterns::default(), verbose: false }
+        Options {
+            image: self.p(image),
+            dir: self.p("out"),
+            prefix: "t".into(),
+            patterns: Patterns::default(),
+            verbose: false,
+        }
     }
     fn get(&self, image: &str) -> Result<Extracted> {
         get_kernel(&self.opts(image))
     }
     fn err(&self, image: &str) -> String {
-        let e = format!("{:#}", self.get(image).err().unwrap_or_else(|| panic!("{image}: expected an error")));
+        let e = format!(
+            "{:#}",
+            self.get(image)
+                .err()
+                .unwrap_or_else(|| panic!("{image}: expected an error"))
+        );
         self.assert_out_empty();
         e
     }
     fn out(&self) -> (Vec<u8>, Vec<u8>) {
-        (std::fs::read(self.p("out/t-vmlinuz")).unwrap(), std::fs::read(self.p("out/t-initrd")).unwrap())
+        (
+            std::fs::read(self.p("out/t-vmlinuz")).unwrap(),
+            std::fs::read(self.p("out/t-initrd")).unwrap(),
+        )
     }
     /// Extracts and compares with the tree's files.
     fn expect(&self, image: &str, kernel: &str, initrd: &str) {
         let r = self.get(image).unwrap_or_else(|e| panic!("{image}: {e:#}"));
-        assert!(r.kernel_source.ends_with(kernel), "{image}: {}", r.kernel_source);
+        assert!(
+            r.kernel_source.ends_with(kernel),
+            "{image}: {}",
+            r.kernel_source
+        );
         let (k, i) = self.out();
-        assert!(k == std::fs::read(self.tree().join(kernel)).unwrap(), "{image}: kernel differs");
-        assert!(i == std::fs::read(self.tree().join(initrd)).unwrap(), "{image}: initrd differs");
+        assert!(
+            k == std::fs::read(self.tree().join(kernel)).unwrap(),
+            "{image}: kernel differs"
+        );
+        assert!(
+            i == std::fs::read(self.tree().join(initrd)).unwrap(),
+            "{image}: initrd differs"
+        );
         std::fs::remove_file(self.p("out/t-vmlinuz")).unwrap();
         std::fs::remove_file(self.p("out/t-initrd")).unwrap();
     }
     fn assert_out_empty(&self) {
-        let left: Vec<_> = std::fs::read_dir(self.p("out")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(self.p("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert!(left.is_empty(), "files left behind: {left:?}");
     }
 }
@@ -149,8 +190,14 @@ fn gpt_raw_and_every_qcow2_variant_give_identical_files() {
         ("v2.qcow2", &["-c", "-o", "compat=0.10"][..]),
         ("small.qcow2", &["-c", "-o", "cluster_size=4096"][..]),
         ("huge.qcow2", &["-c", "-o", "cluster_size=2M"][..]),
-        ("subclusters.qcow2", &["-o", "extended_l2=on,cluster_size=128k"][..]),
-        ("subclusters-c.qcow2", &["-c", "-o", "extended_l2=on,cluster_size=128k"][..]),
+        (
+            "subclusters.qcow2",
+            &["-o", "extended_l2=on,cluster_size=128k"][..],
+        ),
+        (
+            "subclusters-c.qcow2",
+            &["-c", "-o", "extended_l2=on,cluster_size=128k"][..],
+        ),
         ("zstd.qcow2", &["-c", "-o", "compression_type=zstd"][..]),
     ] {
         qcow2(&c.p("raw"), &c.p(name), args);
@@ -166,7 +213,11 @@ fn bare_filesystem_and_mbr_logical_partition() {
     c.expect("fs", &boot(KERNEL), &boot(INITRD));
     disk(&c.p("fs"), &c.p("mbr"), "dos");
     let r = c.get("mbr").unwrap();
-    assert!(r.kernel_source.starts_with("partition 5"), "{}", r.kernel_source);
+    assert!(
+        r.kernel_source.starts_with("partition 5"),
+        "{}",
+        r.kernel_source
+    );
     std::fs::remove_dir_all(c.p("out")).unwrap();
     std::fs::create_dir(c.p("out")).unwrap();
     qcow2(&c.p("mbr"), &c.p("mbr.qcow2"), &["-c"]);
@@ -185,7 +236,12 @@ fn ext2_and_ext3_block_maps_with_indirect_blocks() {
 }
 
 fn debugfs(fs: &Path, request: &str) -> String {
-    let o = Command::new("debugfs").arg("-R").arg(request).arg(fs).output().unwrap();
+    let o = Command::new("debugfs")
+        .arg("-R")
+        .arg(request)
+        .arg(fs)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -197,14 +253,36 @@ fn deep_extent_tree_and_hashed_directory() {
     // than the inode holds: the tree grows a level.
     std::fs::write(c.tree().join(boot(KERNEL)), content(9, 5_000_000)).unwrap();
     for i in 0..400 {
-        std::fs::write(c.tree().join(format!("boot/filler-{i:04}-with-a-long-name")), "x").unwrap();
+        std::fs::write(
+            c.tree()
+                .join(format!("boot/filler-{i:04}-with-a-long-name")),
+            "x",
+        )
+        .unwrap();
     }
-    mkfs(&c.tree(), &c.p("fs"), "ext4", 12, &["-b", "1024", "-g", "1024", "-O", "^flex_bg,^resize_inode"]);
+    mkfs(
+        &c.tree(),
+        &c.p("fs"),
+        "ext4",
+        12,
+        &["-b", "1024", "-g", "1024", "-O", "^flex_bg,^resize_inode"],
+    );
     // -D rebuilds directories as hashed trees; exit 1 means "changed", as intended.
-    let st = Command::new("e2fsck").args(["-fyD"]).arg(c.p("fs")).output().unwrap().status;
+    let st = Command::new("e2fsck")
+        .args(["-fyD"])
+        .arg(c.p("fs"))
+        .output()
+        .unwrap()
+        .status;
     assert!(matches!(st.code(), Some(0 | 1)), "e2fsck: {st}");
-    assert!(debugfs(&c.p("fs"), &format!("ex /boot/{KERNEL}")).contains(" 1/ 1 "), "the test needs a depth-1 extent tree");
-    assert!(debugfs(&c.p("fs"), "htree /boot").contains("Root node dump"), "the test needs a hashed /boot");
+    assert!(
+        debugfs(&c.p("fs"), &format!("ex /boot/{KERNEL}")).contains(" 1/ 1 "),
+        "the test needs a depth-1 extent tree"
+    );
+    assert!(
+        debugfs(&c.p("fs"), "htree /boot").contains("Root node dump"),
+        "the test needs a hashed /boot"
+    );
     c.expect("fs", &boot(KERNEL), &boot(INITRD));
 }
 
@@ -220,10 +298,17 @@ fn inline_data_directory_and_files() {
     mkfs(&c.tree(), &c.p("fs"), "ext4", 8, &["-O", "inline_data"]);
     let inline = |path: &str| {
         let stat = debugfs(&c.p("fs"), &format!("stat {path}"));
-        stat.split("Size of inline data: ").nth(1).and_then(|t| t.split_whitespace().next()).and_then(|n| n.parse::<u32>().ok())
+        stat.split("Size of inline data: ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse::<u32>().ok())
     };
     assert_eq!(inline("/boot"), Some(60), "the test needs an inline /boot");
-    assert_eq!(inline("/boot/initrd.img-1.0-a"), Some(100), "the test needs an initrd inline past i_block");
+    assert_eq!(
+        inline("/boot/initrd.img-1.0-a"),
+        Some(100),
+        "the test needs an initrd inline past i_block"
+    );
     c.expect("fs", "boot/vmlinuz-1.0-a", "boot/initrd.img-1.0-a");
 }
 
@@ -235,15 +320,27 @@ fn symlinks_fast_slow_and_dangling() {
     std::fs::create_dir_all(t.join(real)).unwrap();
     std::fs::create_dir_all(t.join("bootdir")).unwrap();
     std::fs::write(t.join(real).join("vmlinuz"), content(7, 300_000)).unwrap();
-    std::fs::write(t.join("bootdir/initrd.img-7.0.0-1-amd64"), content(8, 200_000)).unwrap();
+    std::fs::write(
+        t.join("bootdir/initrd.img-7.0.0-1-amd64"),
+        content(8, 200_000),
+    )
+    .unwrap();
     // /boot is a fast symlink; the kernel is a slow (block-held) absolute one; a
     // newer-looking dangling one must be passed over.
     symlink("bootdir", t.join("boot")).unwrap();
-    symlink(format!("/{real}/vmlinuz"), t.join("bootdir/vmlinuz-7.0.0-1-amd64")).unwrap();
+    symlink(
+        format!("/{real}/vmlinuz"),
+        t.join("bootdir/vmlinuz-7.0.0-1-amd64"),
+    )
+    .unwrap();
     symlink("nowhere", t.join("bootdir/vmlinuz-9.9.9")).unwrap();
     mkfs(&c.tree(), &c.p("fs"), "ext4", 8, &[]);
     let r = c.get("fs").unwrap();
-    assert!(r.kernel_source.ends_with("/boot/vmlinuz-7.0.0-1-amd64"), "{}", r.kernel_source);
+    assert!(
+        r.kernel_source.ends_with("/boot/vmlinuz-7.0.0-1-amd64"),
+        "{}",
+        r.kernel_source
+    );
     let (k, i) = c.out();
     assert!(k == std::fs::read(t.join(real).join("vmlinuz")).unwrap());
     assert!(i == std::fs::read(t.join("bootdir/initrd.img-7.0.0-1-amd64")).unwrap());
@@ -259,20 +356,32 @@ fn separate_boot_filesystem_is_found_after_an_empty_root_boot() {
     mkfs(&c.tree(), &c.p("root"), "ext4", 4, &[]);
     mkfs(&bt, &c.p("boot"), "ext4", 8, &[]);
     // GPT: ESP, root (2, with an empty /boot), /boot (3).
-    let len = std::fs::metadata(c.p("boot")).unwrap().len() + std::fs::metadata(c.p("root")).unwrap().len();
+    let len = std::fs::metadata(c.p("boot")).unwrap().len()
+        + std::fs::metadata(c.p("root")).unwrap().len();
     let raw = c.p("raw");
-    std::fs::File::create(&raw).unwrap().set_len(len + (4 << 20)).unwrap();
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(len + (4 << 20))
+        .unwrap();
     let mut sf = Command::new("sfdisk");
-    sf.args(["-q", "--no-reread", "--no-tell-kernel"]).arg(&raw).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+    sf.args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&raw)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
     let mut child = sf.spawn().unwrap();
     let script = "label: gpt\nsize=1MiB, type=U\nsize=4MiB, name=root\nsize=8MiB, name=boot\n";
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success());
     let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
-    f.write_all_at(&std::fs::read(c.p("root")).unwrap(), 2 << 20).unwrap();
-    f.write_all_at(&std::fs::read(c.p("boot")).unwrap(), 6 << 20).unwrap();
+    f.write_all_at(&std::fs::read(c.p("root")).unwrap(), 2 << 20)
+        .unwrap();
+    f.write_all_at(&std::fs::read(c.p("boot")).unwrap(), 6 << 20)
+        .unwrap();
     let r = c.get("raw").unwrap();
-    assert_eq!(r.kernel_source, format!("partition 3 (\"boot\"), /{KERNEL}"));
+    assert_eq!(
+        r.kernel_source,
+        format!("partition 3 (\"boot\"), /{KERNEL}")
+    );
     assert!(c.out().0 == std::fs::read(bt.join(KERNEL)).unwrap());
 }
 
@@ -284,11 +393,18 @@ fn patterns_choose_the_older_kernel() {
     let mut o = c.opts("fs");
     o.patterns.kernel = Some("vmlinuz-5.10*".into());
     let r = get_kernel(&o).unwrap();
-    assert!(r.initrd_source.ends_with("/boot/initrd.img-5.10.0-9-amd64"), "{}", r.initrd_source);
+    assert!(
+        r.initrd_source.ends_with("/boot/initrd.img-5.10.0-9-amd64"),
+        "{}",
+        r.initrd_source
+    );
     assert!(c.out().0 == content(3, 10_000));
     o.patterns.kernel = Some("bzImage*".into());
     let e = format!("{:#}", get_kernel(&o).err().unwrap());
-    assert!(e.contains("DIB_BAREMETAL_KERNEL_PATTERN=\"bzImage*\""), "{e}");
+    assert!(
+        e.contains("DIB_BAREMETAL_KERNEL_PATTERN=\"bzImage*\""),
+        "{e}"
+    );
     o.patterns.kernel = Some("../vmlinuz*".into());
     assert!(format!("{:#}", get_kernel(&o).err().unwrap()).contains("cannot contain '/'"));
 }
@@ -301,7 +417,11 @@ fn errors_name_the_problem_and_leave_nothing() {
     disk(&c.p("fs"), &c.p("raw"), "gpt");
     qcow2(&c.p("raw"), &c.p("zlib.qcow2"), &["-c"]);
 
-    std::fs::write(c.p("text"), "just some text, long enough to not be tiny\n".repeat(100)).unwrap();
+    std::fs::write(
+        c.p("text"),
+        "just some text, long enough to not be tiny\n".repeat(100),
+    )
+    .unwrap();
     assert!(c.err("text").contains("not a disk image"));
     std::fs::write(c.p("empty"), "").unwrap();
     assert!(c.err("empty").contains("not a disk image"));
@@ -318,17 +438,39 @@ fn errors_name_the_problem_and_leave_nothing() {
     assert!(e.contains("truncated") && e.contains("L1"), "{e}");
     std::fs::write(c.p("half.qcow2"), &bytes[..bytes.len() / 2]).unwrap();
     assert!(c.err("half.qcow2").contains("truncated"));
-    std::fs::write(c.p("half.raw"), &std::fs::read(c.p("raw")).unwrap()[..3 << 20]).unwrap();
+    std::fs::write(
+        c.p("half.raw"),
+        &std::fs::read(c.p("raw")).unwrap()[..3 << 20],
+    )
+    .unwrap();
     assert!(c.err("half.raw").contains("truncated"));
 
     let img = |args: &[&str], name: &str| {
-        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).args(args).arg(c.p(name)).arg("16M"));
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .args(args)
+            .arg(c.p(name))
+            .arg("16M"));
     };
-    img(&["-b", c.p("zlib.qcow2").to_str().unwrap(), "-F", "qcow2"], "overlay.qcow2");
+    img(
+        &["-b", c.p("zlib.qcow2").to_str().unwrap(), "-F", "qcow2"],
+        "overlay.qcow2",
+    );
     assert!(c.err("overlay.qcow2").contains("backing file"));
-    img(&["--object", "secret,id=s,data=pw", "-o", "encrypt.format=luks,encrypt.key-secret=s"], "enc.qcow2");
+    img(
+        &[
+            "--object",
+            "secret,id=s,data=pw",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=s",
+        ],
+        "enc.qcow2",
+    );
     assert!(c.err("enc.qcow2").contains("encrypted"));
-    img(&["-o", &format!("data_file={}", c.p("data.raw").display())], "ext.qcow2");
+    img(
+        &["-o", &format!("data_file={}", c.p("data.raw").display())],
+        "ext.qcow2",
+    );
     assert!(c.err("ext.qcow2").contains("external"));
 
     // No kernel: the message names what each partition held.
@@ -337,8 +479,14 @@ fn errors_name_the_problem_and_leave_nothing() {
     mkfs(&c.tree(), &c.p("fs2"), "ext4", 8, &[]);
     disk(&c.p("fs2"), &c.p("nokernel"), "gpt");
     let e = c.err("nokernel");
-    assert!(e.contains("no kernel") && e.contains("partition 2 (\"root\") (ext) has no vmlinuz-*"), "{e}");
-    assert!(e.contains("partition 1 (\"ESP\") holds no filesystem"), "{e}");
+    assert!(
+        e.contains("no kernel") && e.contains("partition 2 (\"root\") (ext) has no vmlinuz-*"),
+        "{e}"
+    );
+    assert!(
+        e.contains("partition 1 (\"ESP\") holds no filesystem"),
+        "{e}"
+    );
 
     // A kernel without its initrd.
     std::fs::create_dir(c.tree().join("boot")).unwrap();
@@ -355,7 +503,10 @@ fn errors_name_the_problem_and_leave_nothing() {
     x[start..start + 4].copy_from_slice(b"XFSB");
     std::fs::write(c.p("xfs"), &x).unwrap();
     let e = c.err("xfs");
-    assert!(e.contains("partition 2 (\"root\") holds xfs") && e.contains("ext2/3/4"), "{e}");
+    assert!(
+        e.contains("partition 2 (\"root\") holds xfs") && e.contains("ext2/3/4"),
+        "{e}"
+    );
     let mut b = raw.clone();
     b[start + 1024..start + 2048].fill(0);
     b[start + 0x10040..start + 0x10048].copy_from_slice(b"_BHRfS_M");
@@ -394,7 +545,10 @@ fn truncation_anywhere_fails_cleanly() {
                 Err(e) => {
                     c.assert_out_empty();
                     let e = format!("{e:#}");
-                    assert!(e.contains("truncated") || e.contains("not a disk image"), "{src} cut at {len}: {e}");
+                    assert!(
+                        e.contains("truncated") || e.contains("not a disk image"),
+                        "{src} cut at {len}: {e}"
+                    );
                 }
             }
         }
@@ -412,8 +566,16 @@ fn corrupted_images_never_panic() {
     qcow2(&c.p("raw"), &c.p("q"), &["-c"]);
     let mut x = 0x2545_f491_4f6c_dd1du64;
     // The partition table; the filesystem's metadata and directories; qcow2 tables.
-    for (image, base, window) in [("raw", 0, 34 * 512), ("raw", start, 1 << 20), ("q", 0, 1 << 20)] {
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(c.p(image)).unwrap();
+    for (image, base, window) in [
+        ("raw", 0, 34 * 512),
+        ("raw", start, 1 << 20),
+        ("q", 0, 1 << 20),
+    ] {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(c.p(image))
+            .unwrap();
         for i in 0..200 {
             x ^= x << 13;
             x ^= x >> 7;
@@ -423,7 +585,10 @@ fn corrupted_images_never_panic() {
             f.read_exact_at(&mut old, off).unwrap();
             f.write_all_at(&(x >> 32).to_le_bytes()[..4], off).unwrap();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.get(image)));
-            assert!(r.is_ok(), "{image}: panicked with 4 bytes changed at {off} (iteration {i})");
+            assert!(
+                r.is_ok(),
+                "{image}: panicked with 4 bytes changed at {off} (iteration {i})"
+            );
             f.write_all_at(&old, off).unwrap();
             let _ = std::fs::remove_dir_all(c.p("out"));
             std::fs::create_dir(c.p("out")).unwrap();

@@ -54,7 +54,11 @@ impl Compression {
 }
 
 /// Runs `produce` with a writer whose bytes end up compressed in `out`.
-pub fn compress_into<T>(c: Compression, out: File, produce: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
+pub fn compress_into<T>(
+    c: Compression,
+    out: File,
+    produce: impl FnOnce(&mut dyn Write) -> Result<T>,
+) -> Result<T> {
     let Some((program, package)) = c.tool() else {
         let mut w = BufWriter::new(out);
         let v = produce(&mut w)?;
@@ -82,11 +86,17 @@ pub fn compress_into<T>(c: Compression, out: File, produce: impl FnOnce(&mut dyn
     let mut w = BufWriter::with_capacity(1 << 20, stdin);
     let produced = produce(&mut w).and_then(|v| w.flush().map(|_| v).map_err(Into::into));
     drop(w);
-    let status = child.wait().with_context(|| format!("waiting for {program}"))?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {program}"))?;
     let errs = errs.join().unwrap_or_default();
     let v = produced.with_context(|| format!("writing the archive into {program}"))?;
     if !status.success() {
-        bail!("{program} {} failed ({status}): {}", c.args().join(" "), errs.trim());
+        bail!(
+            "{program} {} failed ({status}): {}",
+            c.args().join(" "),
+            errs.trim()
+        );
     }
     Ok(v)
 }
@@ -96,7 +106,9 @@ mod tests {
     use super::*;
 
     fn roundtrip(c: Compression, decompress: &[&str]) {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let t = tempfile::NamedTempFile::new().unwrap();
         let f = t.reopen().unwrap();
         compress_into(c, f, |w| {
@@ -105,14 +117,26 @@ mod tests {
         })
         .unwrap();
         let compressed = std::fs::read(t.path()).unwrap();
-        assert!(compressed.len() < data.len() / 4, "{c:?}: {}", compressed.len());
-        let out = Command::new(decompress[0]).args(&decompress[1..]).arg(t.path()).output().unwrap();
+        assert!(
+            compressed.len() < data.len() / 4,
+            "{c:?}: {}",
+            compressed.len()
+        );
+        let out = Command::new(decompress[0])
+            .args(&decompress[1..])
+            .arg(t.path())
+            .output()
+            .unwrap();
         assert!(out.status.success());
         assert_eq!(out.stdout, data, "{c:?}");
         // Same input, same bytes.
         let t2 = tempfile::NamedTempFile::new().unwrap();
         compress_into(c, t2.reopen().unwrap(), |w| Ok(w.write_all(&data)?)).unwrap();
-        assert_eq!(std::fs::read(t2.path()).unwrap(), compressed, "{c:?} is not deterministic");
+        assert_eq!(
+            std::fs::read(t2.path()).unwrap(),
+            compressed,
+            "{c:?} is not deterministic"
+        );
     }
 
     #[test]
@@ -125,7 +149,9 @@ mod tests {
     #[test]
     fn a_failing_producer_is_reported() {
         let t = tempfile::NamedTempFile::new().unwrap();
-        let r: Result<()> = compress_into(Compression::Gzip, t.reopen().unwrap(), |_| bail!("walk failed"));
+        let r: Result<()> = compress_into(Compression::Gzip, t.reopen().unwrap(), |_| {
+            bail!("walk failed")
+        });
         assert!(format!("{:#}", r.unwrap_err()).contains("walk failed"));
     }
 

@@ -93,17 +93,38 @@ impl Entry {
 }
 
 /// Writes `root`'s contents (not `root` itself) and `extras` as one archive.
-pub fn write_tree<W: Write>(root: &Path, extras: &[Extra], opts: &Options, out: W) -> Result<Summary> {
+pub fn write_tree<W: Write>(
+    root: &Path,
+    extras: &[Extra],
+    opts: &Options,
+    out: W,
+) -> Result<Summary> {
     let mut entries = Vec::new();
     walk(root, &mut Vec::new(), &mut entries)?;
-    let mut seen: std::collections::HashSet<Vec<u8>> = entries.iter().map(|e| e.name.clone()).collect();
+    let mut seen: std::collections::HashSet<Vec<u8>> =
+        entries.iter().map(|e| e.name.clone()).collect();
     for x in extras {
-        let name = x.path.trim_start_matches("./").trim_start_matches('/').as_bytes().to_vec();
-        if name.is_empty() || name.split(|b| *b == b'/').any(|c| c.is_empty() || c == b"." || c == b"..") {
-            bail!("synthetic cpio entry {:?}: not a clean relative path", x.path);
+        let name = x
+            .path
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .as_bytes()
+            .to_vec();
+        if name.is_empty()
+            || name
+                .split(|b| *b == b'/')
+                .any(|c| c.is_empty() || c == b"." || c == b"..")
+        {
+            bail!(
+                "synthetic cpio entry {:?}: not a clean relative path",
+                x.path
+            );
         }
         if seen.insert(name.clone()) {
-            entries.push(Entry { name, source: Source::Extra(x.clone()) });
+            entries.push(Entry {
+                name,
+                source: Source::Extra(x.clone()),
+            });
         }
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -112,11 +133,13 @@ pub fn write_tree<W: Write>(root: &Path, extras: &[Extra], opts: &Options, out: 
 
 /// Collects every entry below `dir`; `rel` is `dir`'s name in the archive.
 fn walk(dir: &Path, rel: &mut Vec<u8>, out: &mut Vec<Entry>) -> Result<()> {
-    let rd = std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?;
+    let rd =
+        std::fs::read_dir(dir).with_context(|| format!("reading directory {}", dir.display()))?;
     for e in rd {
         let e = e.with_context(|| format!("reading directory {}", dir.display()))?;
         let path = e.path();
-        let meta = std::fs::symlink_metadata(&path).with_context(|| format!("lstat {}", path.display()))?;
+        let meta = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("lstat {}", path.display()))?;
         let len = rel.len();
         if !rel.is_empty() {
             rel.push(b'/');
@@ -124,7 +147,13 @@ fn walk(dir: &Path, rel: &mut Vec<u8>, out: &mut Vec<Entry>) -> Result<()> {
         rel.extend_from_slice(e.file_name().as_bytes());
         let name = rel.clone();
         let is_dir = meta.is_dir();
-        out.push(Entry { name, source: Source::Tree { path: path.clone(), meta } });
+        out.push(Entry {
+            name,
+            source: Source::Tree {
+                path: path.clone(),
+                meta,
+            },
+        });
         if is_dir {
             walk(&path, rel, out)?;
         }
@@ -181,7 +210,11 @@ fn layout(entries: &[Entry]) -> Result<Layout> {
         }
     }
     // Directories: 2 plus one per subdirectory, as a filesystem would count them.
-    let index: BTreeMap<&[u8], usize> = entries.iter().enumerate().map(|(i, e)| (e.name.as_slice(), i)).collect();
+    let index: BTreeMap<&[u8], usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.as_slice(), i))
+        .collect();
     for (i, e) in entries.iter().enumerate() {
         if e.is_dir() {
             nlink[i] = nlink[i].max(2);
@@ -192,7 +225,11 @@ fn layout(entries: &[Entry]) -> Result<Layout> {
             }
         }
     }
-    Ok(Layout { ino, nlink, carries_data })
+    Ok(Layout {
+        ino,
+        nlink,
+        carries_data,
+    })
 }
 
 /// Counts bytes so padding can be computed without seeking.
@@ -229,7 +266,10 @@ struct Header {
 fn put_header<W: Write>(w: &mut Counting<W>, h: &Header, name: &[u8]) -> io::Result<()> {
     let namesize = name.len() as u32 + 1;
     // dev major/minor 0 for all: inode numbers are unique across the whole archive.
-    let fields = [h.ino, h.mode, h.uid, h.gid, h.nlink, h.mtime, h.size, 0, 0, h.rmajor, h.rminor, namesize, 0];
+    let fields = [
+        h.ino, h.mode, h.uid, h.gid, h.nlink, h.mtime, h.size, 0, 0, h.rmajor, h.rminor, namesize,
+        0,
+    ];
     let mut buf = Vec::with_capacity(110 + name.len() + 4);
     buf.extend_from_slice(MAGIC);
     for f in fields {
@@ -252,7 +292,10 @@ fn clamp_mtime(mtime: i64, epoch: Option<u64>) -> u32 {
 
 fn write_entries<W: Write>(entries: &[Entry], opts: &Options, out: W) -> Result<Summary> {
     let lay = layout(entries)?;
-    let mut w = Counting { inner: out, written: 0 };
+    let mut w = Counting {
+        inner: out,
+        written: 0,
+    };
     let extra_mtime = clamp_mtime(0, opts.source_date_epoch);
     for (i, e) in entries.iter().enumerate() {
         let shown = String::from_utf8_lossy(&e.name);
@@ -271,7 +314,9 @@ fn write_entries<W: Write>(entries: &[Entry], opts: &Options, out: W) -> Result<
             Source::Extra(x) => {
                 h.uid = x.uid;
                 h.gid = x.gid;
-                if let ExtraKind::CharDev { major, minor } | ExtraKind::BlockDev { major, minor } = x.kind {
+                if let ExtraKind::CharDev { major, minor } | ExtraKind::BlockDev { major, minor } =
+                    x.kind
+                {
                     h.rmajor = major;
                     h.rminor = minor;
                 }
@@ -283,18 +328,23 @@ fn write_entries<W: Write>(entries: &[Entry], opts: &Options, out: W) -> Result<
                 h.mtime = clamp_mtime(meta.mtime(), opts.source_date_epoch);
                 let kind = meta.mode() & S_IFMT;
                 if kind == S_IFCHR || kind == S_IFBLK {
-                    h.rmajor = u32::try_from(nix::sys::stat::major(meta.rdev())).with_context(|| format!("{shown}: device number too large"))?;
-                    h.rminor = u32::try_from(nix::sys::stat::minor(meta.rdev())).with_context(|| format!("{shown}: device number too large"))?;
+                    h.rmajor = u32::try_from(nix::sys::stat::major(meta.rdev()))
+                        .with_context(|| format!("{shown}: device number too large"))?;
+                    h.rminor = u32::try_from(nix::sys::stat::minor(meta.rdev()))
+                        .with_context(|| format!("{shown}: device number too large"))?;
                 }
                 if kind == S_IFLNK {
-                    let target = std::fs::read_link(path).with_context(|| format!("readlink {}", path.display()))?;
+                    let target = std::fs::read_link(path)
+                        .with_context(|| format!("readlink {}", path.display()))?;
                     let t = target.as_os_str().as_bytes();
                     h.size = u32::try_from(t.len()).context("symlink target too long")?;
                     put_header(&mut w, &h, &e.name)?;
                     w.put(t)?;
                     w.pad4()?;
                 } else if kind == S_IFREG && lay.carries_data[i] {
-                    h.size = u32::try_from(meta.len()).with_context(|| format!("{shown}: newc cpio cannot hold files of 4 GiB or more"))?;
+                    h.size = u32::try_from(meta.len()).with_context(|| {
+                        format!("{shown}: newc cpio cannot hold files of 4 GiB or more")
+                    })?;
                     put_header(&mut w, &h, &e.name)?;
                     copy_exact(path, meta.len(), &mut w)?;
                     w.pad4()?;
@@ -304,10 +354,23 @@ fn write_entries<W: Write>(entries: &[Entry], opts: &Options, out: W) -> Result<
             }
         }
     }
-    let trailer = Header { ino: 0, mode: 0, uid: 0, gid: 0, nlink: 1, mtime: 0, size: 0, rmajor: 0, rminor: 0 };
+    let trailer = Header {
+        ino: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        nlink: 1,
+        mtime: 0,
+        size: 0,
+        rmajor: 0,
+        rminor: 0,
+    };
     put_header(&mut w, &trailer, TRAILER)?;
     w.inner.flush()?;
-    Ok(Summary { entries: entries.len(), bytes: w.written })
+    Ok(Summary {
+        entries: entries.len(),
+        bytes: w.written,
+    })
 }
 
 /// Copies exactly `len` bytes: a file that changes size while being archived
@@ -318,7 +381,9 @@ fn copy_exact<W: Write>(path: &Path, len: u64, w: &mut Counting<W>) -> Result<()
     let mut buf = vec![0u8; 256 * 1024];
     let mut done = 0u64;
     loop {
-        let n = r.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = r
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -326,7 +391,10 @@ fn copy_exact<W: Write>(path: &Path, len: u64, w: &mut Counting<W>) -> Result<()
         done += n as u64;
     }
     if done != len {
-        bail!("{} shrank while it was archived ({done} of {len} bytes)", path.display());
+        bail!(
+            "{} shrank while it was archived ({done} of {len} bytes)",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -345,7 +413,8 @@ mod tests {
         std::fs::create_dir_all(r.join("a-b")).unwrap();
         std::fs::create_dir_all(r.join("a/deep/er")).unwrap();
         std::fs::write(r.join("bin/tool"), b"#!/bin/sh\necho hi\n").unwrap();
-        std::fs::set_permissions(r.join("bin/tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(r.join("bin/tool"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         std::fs::write(r.join("a/deep/er/odd"), b"12345").unwrap();
         std::fs::write(r.join("empty"), b"").unwrap();
         std::fs::write(r.join("linked"), b"same data").unwrap();
@@ -357,7 +426,15 @@ mod tests {
 
     fn archive(root: &Path, extras: &[Extra], epoch: Option<u64>) -> Vec<u8> {
         let mut v = Vec::new();
-        let s = write_tree(root, extras, &Options { source_date_epoch: epoch }, &mut v).unwrap();
+        let s = write_tree(
+            root,
+            extras,
+            &Options {
+                source_date_epoch: epoch,
+            },
+            &mut v,
+        )
+        .unwrap();
         assert_eq!(s.bytes, v.len() as u64);
         v
     }
@@ -373,8 +450,16 @@ mod tests {
             .expect("cpio is installed");
         c.stdin.take().unwrap().write_all(input).unwrap();
         let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "cpio {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+        assert!(
+            o.status.success(),
+            "cpio {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
     }
 
     /// (name, mtime) of every entry, read straight from the headers.
@@ -383,9 +468,16 @@ mod tests {
         let mut at = 0usize;
         while at + 110 <= bytes.len() {
             assert_eq!(&bytes[at..at + 6], MAGIC);
-            let field = |k: usize| u32::from_str_radix(std::str::from_utf8(&bytes[at + 6 + 8 * k..at + 14 + 8 * k]).unwrap(), 16).unwrap() as usize;
+            let field = |k: usize| {
+                u32::from_str_radix(
+                    std::str::from_utf8(&bytes[at + 6 + 8 * k..at + 14 + 8 * k]).unwrap(),
+                    16,
+                )
+                .unwrap() as usize
+            };
             let (mtime, size, namesize) = (field(5), field(6), field(11));
-            let name = String::from_utf8(bytes[at + 110..at + 110 + namesize - 1].to_vec()).unwrap();
+            let name =
+                String::from_utf8(bytes[at + 110..at + 110 + namesize - 1].to_vec()).unwrap();
             at = (at + 110 + namesize + 3) & !3;
             at = (at + size + 3) & !3;
             if name == "TRAILER!!!" {
@@ -409,20 +501,40 @@ mod tests {
         let out = TempDir::new().unwrap();
         cpio(&["-idm", "--quiet"], &bytes, out.path());
         let o = out.path();
-        assert_eq!(std::fs::read(o.join("bin/tool")).unwrap(), b"#!/bin/sh\necho hi\n");
-        assert_eq!(std::fs::metadata(o.join("bin/tool")).unwrap().mode() & 0o7777, 0o755);
+        assert_eq!(
+            std::fs::read(o.join("bin/tool")).unwrap(),
+            b"#!/bin/sh\necho hi\n"
+        );
+        assert_eq!(
+            std::fs::metadata(o.join("bin/tool")).unwrap().mode() & 0o7777,
+            0o755
+        );
         assert_eq!(std::fs::read(o.join("a/deep/er/odd")).unwrap(), b"12345");
         assert_eq!(std::fs::read(o.join("empty")).unwrap(), b"");
-        assert_eq!(std::fs::read_link(o.join("sym")).unwrap(), Path::new("bin/tool"));
-        assert_eq!(std::fs::read_link(o.join("a-b/dangling")).unwrap(), Path::new("/nowhere/at/all"));
+        assert_eq!(
+            std::fs::read_link(o.join("sym")).unwrap(),
+            Path::new("bin/tool")
+        );
+        assert_eq!(
+            std::fs::read_link(o.join("a-b/dangling")).unwrap(),
+            Path::new("/nowhere/at/all")
+        );
         // Both names, one inode, the data intact.
-        let (m1, m2) = (std::fs::metadata(o.join("linked")).unwrap(), std::fs::metadata(o.join("a/linked2")).unwrap());
+        let (m1, m2) = (
+            std::fs::metadata(o.join("linked")).unwrap(),
+            std::fs::metadata(o.join("a/linked2")).unwrap(),
+        );
         assert_eq!(std::fs::read(o.join("linked")).unwrap(), b"same data");
         assert_eq!(m1.ino(), m2.ino());
         assert_eq!(m1.nlink(), 2);
         // -m keeps the archive's mtimes.
-        let want = std::fs::metadata(src.path().join("a/deep/er/odd")).unwrap().mtime();
-        assert_eq!(std::fs::metadata(o.join("a/deep/er/odd")).unwrap().mtime(), want);
+        let want = std::fs::metadata(src.path().join("a/deep/er/odd"))
+            .unwrap()
+            .mtime();
+        assert_eq!(
+            std::fs::metadata(o.join("a/deep/er/odd")).unwrap().mtime(),
+            want
+        );
     }
 
     #[test]
@@ -435,13 +547,31 @@ mod tests {
         assert_eq!(names, sorted);
         assert_eq!(
             names,
-            ["a", "a-b", "a-b/dangling", "a/deep", "a/deep/er", "a/deep/er/odd", "a/linked2", "bin", "bin/tool", "empty", "linked", "sym"]
+            [
+                "a",
+                "a-b",
+                "a-b/dangling",
+                "a/deep",
+                "a/deep/er",
+                "a/deep/er/odd",
+                "a/linked2",
+                "bin",
+                "bin/tool",
+                "empty",
+                "linked",
+                "sym"
+            ]
         );
         let listing = cpio(&["-it", "--quiet"], &bytes, src.path());
         let listed: Vec<&str> = listing.lines().collect();
         assert_eq!(listed, names);
         let verbose = cpio(&["-itv", "--quiet"], &bytes, src.path());
-        assert!(verbose.lines().any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("sym -> bin/tool")), "{verbose}");
+        assert!(
+            verbose
+                .lines()
+                .any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("sym -> bin/tool")),
+            "{verbose}"
+        );
     }
 
     #[test]
@@ -460,7 +590,12 @@ mod tests {
         assert_eq!(a, b);
         // A copy with other inode numbers and creation order gives the same bytes too.
         let copy = TempDir::new().unwrap();
-        let st = Command::new("cp").arg("-a").arg(format!("{}/.", src.path().display())).arg(copy.path()).status().unwrap();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", src.path().display()))
+            .arg(copy.path())
+            .status()
+            .unwrap();
         assert!(st.success());
         assert_eq!(archive(copy.path(), &[], Some(1_000_000)), a);
     }
@@ -475,37 +610,78 @@ mod tests {
         let out = TempDir::new().unwrap();
         cpio(&["-idm", "--quiet"], &bytes, out.path());
         for p in ["bin/tool", "a/deep/er/odd", "linked"] {
-            assert_eq!(std::fs::metadata(out.path().join(p)).unwrap().mtime(), epoch as i64, "{p}");
+            assert_eq!(
+                std::fs::metadata(out.path().join(p)).unwrap().mtime(),
+                epoch as i64,
+                "{p}"
+            );
         }
         // An older file keeps its own time.
         let old = TempDir::new().unwrap();
         std::fs::write(old.path().join("f"), b"x").unwrap();
-        let st = Command::new("touch").args(["-d", "@1000"]).arg(old.path().join("f")).status().unwrap();
+        let st = Command::new("touch")
+            .args(["-d", "@1000"])
+            .arg(old.path().join("f"))
+            .status()
+            .unwrap();
         assert!(st.success());
         let bytes = archive(old.path(), &[], Some(epoch));
         let out = TempDir::new().unwrap();
         cpio(&["-idm", "--quiet"], &bytes, out.path());
-        assert_eq!(std::fs::metadata(out.path().join("f")).unwrap().mtime(), 1000);
+        assert_eq!(
+            std::fs::metadata(out.path().join("f")).unwrap().mtime(),
+            1000
+        );
     }
 
     #[test]
     fn synthetic_device_nodes_are_listed_with_their_numbers() {
         let src = sample();
         let extras = [
-            Extra { path: "dev".into(), kind: ExtraKind::Dir, perm: 0o755, uid: 0, gid: 0 },
-            Extra { path: "dev/console".into(), kind: ExtraKind::CharDev { major: 5, minor: 1 }, perm: 0o600, uid: 0, gid: 0 },
+            Extra {
+                path: "dev".into(),
+                kind: ExtraKind::Dir,
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+            Extra {
+                path: "dev/console".into(),
+                kind: ExtraKind::CharDev { major: 5, minor: 1 },
+                perm: 0o600,
+                uid: 0,
+                gid: 0,
+            },
             // Already in the tree: the tree's entry wins.
-            Extra { path: "bin".into(), kind: ExtraKind::Dir, perm: 0o700, uid: 0, gid: 0 },
+            Extra {
+                path: "bin".into(),
+                kind: ExtraKind::Dir,
+                perm: 0o700,
+                uid: 0,
+                gid: 0,
+            },
         ];
         let bytes = archive(src.path(), &extras, Some(5));
         let verbose = cpio(&["-itv", "--quiet"], &bytes, src.path());
-        let console = verbose.lines().find(|l| l.ends_with("dev/console")).unwrap_or_else(|| panic!("{verbose}"));
+        let console = verbose
+            .lines()
+            .find(|l| l.ends_with("dev/console"))
+            .unwrap_or_else(|| panic!("{verbose}"));
         assert!(console.starts_with("crw-------"), "{console}");
-        assert!(console.contains("5,") && console.contains(" 1 "), "{console}");
+        assert!(
+            console.contains("5,") && console.contains(" 1 "),
+            "{console}"
+        );
         let bin = verbose.lines().find(|l| l.ends_with(" bin")).unwrap();
         assert!(bin.starts_with("drwx"), "{bin}");
         assert!(!bin.starts_with("drwx------"), "{bin}");
-        let bad = Extra { path: "../x".into(), kind: ExtraKind::Dir, perm: 0o755, uid: 0, gid: 0 };
+        let bad = Extra {
+            path: "../x".into(),
+            kind: ExtraKind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+        };
         assert!(write_tree(src.path(), &[bad], &Options::default(), &mut Vec::new()).is_err());
     }
 
@@ -513,7 +689,12 @@ mod tests {
     fn device_nodes_in_the_tree_keep_their_numbers() {
         let src = TempDir::new().unwrap();
         let node = src.path().join("null");
-        let made = nix::sys::stat::mknod(&node, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(1, 3));
+        let made = nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        );
         if made.is_err() {
             eprintln!("skipped: mknod needs privilege here");
             return;
@@ -522,8 +703,16 @@ mod tests {
         let out = TempDir::new().unwrap();
         cpio(&["-idm", "--quiet"], &bytes, out.path());
         let m = std::fs::symlink_metadata(out.path().join("null")).unwrap();
-        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
-        assert_eq!((nix::sys::stat::major(m.rdev()), nix::sys::stat::minor(m.rdev())), (1, 3));
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+            &m.file_type()
+        ));
+        assert_eq!(
+            (
+                nix::sys::stat::major(m.rdev()),
+                nix::sys::stat::minor(m.rdev())
+            ),
+            (1, 3)
+        );
     }
 
     #[test]
@@ -532,8 +721,22 @@ mod tests {
         let bytes = archive(src.path(), &[], None);
         let verbose = cpio(&["-itv", "--quiet"], &bytes, src.path());
         // `a` holds `deep`: 3 links; `a/deep/er` holds none: 2.
-        let line = |n: &str| verbose.lines().find(|l| l.ends_with(&format!(" {n}"))).unwrap().to_string();
-        assert!(line("a").split_whitespace().nth(1) == Some("3"), "{}", line("a"));
-        assert!(line("a/deep/er").split_whitespace().nth(1) == Some("2"), "{}", line("a/deep/er"));
+        let line = |n: &str| {
+            verbose
+                .lines()
+                .find(|l| l.ends_with(&format!(" {n}")))
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            line("a").split_whitespace().nth(1) == Some("3"),
+            "{}",
+            line("a")
+        );
+        assert!(
+            line("a/deep/er").split_whitespace().nth(1) == Some("2"),
+            "{}",
+            line("a/deep/er")
+        );
     }
 }

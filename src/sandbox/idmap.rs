@@ -34,8 +34,16 @@ impl IdMaps {
         let gid = nix::unistd::getgid().as_raw();
         if uid == 0 {
             // Host root: identity maps need no helper and keep host-visible owners natural.
-            let all = vec![Extent { inside: 0, outside: 0, count: WANTED }];
-            return Ok(IdMaps { uid: all.clone(), gid: all, helpers: false });
+            let all = vec![Extent {
+                inside: 0,
+                outside: 0,
+                count: WANTED,
+            }];
+            return Ok(IdMaps {
+                uid: all.clone(),
+                gid: all,
+                helpers: false,
+            });
         }
         let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
@@ -47,18 +55,42 @@ impl IdMaps {
         match (sub_u, sub_g) {
             (Some((us, uc)), Some((gs, gc))) => Ok(IdMaps {
                 uid: vec![
-                    Extent { inside: 0, outside: uid, count: 1 },
-                    Extent { inside: 1, outside: us, count: uc.min(WANTED - 1) },
+                    Extent {
+                        inside: 0,
+                        outside: uid,
+                        count: 1,
+                    },
+                    Extent {
+                        inside: 1,
+                        outside: us,
+                        count: uc.min(WANTED - 1),
+                    },
                 ],
                 gid: vec![
-                    Extent { inside: 0, outside: gid, count: 1 },
-                    Extent { inside: 1, outside: gs, count: gc.min(WANTED - 1) },
+                    Extent {
+                        inside: 0,
+                        outside: gid,
+                        count: 1,
+                    },
+                    Extent {
+                        inside: 1,
+                        outside: gs,
+                        count: gc.min(WANTED - 1),
+                    },
                 ],
                 helpers: true,
             }),
             _ => Ok(IdMaps {
-                uid: vec![Extent { inside: 0, outside: uid, count: 1 }],
-                gid: vec![Extent { inside: 0, outside: gid, count: 1 }],
+                uid: vec![Extent {
+                    inside: 0,
+                    outside: uid,
+                    count: 1,
+                }],
+                gid: vec![Extent {
+                    inside: 0,
+                    outside: gid,
+                    count: 1,
+                }],
                 helpers: false,
             }),
         }
@@ -105,7 +137,9 @@ impl IdMaps {
 }
 
 fn render(map: &[Extent]) -> String {
-    map.iter().map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count)).collect()
+    map.iter()
+        .map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count))
+        .collect()
 }
 
 /// The setuid helpers are looked up by absolute path only: a PATH entry could
@@ -119,9 +153,15 @@ fn run_helper(name: &str, pid: i32, map: &[Extent]) -> Result<()> {
     let mut cmd = Command::new(&path);
     cmd.arg(pid.to_string());
     for e in map {
-        cmd.args([e.inside.to_string(), e.outside.to_string(), e.count.to_string()]);
+        cmd.args([
+            e.inside.to_string(),
+            e.outside.to_string(),
+            e.count.to_string(),
+        ]);
     }
-    let out = cmd.output().with_context(|| format!("running {}", path.display()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", path.display()))?;
     if !out.status.success() {
         bail!(
             "{} refused the id map ({}): {}\n  check /etc/subuid and /etc/subgid list a range for this user, and that {} is setuid root",
@@ -173,7 +213,18 @@ mod tests {
 
     #[test]
     fn maps_render_as_kernel_lines() {
-        let m = [Extent { inside: 0, outside: 1000, count: 1 }, Extent { inside: 1, outside: 100000, count: 65535 }];
+        let m = [
+            Extent {
+                inside: 0,
+                outside: 1000,
+                count: 1,
+            },
+            Extent {
+                inside: 1,
+                outside: 100000,
+                count: 65535,
+            },
+        ];
         assert_eq!(render(&m), "0 1000 1\n1 100000 65535\n");
     }
 }

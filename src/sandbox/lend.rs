@@ -10,7 +10,10 @@
 //! `kiln-helper rescan`. Nothing here grants more than the caller already holds:
 //! the descriptors are the caller's own, and they die with the hook.
 
-use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlags, ScmpSyscall};
+use libseccomp::{
+    ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpNotifReq, ScmpNotifResp,
+    ScmpNotifRespFlags, ScmpSyscall,
+};
 use nix::errno::Errno;
 use nix::sys::stat::{fstat, SFlag};
 use std::ffi::CString;
@@ -23,7 +26,9 @@ const BLKPG: u64 = 0x1269;
 /// The loop ioctls that rebind or reconfigure a device (linux/loop.h 0x4C00–0x4C0A,
 /// minus the status reads): with a writable descriptor a hook could switch off
 /// autoclear and keep the device after the build.
-const LOOP_CHANGES: [u64; 9] = [0x4C00, 0x4C01, 0x4C02, 0x4C04, 0x4C06, 0x4C07, 0x4C08, 0x4C09, 0x4C0A];
+const LOOP_CHANGES: [u64; 9] = [
+    0x4C00, 0x4C01, 0x4C02, 0x4C04, 0x4C06, 0x4C07, 0x4C08, 0x4C09, 0x4C0A,
+];
 /// A path argument longer than this is not one of ours.
 const PATH_MAX: usize = 4096;
 
@@ -47,10 +52,26 @@ pub fn filter() -> Result<ScmpFilterContext, libseccomp::error::SeccompError> {
     }
     let ioctl = ScmpSyscall::from_name("ioctl")?;
     for request in [BLKRRPART, BLKPG] {
-        ctx.add_rule_conditional(ScmpAction::Notify, ioctl, &[ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(0xffff_ffff), request)])?;
+        ctx.add_rule_conditional(
+            ScmpAction::Notify,
+            ioctl,
+            &[ScmpArgCompare::new(
+                1,
+                ScmpCompareOp::MaskedEqual(0xffff_ffff),
+                request,
+            )],
+        )?;
     }
     for request in LOOP_CHANGES {
-        ctx.add_rule_conditional(ScmpAction::Errno(libc::EPERM), ioctl, &[ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(0xffff_ffff), request)])?;
+        ctx.add_rule_conditional(
+            ScmpAction::Errno(libc::EPERM),
+            ioctl,
+            &[ScmpArgCompare::new(
+                1,
+                ScmpCompareOp::MaskedEqual(0xffff_ffff),
+                request,
+            )],
+        )?;
     }
     Ok(ctx)
 }
@@ -58,7 +79,10 @@ pub fn filter() -> Result<ScmpFilterContext, libseccomp::error::SeccompError> {
 enum Answer {
     /// Not ours: the kernel performs the call as if nothing intercepted it.
     Continue,
-    Fd { fd: OwnedFd, cloexec: bool },
+    Fd {
+        fd: OwnedFd,
+        cloexec: bool,
+    },
     Value(i64),
     Error(Errno),
 }
@@ -75,12 +99,21 @@ struct Calls {
 pub fn supervise(listener: OwnedFd, job: nix::unistd::Pid, lend: &Lend, say: &dyn Fn(&str)) -> i32 {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let nr = |n: &str| ScmpSyscall::from_name(n).map(i32::from).unwrap_or(-1);
-    let calls = Calls { open: nr("open"), openat: nr("openat"), openat2: nr("openat2"), ioctl: nr("ioctl") };
+    let calls = Calls {
+        open: nr("open"),
+        openat: nr("openat"),
+        openat2: nr("openat2"),
+        ioctl: nr("ioctl"),
+    };
     let disk_rdev = fstat(lend.disk.as_raw_fd()).map(|s| s.st_rdev).unwrap_or(0);
     let mut listening = true;
     loop {
         loop {
-            let flags = if listening { Some(WaitPidFlag::WNOHANG) } else { None };
+            let flags = if listening {
+                Some(WaitPidFlag::WNOHANG)
+            } else {
+                None
+            };
             match waitpid(None, flags) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == job => return code,
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid == job => return 128 + sig as i32,
@@ -89,7 +122,11 @@ pub fn supervise(listener: OwnedFd, job: nix::unistd::Pid, lend: &Lend, say: &dy
                 Err(_) => return 255,
             }
         }
-        let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd. (50 ms: reaping the job is polled too.)
         match unsafe { libc::poll(&mut pfd, 1, 50) } {
             0 => continue,
@@ -139,7 +176,13 @@ fn respond(listener: RawFd, req: &ScmpNotifReq, answer: Answer) {
     };
 }
 
-fn decide(req: &ScmpNotifReq, calls: &Calls, disk_rdev: u64, lend: &Lend, say: &dyn Fn(&str)) -> Answer {
+fn decide(
+    req: &ScmpNotifReq,
+    calls: &Calls,
+    disk_rdev: u64,
+    lend: &Lend,
+    say: &dyn Fn(&str),
+) -> Answer {
     let nr = i32::from(req.data.syscall);
     let a = req.data.args;
     let pid = req.pid;
@@ -158,9 +201,17 @@ fn decide(req: &ScmpNotifReq, calls: &Calls, disk_rdev: u64, lend: &Lend, say: &
     } else {
         return Answer::Continue;
     };
-    let Some(path) = read_path(pid, path) else { return Answer::Continue };
+    let Some(path) = read_path(pid, path) else {
+        return Answer::Continue;
+    };
     let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
-    match target_of(pid, dirfd, &path, flags & libc::O_NOFOLLOW as u64 != 0, disk_rdev) {
+    match target_of(
+        pid,
+        dirfd,
+        &path,
+        flags & libc::O_NOFOLLOW as u64 != 0,
+        disk_rdev,
+    ) {
         Target::Disk => match dup_at_start(lend.disk) {
             Ok(fd) => Answer::Fd { fd, cloexec },
             Err(e) => Answer::Error(e),
@@ -185,15 +236,25 @@ fn decide(req: &ScmpNotifReq, calls: &Calls, disk_rdev: u64, lend: &Lend, say: &
 /// BLKRRPART/BLKPG on the lent disk: the kernel would refuse (no CAP_SYS_ADMIN
 /// in the host's namespace), kiln-helper does it for the caller.
 fn table_reread(pid: u32, fd: i32, disk_rdev: u64, lend: &Lend, say: &dyn Fn(&str)) -> Answer {
-    let Ok(st) = nix::sys::stat::stat(format!("/proc/{pid}/fd/{fd}").as_str()) else { return Answer::Continue };
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK || st.st_rdev != disk_rdev {
+    let Ok(st) = nix::sys::stat::stat(format!("/proc/{pid}/fd/{fd}").as_str()) else {
+        return Answer::Continue;
+    };
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK
+        || st.st_rdev != disk_rdev
+    {
         return Answer::Continue;
     }
     match (lend.partitions)() {
         Ok(_) => Answer::Value(0),
         Err(msg) => {
-            say(&format!("kiln: re-reading the partition table of the lent device: {msg}"));
-            Answer::Error(if msg.contains("in use") { Errno::EBUSY } else { Errno::EIO })
+            say(&format!(
+                "kiln: re-reading the partition table of the lent device: {msg}"
+            ));
+            Answer::Error(if msg.contains("in use") {
+                Errno::EBUSY
+            } else {
+                Errno::EIO
+            })
         }
     }
 }
@@ -216,7 +277,9 @@ fn target_of(pid: u32, dirfd: i32, path: &[u8], nofollow: bool, disk_rdev: u64) 
     };
     let mut full = base.into_bytes();
     full.extend_from_slice(path);
-    let Ok(c) = CString::new(full) else { return Target::Other };
+    let Ok(c) = CString::new(full) else {
+        return Target::Other;
+    };
     let flags = libc::O_PATH | libc::O_CLOEXEC | if nofollow { libc::O_NOFOLLOW } else { 0 };
     // SAFETY: plain open of a NUL-terminated path.
     let fd = unsafe { libc::open(c.as_ptr(), flags) };
@@ -229,7 +292,9 @@ fn target_of(pid: u32, dirfd: i32, path: &[u8], nofollow: bool, disk_rdev: u64) 
     }
     // SAFETY: fd was just opened and is ours.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let Ok(st) = fstat(fd.as_raw_fd()) else { return Target::Other };
+    let Ok(st) = fstat(fd.as_raw_fd()) else {
+        return Target::Other;
+    };
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFBLK {
         return Target::Other;
     }
@@ -250,19 +315,33 @@ fn partition_number(rdev: u64, disk_rdev: u64) -> Option<u32> {
     if part.parent() != Some(disk.as_path()) {
         return None;
     }
-    std::fs::read_to_string(part.join("partition")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(part.join("partition"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `/dev/loopNpK` that does not exist yet.
 fn partition_by_name(path: &[u8], disk_rdev: u64) -> Target {
-    let Ok(disk) = std::fs::canonicalize(format!("/sys/dev/block/{}:{}", libc::major(disk_rdev), libc::minor(disk_rdev))) else {
+    let Ok(disk) = std::fs::canonicalize(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(disk_rdev),
+        libc::minor(disk_rdev)
+    )) else {
         return Target::Other;
     };
-    let Some(name) = disk.file_name() else { return Target::Other };
+    let Some(name) = disk.file_name() else {
+        return Target::Other;
+    };
     let mut prefix = b"/dev/".to_vec();
     prefix.extend_from_slice(name.as_bytes());
     prefix.push(b'p');
-    match path.strip_prefix(prefix.as_slice()).and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.parse::<u32>().ok()) {
+    match path
+        .strip_prefix(prefix.as_slice())
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse::<u32>().ok())
+    {
         Some(k) if k > 0 => Target::Partition(k),
         _ => Target::Other,
     }
@@ -271,7 +350,9 @@ fn partition_by_name(path: &[u8], disk_rdev: u64) -> Target {
 /// Every open of the disk starts at offset 0, as a fresh open would (the
 /// descriptors share one file position).
 fn dup_at_start(disk: BorrowedFd) -> Result<OwnedFd, Errno> {
-    let fd = disk.try_clone_to_owned().map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let fd = disk
+        .try_clone_to_owned()
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     nix::unistd::lseek(fd.as_raw_fd(), 0, nix::unistd::Whence::SeekSet)?;
     Ok(fd)
 }
@@ -322,10 +403,16 @@ mod tests {
             assert!(pfc.contains(name), "{name} missing:\n{pfc}");
         }
         for request in [BLKRRPART, BLKPG, 0x4C04] {
-            assert!(pfc.contains(&format!("== {request}")), "ioctl {request:#x} missing:\n{pfc}");
+            assert!(
+                pfc.contains(&format!("== {request}")),
+                "ioctl {request:#x} missing:\n{pfc}"
+            );
         }
         assert!(pfc.contains("action ERRNO(1)"), "{pfc}");
-        assert!(pfc.contains("action ALLOW;\n# invalid architecture action\naction ALLOW;"), "{pfc}");
+        assert!(
+            pfc.contains("action ALLOW;\n# invalid architecture action\naction ALLOW;"),
+            "{pfc}"
+        );
     }
 
     fn export_pfc(ctx: &ScmpFilterContext) -> Vec<u8> {
@@ -349,6 +436,9 @@ mod tests {
     fn only_the_disks_own_partition_names_count() {
         // /dev/null's rdev has no loop disk in sysfs: nothing matches.
         let null = nix::sys::stat::stat("/dev/null").unwrap().st_rdev;
-        assert!(matches!(partition_by_name(b"/dev/loop0p1", null), Target::Other));
+        assert!(matches!(
+            partition_by_name(b"/dev/loop0p1", null),
+            Target::Other
+        ));
     }
 }

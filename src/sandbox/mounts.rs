@@ -35,7 +35,12 @@ pub struct MountError {
 
 impl fmt::Display for MountError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sandbox set-up failed at `{}`: {}", self.step, self.errno.desc())
+        write!(
+            f,
+            "sandbox set-up failed at `{}`: {}",
+            self.step,
+            self.errno.desc()
+        )
     }
 }
 
@@ -47,7 +52,10 @@ trait Step<T> {
 
 impl<T> Step<T> for Result<T, Errno> {
     fn step(self, what: impl FnOnce() -> String) -> Result<T, MountError> {
-        self.map_err(|errno| MountError { step: what(), errno })
+        self.map_err(|errno| MountError {
+            step: what(),
+            errno,
+        })
     }
 }
 
@@ -58,12 +66,25 @@ const PROC_READONLY: [&str; 4] = ["sysrq-trigger", "irq", "bus", "sys"];
 /// procfs files that tell about the host, not the hook: the user's key
 /// descriptions, other processes' timers and scheduling, kernel memory. Covered
 /// by /dev/null, as container runtimes mask them.
-const PROC_MASKED: [&str; 6] = ["keys", "key-users", "timer_list", "sched_debug", "kcore", "latency_stats"];
+const PROC_MASKED: [&str; 6] = [
+    "keys",
+    "key-users",
+    "timer_list",
+    "sched_debug",
+    "kcore",
+    "latency_stats",
+];
 
 pub fn set_up(sys: &dyn Syscall, view: &View, binds: &[Bind]) -> Result<(), MountError> {
     // Nothing we mount may propagate back to the host's namespace.
-    sys.mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)
-        .step(|| "make / private".into())?;
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )
+    .step(|| "make / private".into())?;
     match view {
         View::Host => {
             // A procfs of this PID namespace: `ps` shows only the hook's processes.
@@ -74,8 +95,14 @@ pub fn set_up(sys: &dyn Syscall, view: &View, binds: &[Bind]) -> Result<(), Moun
             Ok(())
         }
         View::Image(root) => {
-            sys.mount(Some(root), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-                .step(|| format!("bind the image root {} onto itself", root.display()))?;
+            sys.mount(
+                Some(root),
+                root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )
+            .step(|| format!("bind the image root {} onto itself", root.display()))?;
             // An earlier hook may have made any of these a symlink; kiln's mkdir and
             // mount would follow it to a host path (see crate::tree).
             for dir in ["proc", "sys", "dev"] {
@@ -85,9 +112,16 @@ pub fn set_up(sys: &dyn Syscall, view: &View, binds: &[Bind]) -> Result<(), Moun
             let sys_dir = root.join("sys");
             sys.mkdir_p(&sys_dir).step(|| "mkdir /sys".into())?;
             // A fresh sysfs needs a network namespace of our own; the host's, read-only, serves.
-            sys.mount(Some(Path::new("/sys")), &sys_dir, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-                .step(|| "bind /sys".into())?;
-            sys.make_readonly(&sys_dir).step(|| "make /sys read-only".into())?;
+            sys.mount(
+                Some(Path::new("/sys")),
+                &sys_dir,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )
+            .step(|| "bind /sys".into())?;
+            sys.make_readonly(&sys_dir)
+                .step(|| "make /sys read-only".into())?;
             mount_dev(sys, &root.join("dev"))?;
             for b in binds {
                 let target = join_inside(root, &b.inside);
@@ -96,16 +130,20 @@ pub fn set_up(sys: &dyn Syscall, view: &View, binds: &[Bind]) -> Result<(), Moun
             }
             // pivot_root(".", ".") stacks the old root on the new one; detaching it
             // leaves no path back to the host's tree.
-            sys.chdir(root).step(|| format!("chdir {}", root.display()))?;
-            sys.pivot_root(Path::new("."), Path::new(".")).step(|| "pivot_root".into())?;
-            sys.umount_detach(Path::new(".")).step(|| "detach the old root".into())?;
+            sys.chdir(root)
+                .step(|| format!("chdir {}", root.display()))?;
+            sys.pivot_root(Path::new("."), Path::new("."))
+                .step(|| "pivot_root".into())?;
+            sys.umount_detach(Path::new("."))
+                .step(|| "detach the old root".into())?;
             sys.chdir(Path::new("/")).step(|| "chdir /".into())
         }
     }
 }
 
 fn mount_proc(sys: &dyn Syscall, dir: &Path) -> Result<(), MountError> {
-    sys.mkdir_p(dir).step(|| format!("mkdir {}", dir.display()))?;
+    sys.mkdir_p(dir)
+        .step(|| format!("mkdir {}", dir.display()))?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     sys.mount(Some(Path::new("proc")), dir, Some("proc"), flags, None)
         .step(|| format!("mount proc on {}", dir.display()))?;
@@ -116,23 +154,36 @@ fn mount_proc(sys: &dyn Syscall, dir: &Path) -> Result<(), MountError> {
         }
         sys.mount(Some(&p), &p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
             .step(|| format!("bind {}", p.display()))?;
-        sys.make_readonly(&p).step(|| format!("make {} read-only", p.display()))?;
+        sys.make_readonly(&p)
+            .step(|| format!("make {} read-only", p.display()))?;
     }
     for entry in PROC_MASKED {
         let p = dir.join(entry);
         if !sys.exists(&p) {
             continue;
         }
-        sys.mount(Some(Path::new("/dev/null")), &p, None, MsFlags::MS_BIND, None)
-            .step(|| format!("mask {}", p.display()))?;
+        sys.mount(
+            Some(Path::new("/dev/null")),
+            &p,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )
+        .step(|| format!("mask {}", p.display()))?;
     }
     Ok(())
 }
 
 fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
     sys.mkdir_p(dev).step(|| "mkdir /dev".into())?;
-    sys.mount(Some(Path::new("tmpfs")), dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=0755,size=1m"))
-        .step(|| "mount tmpfs on /dev".into())?;
+    sys.mount(
+        Some(Path::new("tmpfs")),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=0755,size=1m"),
+    )
+    .step(|| "mount tmpfs on /dev".into())?;
     for node in DEV_NODES {
         let target = dev.join(node);
         sys.touch(&target).step(|| format!("create /dev/{node}"))?;
@@ -143,15 +194,34 @@ fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
     let pts = dev.join("pts");
     sys.mkdir_p(&pts).step(|| "mkdir /dev/pts".into())?;
     // A private devpts instance: the hook's ptys are not the host's.
-    sys.mount(Some(Path::new("devpts")), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
-        .step(|| "mount devpts".into())?;
-    sys.symlink("pts/ptmx", &dev.join("ptmx")).step(|| "link /dev/ptmx".into())?;
+    sys.mount(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .step(|| "mount devpts".into())?;
+    sys.symlink("pts/ptmx", &dev.join("ptmx"))
+        .step(|| "link /dev/ptmx".into())?;
     let shm = dev.join("shm");
     sys.mkdir_p(&shm).step(|| "mkdir /dev/shm".into())?;
-    sys.mount(Some(Path::new("tmpfs")), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))
-        .step(|| "mount /dev/shm".into())?;
-    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
-        sys.symlink(target, &dev.join(link)).step(|| format!("link /dev/{link}"))?;
+    sys.mount(
+        Some(Path::new("tmpfs")),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .step(|| "mount /dev/shm".into())?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        sys.symlink(target, &dev.join(link))
+            .step(|| format!("link /dev/{link}"))?;
     }
     Ok(())
 }
@@ -159,14 +229,26 @@ fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
 /// A tmpfs for the build's tree (diskimage-builder builds in memory too): it
 /// lives in the build's mount namespace and vanishes with it.
 pub fn tree_tmpfs(dir: &Path) -> Result<(), MountError> {
-    nix::mount::mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
-        .step(|| format!("mount a tmpfs on {}", dir.display()))
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .step(|| format!("mount a tmpfs on {}", dir.display()))
 }
 
 /// `src` seen at `target` too, in the calling mount namespace only.
 pub fn bind_over(src: &Path, target: &Path) -> Result<(), MountError> {
-    nix::mount::mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .step(|| format!("bind {} onto {}", src.display(), target.display()))
+    nix::mount::mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .step(|| format!("bind {} onto {}", src.display(), target.display()))
 }
 
 /// Lets go of a mount made by `tree_tmpfs` or `bind_over`, so its directory can be removed.
@@ -179,12 +261,20 @@ pub fn release(dir: &Path) {
 /// before it create one. Refuse it. Nothing of the build runs while a sandbox
 /// is set up, so the check is not raced.
 fn refuse_symlinks(root: &Path, target: &Path) -> Result<(), MountError> {
-    let Ok(rel) = target.strip_prefix(root) else { return Ok(()) };
+    let Ok(rel) = target.strip_prefix(root) else {
+        return Ok(());
+    };
     let mut p = root.to_path_buf();
     for c in rel.components() {
         p.push(c);
         if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(MountError { step: format!("bind onto {}: it is a symlink inside the image", p.display()), errno: Errno::ELOOP });
+            return Err(MountError {
+                step: format!(
+                    "bind onto {}: it is a symlink inside the image",
+                    p.display()
+                ),
+                errno: Errno::ELOOP,
+            });
         }
     }
     Ok(())
@@ -192,20 +282,31 @@ fn refuse_symlinks(root: &Path, target: &Path) -> Result<(), MountError> {
 
 fn bind(sys: &dyn Syscall, src: &Path, target: &Path, writable: bool) -> Result<(), MountError> {
     if src.is_dir() {
-        sys.mkdir_p(target).step(|| format!("mkdir {}", target.display()))?;
+        sys.mkdir_p(target)
+            .step(|| format!("mkdir {}", target.display()))?;
     } else {
         if let Some(parent) = target.parent() {
-            sys.mkdir_p(parent).step(|| format!("mkdir {}", parent.display()))?;
+            sys.mkdir_p(parent)
+                .step(|| format!("mkdir {}", parent.display()))?;
         }
-        sys.touch(target).step(|| format!("create {}", target.display()))?;
+        sys.touch(target)
+            .step(|| format!("create {}", target.display()))?;
     }
-    sys.mount(Some(src), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-        .step(|| format!("bind {} to {}", src.display(), target.display()))?;
+    sys.mount(
+        Some(src),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .step(|| format!("bind {} to {}", src.display(), target.display()))?;
     // The package cache outlives the build: a setuid file a hook leaves there must
     // not work for anyone who later finds it through this or any bind.
-    sys.make_nosuid_nodev(target).step(|| format!("make {} nosuid,nodev", target.display()))?;
+    sys.make_nosuid_nodev(target)
+        .step(|| format!("make {} nosuid,nodev", target.display()))?;
     if !writable {
-        sys.make_readonly(target).step(|| format!("make {} read-only", target.display()))?;
+        sys.make_readonly(target)
+            .step(|| format!("make {} read-only", target.display()))?;
     }
     Ok(())
 }
@@ -218,21 +319,47 @@ mod tests {
     #[test]
     fn image_view_pivots_after_every_mount_and_detaches_the_old_root() {
         let rec = Recorder::default();
-        let binds = [Bind { src: "/nonexistent/hooks".into(), inside: "/tmp/in_target.d".into(), writable: false }];
+        let binds = [Bind {
+            src: "/nonexistent/hooks".into(),
+            inside: "/tmp/in_target.d".into(),
+            writable: false,
+        }];
         set_up(&rec, &View::Image("/b/root".into()), &binds).unwrap();
         let calls = rec.calls.borrow();
-        assert!(calls[0].starts_with("mount  / -") && calls[0].contains("MS_REC | MS_PRIVATE"), "{}", calls[0]);
-        let pivot = calls.iter().position(|c| c.starts_with("pivot_root")).unwrap();
-        assert!(calls[..pivot].iter().any(|c| c.contains("/b/root/proc proc")));
+        assert!(
+            calls[0].starts_with("mount  / -") && calls[0].contains("MS_REC | MS_PRIVATE"),
+            "{}",
+            calls[0]
+        );
+        let pivot = calls
+            .iter()
+            .position(|c| c.starts_with("pivot_root"))
+            .unwrap();
+        assert!(calls[..pivot]
+            .iter()
+            .any(|c| c.contains("/b/root/proc proc")));
         assert!(calls[..pivot].iter().any(|c| c == "readonly /b/root/sys"));
-        assert!(calls[..pivot].iter().any(|c| c == "readonly /b/root/proc/sysrq-trigger"));
-        assert!(calls[..pivot].iter().any(|c| c.starts_with("mount /dev/null /b/root/proc/keys ")));
-        assert!(calls[..pivot].iter().any(|c| c.contains("/b/root/tmp/in_target.d")));
-        assert!(calls[..pivot].iter().any(|c| c == "readonly /b/root/tmp/in_target.d"));
-        assert!(calls[..pivot].iter().any(|c| c == "nosuid,nodev /b/root/tmp/in_target.d"));
+        assert!(calls[..pivot]
+            .iter()
+            .any(|c| c == "readonly /b/root/proc/sysrq-trigger"));
+        assert!(calls[..pivot]
+            .iter()
+            .any(|c| c.starts_with("mount /dev/null /b/root/proc/keys ")));
+        assert!(calls[..pivot]
+            .iter()
+            .any(|c| c.contains("/b/root/tmp/in_target.d")));
+        assert!(calls[..pivot]
+            .iter()
+            .any(|c| c == "readonly /b/root/tmp/in_target.d"));
+        assert!(calls[..pivot]
+            .iter()
+            .any(|c| c == "nosuid,nodev /b/root/tmp/in_target.d"));
         assert_eq!(calls[pivot + 1], "umount .");
         assert!(!calls.iter().any(|c| c.contains("/dev/sda")));
-        let binds_from_dev: Vec<_> = calls.iter().filter(|c| c.starts_with("mount /dev/") && !c.contains("/proc/")).collect();
+        let binds_from_dev: Vec<_> = calls
+            .iter()
+            .filter(|c| c.starts_with("mount /dev/") && !c.contains("/proc/"))
+            .collect();
         assert_eq!(binds_from_dev.len(), DEV_NODES.len());
     }
 

@@ -100,7 +100,10 @@ fn wait_forwarding(child: Pid, reap_all: bool) -> i32 {
 fn init(go: OwnedFd, can_setgroups: bool, worker: Option<impl FnOnce() -> i32>) -> isize {
     let mut b = [0u8; 1];
     // EOF without a byte means kiln failed to write the maps: give up quietly.
-    if !matches!(nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&go), &mut b), Ok(1)) {
+    if !matches!(
+        nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&go), &mut b),
+        Ok(1)
+    ) {
         return 1;
     }
     drop(go);
@@ -147,8 +150,14 @@ fn become_root(can_setgroups: bool) -> Result<()> {
 /// The build's own /proc: tools see only the build's processes, and nothing
 /// mounted in here propagates to the host.
 fn private_proc() -> Result<()> {
-    nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("making / private in kiln's mount namespace")?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making / private in kiln's mount namespace")?;
     nix::mount::mount(
         Some("proc"),
         "/proc",

@@ -16,12 +16,15 @@ use super::syscall::Linux;
 use anyhow::{anyhow, Context, Result};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io::Read;
-use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
@@ -55,12 +58,26 @@ pub fn run(job: &Job, line: &mut dyn FnMut(&str)) -> Result<Outcome> {
         None => None,
     };
     let notify = match job.lend {
-        Some(_) => Some(lend::filter().map_err(|e| anyhow!("building the device-lending filter: {e}"))?),
+        Some(_) => {
+            Some(lend::filter().map_err(|e| anyhow!("building the device-lending filter: {e}"))?)
+        }
         None => None,
     };
-    let stages = Stages { job, keep: &keep, filter: filter.as_ref(), notify: notify.as_ref() };
+    let stages = Stages {
+        job,
+        keep: &keep,
+        filter: filter.as_ref(),
+        notify: notify.as_ref(),
+    };
     let argv = cstrings(job.argv.iter().map(String::as_str))?;
-    let envp = cstrings(job.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().iter().map(String::as_str))?;
+    let envp = cstrings(
+        job.env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str),
+    )?;
     let cwd = CString::new(job.cwd.as_os_str().as_encoded_bytes()).context("cwd contains NUL")?;
     let (rd, wr) = nix::unistd::pipe().context("pipe")?;
 
@@ -82,14 +99,23 @@ pub fn run(job: &Job, line: &mut dyn FnMut(&str)) -> Result<Outcome> {
     if signals::interrupted() {
         anyhow::bail!(super::Interrupted);
     }
-    Ok(Outcome { code, tail: tail.into() })
+    Ok(Outcome {
+        code,
+        tail: tail.into(),
+    })
 }
 
 fn cstrings<'s>(it: impl Iterator<Item = &'s str>) -> Result<Vec<CString>> {
-    it.map(|s| CString::new(s).with_context(|| format!("argument contains NUL: {s:?}"))).collect()
+    it.map(|s| CString::new(s).with_context(|| format!("argument contains NUL: {s:?}")))
+        .collect()
 }
 
-fn pump(rd: OwnedFd, a: Pid, tail: &mut VecDeque<String>, line: &mut dyn FnMut(&str)) -> Result<()> {
+fn pump(
+    rd: OwnedFd,
+    a: Pid,
+    tail: &mut VecDeque<String>,
+    line: &mut dyn FnMut(&str),
+) -> Result<()> {
     let mut file = std::fs::File::from(rd);
     let mut buf = [0u8; 8192];
     let mut pending: Vec<u8> = Vec::new();
@@ -159,7 +185,9 @@ struct Stages<'a> {
 fn stage_a(s: &Stages, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
     signals::reset_defaults();
     die_with_parent();
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC) {
+    if let Err(e) =
+        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC)
+    {
         return report(&out, &format!("unshare(mount, pid, ipc): {}", e.desc()));
     }
     match unsafe { fork() } {
@@ -183,7 +211,12 @@ fn stage_b(s: &Stages, argv: &[CString], envp: &[CString], cwd: &CString, out: O
     }
     // The job hands its notification listener to us over this pair.
     let pair = match s.notify {
-        Some(_) => match socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC) {
+        Some(_) => match socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        ) {
             Ok(p) => Some(p),
             Err(e) => return report(&out, &format!("socketpair: {}", e.desc())),
         },
@@ -225,7 +258,13 @@ fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
     let mut byte = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
     for c in msg.cmsgs().ok()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             // SAFETY: the kernel just installed these descriptors for us.
@@ -268,7 +307,14 @@ fn stage_c(
     unsafe { libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32) };
     let stderr = unsafe { OwnedFd::from_raw_fd(2) };
     if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
-        return report(&stderr, &format!("chdir {}: {}", cwd.to_string_lossy(), nix::errno::Errno::last().desc()));
+        return report(
+            &stderr,
+            &format!(
+                "chdir {}: {}",
+                cwd.to_string_lossy(),
+                nix::errno::Errno::last().desc()
+            ),
+        );
     }
     if let Err(e) = caps::restrict(keep) {
         return report(&stderr, &format!("dropping capabilities: {e}"));
@@ -292,8 +338,15 @@ fn stage_c(
     envpp.push(std::ptr::null());
     unsafe { libc::execve(argp[0], argp.as_ptr(), envpp.as_ptr()) };
     let err = nix::errno::Errno::last();
-    report(&stderr, &format!("cannot run {}: {}", argv[0].to_string_lossy(), err.desc()));
-    if err == nix::errno::Errno::ENOENT { 127 } else { 126 }
+    report(
+        &stderr,
+        &format!("cannot run {}: {}", argv[0].to_string_lossy(), err.desc()),
+    );
+    if err == nix::errno::Errno::ENOENT {
+        127
+    } else {
+        126
+    }
 }
 
 /// Loads the notification filter and hands its listener to PID 1 (fd 3).
@@ -302,7 +355,13 @@ fn send_listener(ctx: &libseccomp::ScmpFilterContext) -> Result<(), String> {
     let listener = ctx.get_notify_fd().map_err(|e| e.to_string())?;
     let fds = [listener];
     let iov = [std::io::IoSlice::new(b"l")];
-    let sent = sendmsg::<()>(3, &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None);
+    let sent = sendmsg::<()>(
+        3,
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    );
     unsafe {
         libc::close(listener);
         libc::close(3);

@@ -30,7 +30,12 @@ pub fn interrupted() -> bool {
 /// A forked child must not inherit the parent's handlers' meaning.
 pub fn reset_defaults() {
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGPIPE] {
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
         // SAFETY: restoring default dispositions.
         let _ = unsafe { sigaction(sig, &dfl) };
     }

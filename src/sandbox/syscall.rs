@@ -7,7 +7,14 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 pub trait Syscall {
-    fn mount(&self, src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), Errno>;
+    fn mount(
+        &self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno>;
     /// Make a mount (and everything below it) read-only without touching its other,
     /// possibly locked, flags.
     fn make_readonly(&self, target: &Path) -> Result<(), Errno>;
@@ -42,8 +49,14 @@ fn mount_setattr(target: &Path, attr_set: u64) -> Result<(), Errno> {
         userns_fd: u64,
     }
     const AT_RECURSIVE: libc::c_uint = 0x8000;
-    let attr = MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    let c = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let c =
+        std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
     // SAFETY: the path is NUL-terminated and attr lives across the call.
     let rc = unsafe {
         libc::syscall(
@@ -59,7 +72,14 @@ fn mount_setattr(target: &Path, attr_set: u64) -> Result<(), Errno> {
 }
 
 impl Syscall for Linux {
-    fn mount(&self, src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), Errno> {
+    fn mount(
+        &self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
         nix::mount::mount(src, target, fstype, flags, data)
     }
 
@@ -91,7 +111,12 @@ impl Syscall for Linux {
     }
 
     fn touch(&self, file: &Path) -> Result<(), Errno> {
-        std::fs::OpenOptions::new().create(true).append(true).open(file).map(drop).map_err(io_errno)
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .map(drop)
+            .map_err(io_errno)
     }
 
     fn symlink(&self, target: &str, link: &Path) -> Result<(), Errno> {
@@ -124,9 +149,22 @@ fn p(path: &Path) -> String {
 }
 
 impl Syscall for Recorder {
-    fn mount(&self, src: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), Errno> {
+    fn mount(
+        &self,
+        src: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
         let src = src.map(p).unwrap_or_default();
-        self.log(format!("mount {src} {} {} {:?} {}", p(target), fstype.unwrap_or("-"), flags, data.unwrap_or("")))
+        self.log(format!(
+            "mount {src} {} {} {:?} {}",
+            p(target),
+            fstype.unwrap_or("-"),
+            flags,
+            data.unwrap_or("")
+        ))
     }
     fn make_readonly(&self, target: &Path) -> Result<(), Errno> {
         self.log(format!("readonly {}", p(target)))

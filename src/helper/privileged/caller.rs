@@ -18,14 +18,19 @@ pub struct Caller {
 const GENERATIONS: usize = 3;
 
 pub fn find(sock: BorrowedFd) -> Result<Caller> {
-    let pid = getsockopt(&sock, PeerCredentials).context("cannot ask the reply socket which process made it")?.pid();
+    let pid = getsockopt(&sock, PeerCredentials)
+        .context("cannot ask the reply socket which process made it")?
+        .pid();
     if pid <= 0 {
         bail!("the process that made the reply socket is not visible to kiln-helper (is it in another PID namespace?)");
     }
     // SAFETY: pidfd_open takes a process number and flags, and returns a new descriptor.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
-        bail!("the process that made the reply socket ({pid}) is gone: {}", Errno::last().desc());
+        bail!(
+            "the process that made the reply socket ({pid}) is gone: {}",
+            Errno::last().desc()
+        );
     }
     // SAFETY: a new descriptor that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -54,7 +59,8 @@ pub fn find(sock: BorrowedFd) -> Result<Caller> {
 
 /// The parent's number, from /proc/PID/stat (after the command name, which may hold anything).
 fn parent_of(pid: i32) -> Result<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
     ppid_in(&stat).ok_or_else(|| anyhow!("/proc/{pid}/stat names no parent"))
 }
 
@@ -71,6 +77,9 @@ mod tests {
     fn the_parent_is_read_past_an_odd_command_name() {
         assert_eq!(ppid_in("4242 (a) S 9 (b) R 77 4242 4242 0 -1"), Some(77));
         assert_eq!(ppid_in("4242 (no end"), None);
-        assert_eq!(parent_of(std::process::id() as i32).unwrap(), nix::unistd::getppid().as_raw());
+        assert_eq!(
+            parent_of(std::process::id() as i32).unwrap(),
+            nix::unistd::getppid().as_raw()
+        );
     }
 }

@@ -35,7 +35,8 @@ pub struct Start {
     sudo_uid: Option<Vec<u8>>,
 }
 
-const NOT_PRIVILEGED: &str = "kiln-helper is not privileged: it must be installed setuid root or run through sudo \
+const NOT_PRIVILEGED: &str =
+    "kiln-helper is not privileged: it must be installed setuid root or run through sudo \
                               (see README, \"Real block devices: kiln-helper\")";
 
 impl Start {
@@ -57,14 +58,25 @@ impl Start {
         }
         let real_uid = unsafe { libc::getuid() };
         // sudo says who asked; anyone else could set SUDO_UID, so only root's is heard.
-        let sudo_uid = if real_uid == 0 { std::env::var_os("SUDO_UID").map(|v| v.into_encoded_bytes()) } else { None };
+        let sudo_uid = if real_uid == 0 {
+            std::env::var_os("SUDO_UID").map(|v| v.into_encoded_bytes())
+        } else {
+            None
+        };
         // Only an unprivileged caller's environment is refused. Under sudo (or
         // root) it is root's: sudo has already sanitised it, and PAM adds LANG
         // from /etc/default/locale on ordinary installs. It is cleared all the same.
         let (forbidden_env, env_unreadable) = match environment_names() {
             _ if real_uid == 0 => (None, None),
             // The name goes to logs: printable ASCII only.
-            Ok(names) => (names.into_iter().find(|n| forbidden(n)).map(|n| n.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect()), None),
+            Ok(names) => (
+                names.into_iter().find(|n| forbidden(n)).map(|n| {
+                    n.iter()
+                        .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+                        .collect()
+                }),
+                None,
+            ),
             Err(e) => (None, Some(e)),
         };
         unsafe {
@@ -77,13 +89,25 @@ impl Start {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         }
-        Start { argv, closed_fd, forbidden_env, env_unreadable, real_uid, sudo_uid }
+        Start {
+            argv,
+            closed_fd,
+            forbidden_env,
+            env_unreadable,
+            real_uid,
+            sudo_uid,
+        }
     }
 
     /// Whose request this is: the real uid; under sudo (real uid 0), SUDO_UID.
     pub fn caller(&self) -> Result<u32> {
-        let Some(v) = &self.sudo_uid else { return Ok(self.real_uid) };
-        std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).with_context(|| format!("SUDO_UID {:?} is not a uid", String::from_utf8_lossy(v)))
+        let Some(v) = &self.sudo_uid else {
+            return Ok(self.real_uid);
+        };
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("SUDO_UID {:?} is not a uid", String::from_utf8_lossy(v)))
     }
 
     /// The requested verb, once the invocation passes every check.
@@ -103,11 +127,20 @@ impl Start {
         let Some(word) = self.argv.get(1) else {
             bail!("no verb given: use attach, rescan or detach, with the object on standard input");
         };
-        let Some(verb) = Verb::ALL.into_iter().find(|v| v.name().as_bytes() == word.as_slice()) else {
-            bail!("unknown verb {:?}: only attach, rescan and detach exist", String::from_utf8_lossy(word));
+        let Some(verb) = Verb::ALL
+            .into_iter()
+            .find(|v| v.name().as_bytes() == word.as_slice())
+        else {
+            bail!(
+                "unknown verb {:?}: only attach, rescan and detach exist",
+                String::from_utf8_lossy(word)
+            );
         };
         if self.argv.len() > 2 {
-            let extra: Vec<_> = self.argv[2..].iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let extra: Vec<_> = self.argv[2..]
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
             bail!("extra arguments refused: {extra:?}; the object comes on standard input, never as a path");
         }
         Ok(verb)
@@ -125,8 +158,14 @@ fn was_closed(fd: c_int) -> bool {
             return true;
         }
         let access = libc::fcntl(fd, libc::F_GETFL) & libc::O_ACCMODE;
-        let (node, stand_in_access) = if fd == 0 { (libc::makedev(1, 7), libc::O_WRONLY) } else { (libc::makedev(1, 3), libc::O_RDONLY) };
-        st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == node && access == stand_in_access
+        let (node, stand_in_access) = if fd == 0 {
+            (libc::makedev(1, 7), libc::O_WRONLY)
+        } else {
+            (libc::makedev(1, 3), libc::O_RDONLY)
+        };
+        st.st_mode & libc::S_IFMT == libc::S_IFCHR
+            && st.st_rdev == node
+            && access == stand_in_access
     }
 }
 
@@ -134,10 +173,19 @@ fn was_closed(fd: c_int) -> bool {
 /// program the dynamic loader has already unset LD_PRELOAD and its kind from
 /// the array, but the kernel's copy still shows what the caller tried.
 fn environment_names() -> Result<Vec<Vec<u8>>, String> {
-    let mut names: Vec<Vec<u8>> = std::env::vars_os().map(|(k, _)| k.into_encoded_bytes()).collect();
-    let raw = std::fs::read("/proc/self/environ").map_err(|e| format!("reading /proc/self/environ: {e}"))?;
+    let mut names: Vec<Vec<u8>> = std::env::vars_os()
+        .map(|(k, _)| k.into_encoded_bytes())
+        .collect();
+    let raw = std::fs::read("/proc/self/environ")
+        .map_err(|e| format!("reading /proc/self/environ: {e}"))?;
     for entry in raw.split(|&b| b == 0).filter(|e| !e.is_empty()) {
-        names.push(entry.split(|&b| b == b'=').next().unwrap_or_default().to_vec());
+        names.push(
+            entry
+                .split(|&b| b == b'=')
+                .next()
+                .unwrap_or_default()
+                .to_vec(),
+        );
     }
     Ok(names)
 }
@@ -146,8 +194,18 @@ fn environment_names() -> Result<Vec<Vec<u8>>, String> {
 /// been a way into a setuid program. Refused rather than ignored, so that the
 /// attempt is logged.
 fn forbidden(name: &[u8]) -> bool {
-    ["LD_", "MALLOC_", "LC_"].iter().any(|p| name.starts_with(p.as_bytes()))
-        || [&b"GLIBC_TUNABLES"[..], b"LANG", b"LANGUAGE", b"LOCPATH", b"NLSPATH", b"GCONV_PATH"].contains(&name)
+    ["LD_", "MALLOC_", "LC_"]
+        .iter()
+        .any(|p| name.starts_with(p.as_bytes()))
+        || [
+            &b"GLIBC_TUNABLES"[..],
+            b"LANG",
+            b"LANGUAGE",
+            b"LOCPATH",
+            b"NLSPATH",
+            b"GCONV_PATH",
+        ]
+        .contains(&name)
 }
 
 /// Holding one: the process may use CAP_SYS_ADMIN (partition ioctls). Made once,
@@ -171,13 +229,22 @@ impl Privileged {
         // and a helper stopped while it holds a lock stalls every other user's.
         // All ids root (the caller was read at exec), none of the caller's groups.
         // SAFETY: plain system calls; CAP_SETUID and CAP_SETGID are still held.
-        if unsafe { libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 } {
-            bail!("{NOT_PRIVILEGED} (cannot become root: {})", std::io::Error::last_os_error());
+        if unsafe {
+            libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(0, 0, 0) != 0
+                || libc::setresuid(0, 0, 0) != 0
+        } {
+            bail!(
+                "{NOT_PRIVILEGED} (cannot become root: {})",
+                std::io::Error::last_os_error()
+            );
         }
         // The bounding set only matters at exec, which the helper never does;
         // clearing it all, CAP_SYS_ADMIN too, must happen while CAP_SETPCAP is held.
-        caps::drop(None, CapSet::Bounding, admin).context("dropping CAP_SYS_ADMIN from the bounding set")?;
-        crate::sandbox::caps::restrict(&[admin].into_iter().collect()).context("dropping capabilities")?;
+        caps::drop(None, CapSet::Bounding, admin)
+            .context("dropping CAP_SYS_ADMIN from the bounding set")?;
+        crate::sandbox::caps::restrict(&[admin].into_iter().collect())
+            .context("dropping capabilities")?;
         let effective = caps::read(None, CapSet::Effective).context("reading capabilities")?;
         if effective.len() != 1 || !effective.contains(&admin) {
             bail!("{NOT_PRIVILEGED} (capabilities left: {effective:?})");
@@ -190,14 +257,19 @@ impl Privileged {
     }
 
     pub fn drop_to_unprivileged(self) -> Unprivileged {
-        Unprivileged { caller: self.caller }
+        Unprivileged {
+            caller: self.caller,
+        }
     }
 }
 
 impl Drop for Privileged {
     fn drop(&mut self) {
         // Failing to give a capability up is not an error to report: stop here.
-        if caps::clear(None, CapSet::Effective).and_then(|_| caps::clear(None, CapSet::Permitted)).is_err() {
+        if caps::clear(None, CapSet::Effective)
+            .and_then(|_| caps::clear(None, CapSet::Permitted))
+            .is_err()
+        {
             std::process::abort();
         }
     }
@@ -226,14 +298,20 @@ mod tests {
 
     #[test]
     fn verbs_are_fixed() {
-        assert_eq!(start(&["kiln-helper", "attach"]).verb().unwrap(), Verb::Attach);
+        assert_eq!(
+            start(&["kiln-helper", "attach"]).verb().unwrap(),
+            Verb::Attach
+        );
         for (args, says) in [
             (&[][..], "argc 0"),
             (&[""][..], "argc 0"),
             (&["kiln-helper"][..], "no verb"),
             (&["kiln-helper", "mount"][..], "unknown verb"),
             (&["kiln-helper", "Attach"][..], "unknown verb"),
-            (&["kiln-helper", "attach", "/tmp/image"][..], "extra arguments"),
+            (
+                &["kiln-helper", "attach", "/tmp/image"][..],
+                "extra arguments",
+            ),
         ] {
             let e = start(args).verb().unwrap_err().to_string();
             assert!(e.contains(says), "{args:?}: {e}");
@@ -242,7 +320,20 @@ mod tests {
 
     #[test]
     fn loader_allocator_and_locale_variables_are_forbidden() {
-        for n in ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "GLIBC_TUNABLES", "MALLOC_CHECK_", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LOCPATH", "NLSPATH", "GCONV_PATH"] {
+        for n in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "LD_AUDIT",
+            "GLIBC_TUNABLES",
+            "MALLOC_CHECK_",
+            "LANG",
+            "LANGUAGE",
+            "LC_ALL",
+            "LC_CTYPE",
+            "LOCPATH",
+            "NLSPATH",
+            "GCONV_PATH",
+        ] {
             assert!(forbidden(n.as_bytes()), "{n}");
         }
         for n in ["PATH", "HOME", "SUDO_UID", "LANGX", "TERM"] {

@@ -11,7 +11,10 @@ pub fn open() {
 
 pub fn refusal(caller: u32, verb: &str, reason: &str) {
     eprintln!("kiln-helper: {reason}");
-    syslog(libc::LOG_WARNING, &format!("refused {verb} for uid {caller}: {reason}"));
+    syslog(
+        libc::LOG_WARNING,
+        &format!("refused {verb} for uid {caller}: {reason}"),
+    );
 }
 
 pub fn info(line: &str) {
@@ -24,7 +27,9 @@ pub fn warning(line: &str) {
 }
 
 fn syslog(priority: libc::c_int, line: &str) {
-    let Ok(c) = CString::new(line.replace('\0', "\\0")) else { return };
+    let Ok(c) = CString::new(line.replace('\0', "\\0")) else {
+        return;
+    };
     // SAFETY: a constant format with one string argument.
     unsafe { libc::syslog(priority, c"%s".as_ptr(), c.as_ptr()) };
 }

@@ -44,7 +44,11 @@ nix::ioctl_none_bad!(loop_clr_fd, 0x4C01);
 nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, LoopInfo64);
 nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
 nix::ioctl_none_bad!(loop_ctl_get_free, 0x4C82);
-nix::ioctl_read_bad!(blk_getsize64, nix::request_code_read!(0x12, 114, std::mem::size_of::<usize>()), u64);
+nix::ioctl_read_bad!(
+    blk_getsize64,
+    nix::request_code_read!(0x12, 114, std::mem::size_of::<usize>()),
+    u64
+);
 nix::ioctl_read!(blk_getdiskseq, 0x12, 128, u64);
 nix::ioctl_none!(blk_flsbuf, 0x12, 97);
 
@@ -68,13 +72,16 @@ pub struct Bound {
 pub fn bind(image: BorrowedFd) -> Result<Bound> {
     let control = open_rw("/dev/loop-control").context("opening /dev/loop-control")?;
     let st = fstat(control.as_raw_fd()).context("inspecting /dev/loop-control")?;
-    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFCHR.bits() || (major(st.st_rdev), minor(st.st_rdev)) != (10, 237) {
+    if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFCHR.bits()
+        || (major(st.st_rdev), minor(st.st_rdev)) != (10, 237)
+    {
         bail!("/dev/loop-control is not the loop control device");
     }
     lock(control.as_fd(), "/dev/loop-control")?;
     for attempt in 0..ATTEMPTS {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument.
-        let n = unsafe { loop_ctl_get_free(control.as_raw_fd()) }.map_err(|e| anyhow::anyhow!("no free loop device: {}", e.desc()))?;
+        let n = unsafe { loop_ctl_get_free(control.as_raw_fd()) }
+            .map_err(|e| anyhow::anyhow!("no free loop device: {}", e.desc()))?;
         let name = format!("loop{n}");
         let dev = open_node(&name)?;
         // SAFETY: all-zero is a valid loop_config.
@@ -98,10 +105,12 @@ pub fn enable_partscan(dev: BorrowedFd) -> Result<()> {
     // SAFETY: all-zero is a valid loop_info64; the kernel fills it.
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
     // SAFETY: info is large enough for LOOP_GET_STATUS64.
-    unsafe { loop_get_status64(dev.as_raw_fd(), &mut info) }.map_err(|e| anyhow::anyhow!("reading the loop device's status: {}", e.desc()))?;
+    unsafe { loop_get_status64(dev.as_raw_fd(), &mut info) }
+        .map_err(|e| anyhow::anyhow!("reading the loop device's status: {}", e.desc()))?;
     info.lo_flags |= LO_FLAGS_PARTSCAN;
     // SAFETY: the kernel only reads info.
-    unsafe { loop_set_status64(dev.as_raw_fd(), &info) }.map_err(|e| anyhow::anyhow!("enabling the partition scan: {}", e.desc()))?;
+    unsafe { loop_set_status64(dev.as_raw_fd(), &info) }
+        .map_err(|e| anyhow::anyhow!("enabling the partition scan: {}", e.desc()))?;
     Ok(())
 }
 
@@ -120,14 +129,16 @@ pub fn clear(dev: BorrowedFd) -> Result<()> {
 pub fn diskseq(dev: BorrowedFd) -> Result<u64> {
     let mut seq = 0u64;
     // SAFETY: BLKGETDISKSEQ writes one u64.
-    unsafe { blk_getdiskseq(dev.as_raw_fd(), &mut seq) }.map_err(|e| anyhow::anyhow!("reading the device's disk sequence number: {}", e.desc()))?;
+    unsafe { blk_getdiskseq(dev.as_raw_fd(), &mut seq) }
+        .map_err(|e| anyhow::anyhow!("reading the device's disk sequence number: {}", e.desc()))?;
     Ok(seq)
 }
 
 pub fn size(dev: BorrowedFd) -> Result<u64> {
     let mut size = 0u64;
     // SAFETY: BLKGETSIZE64 writes one u64.
-    unsafe { blk_getsize64(dev.as_raw_fd(), &mut size) }.map_err(|e| anyhow::anyhow!("reading the device's size: {}", e.desc()))?;
+    unsafe { blk_getsize64(dev.as_raw_fd(), &mut size) }
+        .map_err(|e| anyhow::anyhow!("reading the device's size: {}", e.desc()))?;
     Ok(size)
 }
 
@@ -135,7 +146,8 @@ pub fn size(dev: BorrowedFd) -> Result<u64> {
 /// backing file (not through the device) is what is read next.
 pub fn flush(_: &Privileged, dev: BorrowedFd) -> Result<()> {
     // SAFETY: BLKFLSBUF takes no argument.
-    unsafe { blk_flsbuf(dev.as_raw_fd()) }.map_err(|e| anyhow::anyhow!("flushing the device's cache: {}", e.desc()))?;
+    unsafe { blk_flsbuf(dev.as_raw_fd()) }
+        .map_err(|e| anyhow::anyhow!("flushing the device's cache: {}", e.desc()))?;
     Ok(())
 }
 
@@ -169,11 +181,20 @@ fn open_node_as(name: &str, write: bool) -> Result<File> {
     let deadline = Instant::now() + NODE_WAIT;
     loop {
         let want = sysfs_dev(name)?;
-        let opened = if write { open_rw(&path) } else { File::options().read(true).custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW).open(&path) };
+        let opened = if write {
+            open_rw(&path)
+        } else {
+            File::options()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                .open(&path)
+        };
         match opened {
             Ok(f) => {
                 let st = fstat(f.as_raw_fd()).with_context(|| format!("inspecting {path}"))?;
-                if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFBLK.bits() && (major(st.st_rdev), minor(st.st_rdev)) == want {
+                if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFBLK.bits()
+                    && (major(st.st_rdev), minor(st.st_rdev)) == want
+                {
                     return Ok(f);
                 }
             }
@@ -181,20 +202,33 @@ fn open_node_as(name: &str, write: bool) -> Result<File> {
             Err(e) => bail!("opening {path}: {e}"),
         }
         if Instant::now() >= deadline {
-            bail!("{path} did not appear as device {}:{} within {} s (is devtmpfs mounted on /dev?)", want.0, want.1, NODE_WAIT.as_secs());
+            bail!(
+                "{path} did not appear as device {}:{} within {} s (is devtmpfs mounted on /dev?)",
+                want.0,
+                want.1,
+                NODE_WAIT.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 fn sysfs_dev(name: &str) -> Result<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/sys/class/block/{name}/dev")).with_context(|| format!("the kernel does not list {name}"))?;
-    let parsed = text.trim().split_once(':').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    let text = std::fs::read_to_string(format!("/sys/class/block/{name}/dev"))
+        .with_context(|| format!("the kernel does not list {name}"))?;
+    let parsed = text
+        .trim()
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
     parsed.with_context(|| format!("/sys/class/block/{name}/dev is not MAJOR:MINOR: {text:?}"))
 }
 
 fn open_rw(path: &str) -> std::io::Result<File> {
-    File::options().read(true).write(true).custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW).open(path)
+    File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)
 }
 
 /// An exclusive flock on `fd`, waited for at most LOCK_WAIT; held until every
@@ -207,8 +241,13 @@ pub fn lock(fd: BorrowedFd, what: &str) -> Result<()> {
             return Ok(());
         }
         match Errno::last() {
-            Errno::EWOULDBLOCK if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Errno::EWOULDBLOCK => bail!("{what} stayed locked by another program for {} s", LOCK_WAIT.as_secs()),
+            Errno::EWOULDBLOCK if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Errno::EWOULDBLOCK => bail!(
+                "{what} stayed locked by another program for {} s",
+                LOCK_WAIT.as_secs()
+            ),
             Errno::EINTR => {}
             e => bail!("locking {what}: {}", e.desc()),
         }

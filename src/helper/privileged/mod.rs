@@ -25,10 +25,13 @@ pub unsafe fn main(argc: c_int, argv: *const *const c_char) -> c_int {
     let start = unsafe { Start::capture(argc, argv) };
     log::open();
     let verb = start.verb();
-    let result = verb.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|&verb| {
-        let p = Privileged::acquire(start.caller()?)?;
-        verbs::run(verb, p)
-    });
+    let result = verb
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|&verb| {
+            let p = Privileged::acquire(start.caller()?)?;
+            verbs::run(verb, p)
+        });
     let Err(e) = result else { return 0 };
     let reason = format!("{e:#}");
     let who = start.caller().unwrap_or(0);

@@ -21,9 +21,19 @@ const SECTOR: u64 = 512;
 /// inside the device, sector-aligned, not overlapping another.
 pub fn read_table(dev: BorrowedFd, size: u64) -> Result<Vec<PartLine>> {
     let mut disk = FdDisk { fd: dev, size };
-    let found = crate::kernel::partition_table_only(&mut disk).context("the partition table cannot be read")?;
+    let found = crate::kernel::partition_table_only(&mut disk)
+        .context("the partition table cannot be read")?;
     let mut parts: Vec<PartLine> = found
-        .map(|(_, parts)| parts.into_iter().map(|p| PartLine { number: p.number, start: p.start, size: p.len }).collect())
+        .map(|(_, parts)| {
+            parts
+                .into_iter()
+                .map(|p| PartLine {
+                    number: p.number,
+                    start: p.start,
+                    size: p.len,
+                })
+                .collect()
+        })
         .unwrap_or_default();
     // As the kernel's own parsers do: an entry without sectors is no partition.
     parts.retain(|p| p.size > 0);
@@ -38,13 +48,19 @@ fn validate(parts: &mut [PartLine], size: u64) -> Result<()> {
     for p in parts.iter() {
         let n = p.number;
         if n == 0 || n > MAX_NUMBER {
-            bail!("the partition table numbers a partition {n}; the kernel allows 1 to {MAX_NUMBER}");
+            bail!(
+                "the partition table numbers a partition {n}; the kernel allows 1 to {MAX_NUMBER}"
+            );
         }
         if p.start % SECTOR != 0 || p.size % SECTOR != 0 {
             bail!("partition {n} is not aligned to {SECTOR}-byte sectors");
         }
         if p.start.checked_add(p.size).is_none_or(|end| end > size) {
-            bail!("partition {n} (bytes {}..+{}) lies past the end of the device ({size} bytes)", p.start, p.size);
+            bail!(
+                "partition {n} (bytes {}..+{}) lies past the end of the device ({size} bytes)",
+                p.start,
+                p.size
+            );
         }
     }
     parts.sort_by_key(|p| (p.start, p.number));
@@ -76,10 +92,15 @@ pub fn sync(p: &Privileged, dev: BorrowedFd, name: &str, want: &[PartLine]) -> R
     match &busy[..] {
         [] => {}
         [one] => bail!("partition {one} is in use: close what holds it open, then rescan"),
-        [many @ .., last] => bail!("partitions {} and {last} are in use: close what holds them open, then rescan", many.join(", ")),
+        [many @ .., last] => bail!(
+            "partitions {} and {last} are in use: close what holds them open, then rescan",
+            many.join(", ")
+        ),
     }
     for w in want.iter().filter(|w| !have.contains(w)) {
-        blkpg(p, dev, BLKPG_ADD_PARTITION, w).map_err(|e| anyhow::anyhow!("adding partition {} to {name}: {}", w.number, e.desc()))?;
+        blkpg(p, dev, BLKPG_ADD_PARTITION, w).map_err(|e| {
+            anyhow::anyhow!("adding partition {} to {name}: {}", w.number, e.desc())
+        })?;
     }
     Ok(())
 }
@@ -90,7 +111,9 @@ fn remove(p: &Privileged, dev: BorrowedFd, part: &PartLine) -> nix::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
         match blkpg(p, dev, BLKPG_DEL_PARTITION, part) {
-            Err(Errno::EBUSY) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(Errno::EBUSY) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
             r => return r,
         }
     }
@@ -98,7 +121,9 @@ fn remove(p: &Privileged, dev: BorrowedFd, part: &PartLine) -> nix::Result<()> {
 
 /// One open descriptor per partition, in `want`'s order.
 pub fn open_all(name: &str, want: &[PartLine]) -> Result<Vec<File>> {
-    want.iter().map(|w| loopdev::open_node(&format!("{name}p{}", w.number))).collect()
+    want.iter()
+        .map(|w| loopdev::open_node(&format!("{name}p{}", w.number)))
+        .collect()
 }
 
 /// What the kernel has now, from /sys/block/NAME/NAMEpK.
@@ -108,16 +133,25 @@ fn kernel_partitions(name: &str) -> Result<Vec<PartLine>> {
     for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
         let entry = entry.with_context(|| format!("listing {dir}"))?;
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(k) = file.strip_prefix(name).and_then(|s| s.strip_prefix('p')) else { continue };
+        let Some(k) = file.strip_prefix(name).and_then(|s| s.strip_prefix('p')) else {
+            continue;
+        };
         if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
         let read = |attr: &str| -> Result<u64> {
             let path = entry.path().join(attr);
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            text.trim().parse().with_context(|| format!("{} is not a number", path.display()))
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            text.trim()
+                .parse()
+                .with_context(|| format!("{} is not a number", path.display()))
         };
-        parts.push(PartLine { number: read("partition")? as u32, start: read("start")? * SECTOR, size: read("size")? * SECTOR });
+        parts.push(PartLine {
+            number: read("partition")? as u32,
+            start: read("start")? * SECTOR,
+            size: read("size")? * SECTOR,
+        });
         if parts.len() > MAX_NUMBER as usize {
             bail!("{dir} lists more partitions than the kernel allows");
         }
@@ -147,12 +181,27 @@ struct BlkpgIoctlArg {
     data: *mut c_void,
 }
 
-nix::ioctl_write_ptr_bad!(blkpg_ioctl, nix::request_code_none!(0x12, 105), BlkpgIoctlArg);
+nix::ioctl_write_ptr_bad!(
+    blkpg_ioctl,
+    nix::request_code_none!(0x12, 105),
+    BlkpgIoctlArg
+);
 
 fn blkpg(_: &Privileged, dev: BorrowedFd, op: c_int, part: &PartLine) -> nix::Result<()> {
     // validate() keeps start and size inside the device: far below i64::MAX.
-    let mut data = BlkpgPartition { start: part.start as i64, length: part.size as i64, pno: part.number as c_int, devname: [0; 64], volname: [0; 64] };
-    let arg = BlkpgIoctlArg { op, flags: 0, datalen: std::mem::size_of::<BlkpgPartition>() as c_int, data: (&mut data as *mut BlkpgPartition).cast() };
+    let mut data = BlkpgPartition {
+        start: part.start as i64,
+        length: part.size as i64,
+        pno: part.number as c_int,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let arg = BlkpgIoctlArg {
+        op,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as c_int,
+        data: (&mut data as *mut BlkpgPartition).cast(),
+    };
     // SAFETY: arg and data outlive the call.
     unsafe { blkpg_ioctl(dev.as_raw_fd(), &arg) }.map(|_| ())
 }
@@ -169,7 +218,10 @@ impl Disk for FdDisk<'_> {
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|end| end > self.size) {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.size)
+        {
             bail!("the partition table points past the end of the device (byte {offset})");
         }
         let mut done = 0;
@@ -178,7 +230,11 @@ impl Disk for FdDisk<'_> {
                 Ok(0) => bail!("the device ended early at byte {}", offset + done as u64),
                 Ok(n) => done += n,
                 Err(Errno::EINTR) => {}
-                Err(e) => bail!("reading the device at byte {}: {}", offset + done as u64, e.desc()),
+                Err(e) => bail!(
+                    "reading the device at byte {}: {}",
+                    offset + done as u64,
+                    e.desc()
+                ),
             }
         }
         Ok(())
@@ -194,7 +250,11 @@ mod tests {
     use super::*;
 
     fn p(number: u32, start: u64, size: u64) -> PartLine {
-        PartLine { number, start, size }
+        PartLine {
+            number,
+            start,
+            size,
+        }
     }
 
     #[test]
@@ -211,7 +271,12 @@ mod tests {
             (vec![p(0, mib, mib)], "numbers a partition 0"),
             (vec![p(300, mib, mib)], "numbers a partition 300"),
             (vec![p(1, mib, mib), p(1, 2 * mib, mib)], "twice"),
-            ((0..129).map(|i| p(i + 1, (i as u64 + 1) * mib, mib)).collect(), "at most 128"),
+            (
+                (0..129)
+                    .map(|i| p(i + 1, (i as u64 + 1) * mib, mib))
+                    .collect(),
+                "at most 128",
+            ),
         ] {
             let e = validate(&mut bad, 256 * mib).unwrap_err().to_string();
             assert!(e.contains(says), "{e}");

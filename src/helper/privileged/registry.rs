@@ -31,7 +31,9 @@ pub struct Registry {
 impl Registry {
     pub fn lock() -> Result<Registry> {
         match std::fs::DirBuilder::new().mode(0o700).create(DIR) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e).with_context(|| format!("creating {DIR}")),
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("creating {DIR}"))
+            }
             _ => {}
         }
         let dir = File::options()
@@ -39,20 +41,36 @@ impl Registry {
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(DIR)
             .with_context(|| format!("opening {DIR}"))?;
-        let st = dir.metadata().with_context(|| format!("inspecting {DIR}"))?;
+        let st = dir
+            .metadata()
+            .with_context(|| format!("inspecting {DIR}"))?;
         if st.uid() != 0 || st.mode() & 0o077 != 0 {
-            bail!("{DIR} is not a directory only root can use (owner uid {}, mode {:o}): remove it", st.uid(), st.mode() & 0o7777);
+            bail!(
+                "{DIR} is not a directory only root can use (owner uid {}, mode {:o}): remove it",
+                st.uid(),
+                st.mode() & 0o7777
+            );
         }
         loopdev::lock(dir.as_fd(), DIR)?;
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").context("reading the boot id")?.trim().to_string();
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .context("reading the boot id")?
+            .trim()
+            .to_string();
         Ok(Registry { _dir: dir, boot })
     }
 
     /// Forgets bindings that are gone: detached, re-bound, or from another boot.
     pub fn prune(&self) -> Result<()> {
         for entry in std::fs::read_dir(DIR).with_context(|| format!("listing {DIR}"))? {
-            let name = entry.with_context(|| format!("listing {DIR}"))?.file_name().to_string_lossy().into_owned();
-            if !self.read(&name).is_some_and(|e| e.boot == self.boot && bound_diskseq(&name) == Some(e.diskseq)) {
+            let name = entry
+                .with_context(|| format!("listing {DIR}"))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if !self
+                .read(&name)
+                .is_some_and(|e| e.boot == self.boot && bound_diskseq(&name) == Some(e.diskseq))
+            {
                 self.remove(&name)?;
             }
         }
@@ -60,8 +78,14 @@ impl Registry {
     }
 
     pub fn count(&self, uid: u32) -> usize {
-        let names = std::fs::read_dir(DIR).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
-        names.filter(|n| self.read(n).is_some_and(|e| e.uid == uid)).count()
+        let names = std::fs::read_dir(DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned());
+        names
+            .filter(|n| self.read(n).is_some_and(|e| e.uid == uid))
+            .count()
     }
 
     pub fn record(&self, name: &str, uid: u32, diskseq: u64) -> Result<()> {
@@ -74,7 +98,8 @@ impl Registry {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .with_context(|| format!("creating {path}"))?;
-        writeln!(f, "uid {uid}\ndiskseq {diskseq}\nboot {}", self.boot).with_context(|| format!("writing {path}"))?;
+        writeln!(f, "uid {uid}\ndiskseq {diskseq}\nboot {}", self.boot)
+            .with_context(|| format!("writing {path}"))?;
         Ok(())
     }
 
@@ -93,7 +118,9 @@ impl Registry {
 
     /// Removes the entry of this binding of `name`, once the binding has ended.
     pub fn forget(&self, name: &str, diskseq: u64) -> Result<()> {
-        if self.read(name).is_some_and(|e| e.diskseq == diskseq) && bound_diskseq(name) != Some(diskseq) {
+        if self.read(name).is_some_and(|e| e.diskseq == diskseq)
+            && bound_diskseq(name) != Some(diskseq)
+        {
             self.remove(name)?;
         }
         Ok(())
@@ -102,7 +129,9 @@ impl Registry {
     pub fn remove(&self, name: &str) -> Result<()> {
         let path = format!("{DIR}/{name}");
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {path}")),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {path}"))
+            }
             _ => Ok(()),
         }
     }
@@ -122,15 +151,29 @@ fn path(name: &str) -> Result<String> {
 
 fn parse(text: &str) -> Option<Entry> {
     let mut lines = text.lines();
-    let mut field = |key: &str| lines.next()?.strip_prefix(key)?.strip_prefix(' ').map(str::to_string);
-    let entry = Entry { uid: field("uid")?.parse().ok()?, diskseq: field("diskseq")?.parse().ok()?, boot: field("boot")? };
+    let mut field = |key: &str| {
+        lines
+            .next()?
+            .strip_prefix(key)?
+            .strip_prefix(' ')
+            .map(str::to_string)
+    };
+    let entry = Entry {
+        uid: field("uid")?.parse().ok()?,
+        diskseq: field("diskseq")?.parse().ok()?,
+        boot: field("boot")?,
+    };
     lines.next().is_none().then_some(entry)
 }
 
 /// The disk sequence number of the binding `name` has now; None when unbound.
 pub fn bound_diskseq(name: &str) -> Option<u64> {
     std::fs::metadata(format!("/sys/block/{name}/loop")).ok()?;
-    std::fs::read_to_string(format!("/sys/block/{name}/diskseq")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(format!("/sys/block/{name}/diskseq"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -140,8 +183,21 @@ mod tests {
     #[test]
     fn entries_parse_strictly() {
         let e = parse("uid 1001\ndiskseq 42\nboot 0a-b\n").unwrap();
-        assert_eq!(e, Entry { uid: 1001, diskseq: 42, boot: "0a-b".into() });
-        for bad in ["", "uid 1001\n", "uid x\ndiskseq 1\nboot b\n", "diskseq 1\nuid 1\nboot b\n", "uid 1\ndiskseq 1\nboot b\nmore\n"] {
+        assert_eq!(
+            e,
+            Entry {
+                uid: 1001,
+                diskseq: 42,
+                boot: "0a-b".into()
+            }
+        );
+        for bad in [
+            "",
+            "uid 1001\n",
+            "uid x\ndiskseq 1\nboot b\n",
+            "diskseq 1\nuid 1\nboot b\n",
+            "uid 1\ndiskseq 1\nboot b\nmore\n",
+        ] {
             assert!(parse(bad).is_none(), "{bad:?}");
         }
     }

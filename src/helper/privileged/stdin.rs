@@ -22,7 +22,15 @@ pub fn reply_socket() -> Result<BorrowedFd<'static>> {
     let mut domain: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: SO_DOMAIN fills one int.
-    let r = unsafe { libc::getsockopt(1, libc::SOL_SOCKET, libc::SO_DOMAIN, (&mut domain as *mut libc::c_int).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            1,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
     if r != 0 || domain != libc::AF_UNIX {
         bail!("standard output is not a Unix socket: descriptors can only travel over one");
     }
@@ -36,11 +44,17 @@ pub fn reply_socket() -> Result<BorrowedFd<'static>> {
 pub fn image(caller: u32) -> Result<BorrowedFd<'static>> {
     let st = fstat(STDIN.as_raw_fd()).context("cannot inspect standard input")?;
     if kind(&st) != SFlag::S_IFREG {
-        bail!("standard input is {}, not an image file: attach takes a regular file", describe(&st));
+        bail!(
+            "standard input is {}, not an image file: attach takes a regular file",
+            describe(&st)
+        );
     }
-    let flags = nix::fcntl::fcntl(STDIN.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).context("cannot inspect standard input")?;
+    let flags = nix::fcntl::fcntl(STDIN.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .context("cannot inspect standard input")?;
     if flags & libc::O_PATH != 0 {
-        bail!("the image on standard input was opened with O_PATH: open it for reading and writing");
+        bail!(
+            "the image on standard input was opened with O_PATH: open it for reading and writing"
+        );
     }
     if flags & libc::O_ACCMODE != libc::O_RDWR {
         bail!("the image on standard input is opened read-only (or write-only): open it for reading and writing");
@@ -52,7 +66,11 @@ pub fn image(caller: u32) -> Result<BorrowedFd<'static>> {
     let magic = fs.filesystem_type().0 as u64;
     if !DATA_FILESYSTEMS.iter().any(|&(m, _)| m == magic) {
         let known: Vec<&str> = DATA_FILESYSTEMS.iter().map(|&(_, n)| n).collect();
-        bail!("the image on standard input is on {}; kiln-helper attaches files on {} only", fs_name(magic), known.join(", "));
+        bail!(
+            "the image on standard input is on {}; kiln-helper attaches files on {} only",
+            fs_name(magic),
+            known.join(", ")
+        );
     }
     if st.st_uid != caller {
         bail!("the image on standard input is owned by uid {}, not by you (uid {caller}): only your own files are attached", st.st_uid);
@@ -76,8 +94,12 @@ pub fn loop_device() -> Result<LoopRef> {
         bail!("standard input is {}, not a loop device", describe(&st));
     }
     let (maj, min) = (major(st.st_rdev), minor(st.st_rdev));
-    let link = std::fs::read_link(format!("/sys/dev/block/{maj}:{min}")).with_context(|| format!("block device {maj}:{min} is not in /sys"))?;
-    let name = link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let link = std::fs::read_link(format!("/sys/dev/block/{maj}:{min}"))
+        .with_context(|| format!("block device {maj}:{min} is not in /sys"))?;
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if !is_loop_name(&name) {
         bail!("standard input is {name:?}, not a whole loop device");
     }

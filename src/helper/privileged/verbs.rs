@@ -31,7 +31,12 @@ fn attach(p: Privileged, sock: BorrowedFd) -> Result<()> {
     }
     let bound = loopdev::bind(image)?;
     let dev = bound.dev.as_fd();
-    let mut undo = Undo { name: &bound.name, dev, recorded: false, armed: true };
+    let mut undo = Undo {
+        name: &bound.name,
+        dev,
+        recorded: false,
+        armed: true,
+    };
     loopdev::enable_partscan(dev)?;
     let size = loopdev::size(dev)?;
     let parts = partitions::read_table(dev, size)?;
@@ -42,11 +47,20 @@ fn attach(p: Privileged, sock: BorrowedFd) -> Result<()> {
     undo.recorded = true;
     let u = p.drop_to_unprivileged();
     watcher::spawn(&u, caller, &bound.name, seq)?;
-    let disk = Some(DiskLine { name: bound.name.clone(), size });
-    let fds: Vec<BorrowedFd> = std::iter::once(dev).chain(files.iter().map(File::as_fd)).collect();
-    reply(&u, sock, Message::Ok { disk, parts }, &fds).with_context(|| format!("{} was detached again", bound.name))?;
+    let disk = Some(DiskLine {
+        name: bound.name.clone(),
+        size,
+    });
+    let fds: Vec<BorrowedFd> = std::iter::once(dev)
+        .chain(files.iter().map(File::as_fd))
+        .collect();
+    reply(&u, sock, Message::Ok { disk, parts }, &fds)
+        .with_context(|| format!("{} was detached again", bound.name))?;
     undo.armed = false;
-    log::info(&format!("attached {} for uid {uid} (disk sequence {seq})", bound.name));
+    log::info(&format!(
+        "attached {} for uid {uid} (disk sequence {seq})",
+        bound.name
+    ));
     Ok(())
 }
 
@@ -74,13 +88,26 @@ fn detach(p: Privileged, sock: BorrowedFd) -> Result<()> {
     loopdev::clear(dev.fd)?;
     registry.remove(&dev.name)?;
     log::info(&format!("detached {} for uid {}", dev.name, u.caller()));
-    reply(&u, sock, Message::Ok { disk: None, parts: Vec::<PartLine>::new() }, &[])
+    reply(
+        &u,
+        sock,
+        Message::Ok {
+            disk: None,
+            parts: Vec::<PartLine>::new(),
+        },
+        &[],
+    )
 }
 
 /// Only once every capability is gone: the caller gets its descriptors from a
 /// process that can no longer do anything with them it could not.
 fn reply(_: &Unprivileged, sock: BorrowedFd, message: Message, fds: &[BorrowedFd]) -> Result<()> {
-    protocol::send(sock, &message.render(), fds).map_err(|e| anyhow::anyhow!("the reply could not be sent (did the caller go away?): {}", e.desc()))
+    protocol::send(sock, &message.render(), fds).map_err(|e| {
+        anyhow::anyhow!(
+            "the reply could not be sent (did the caller go away?): {}",
+            e.desc()
+        )
+    })
 }
 
 /// Until disarmed, dropping it detaches the device and forgets it: nothing

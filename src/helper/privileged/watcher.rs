@@ -50,7 +50,10 @@ pub fn spawn(u: &Unprivileged, caller: Caller, name: &str, diskseq: u64) -> Resu
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { .. }) => Ok(()),
         Ok(nix::unistd::ForkResult::Child) => watch(caller, name, diskseq, u.caller()),
-        Err(e) => bail!("cannot start the process that detaches {name} when you are done: {}", e.desc()),
+        Err(e) => bail!(
+            "cannot start the process that detaches {name} when you are done: {}",
+            e.desc()
+        ),
     }
 }
 
@@ -76,7 +79,11 @@ fn watch(caller: Caller, name: &str, diskseq: u64, uid: u32) -> ! {
         Ok(true) => finish(name, diskseq, uid, caller.pid),
         Ok(false) => forget(name, diskseq),
         Err(e) => {
-            log::warning(&format!("stopped watching {name} (uid {uid}, caller process {}): {}", caller.pid, e.desc()));
+            log::warning(&format!(
+                "stopped watching {name} (uid {uid}, caller process {}): {}",
+                caller.pid,
+                e.desc()
+            ));
             1
         }
     };
@@ -95,8 +102,15 @@ fn isolate(pidfd: RawFd) {
         let first = (PIDFD + 1) as libc::c_uint;
         if libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) != 0 {
             // Kernels before 5.9: one by one, up to the descriptor limit.
-            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 { lim.rlim_cur.min(1 << 20) as RawFd } else { 1024 };
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur.min(1 << 20) as RawFd
+            } else {
+                1024
+            };
             for fd in PIDFD + 1..top {
                 libc::close(fd);
             }
@@ -115,7 +129,10 @@ fn isolate(pidfd: RawFd) {
 /// The hard RLIMIT_CPU, if any; the soft one is raised to it and SIGXCPU
 /// (sent from the soft one on) ignored, so only the hard one counts.
 fn cpu_limit() -> Option<Duration> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit and setrlimit on a struct owned here; signal() with a constant.
     unsafe {
         libc::signal(libc::SIGXCPU, libc::SIG_IGN);
@@ -132,9 +149,14 @@ fn cpu_limit() -> Option<Duration> {
 /// process) and ends this process.
 fn renew(limit: Option<Duration>) {
     let Some(limit) = limit else { return };
-    let mut used = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut used = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime fills one struct owned here.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut used) } != 0 || Duration::new(used.tv_sec as u64, used.tv_nsec as u32) < limit / 2 {
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut used) } != 0
+        || Duration::new(used.tv_sec as u64, used.tv_nsec as u32) < limit / 2
+    {
         return;
     }
     // SAFETY: single-threaded; the parent leaves at once.
@@ -145,10 +167,19 @@ fn renew(limit: Option<Duration>) {
 }
 
 /// True once the caller has ended; false if the binding ended first.
-fn wait(pidfd: BorrowedFd, name: &str, diskseq: u64, cpu_limit: Option<Duration>) -> nix::Result<bool> {
+fn wait(
+    pidfd: BorrowedFd,
+    name: &str,
+    diskseq: u64,
+    cpu_limit: Option<Duration>,
+) -> nix::Result<bool> {
     loop {
         renew(cpu_limit);
-        let mut fds = [libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        let mut fds = [libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         // SAFETY: one pollfd, owned here.
         match unsafe { libc::poll(fds.as_mut_ptr(), 1, CHECK_EVERY.as_millis() as libc::c_int) } {
             n if n > 0 => return Ok(true),
@@ -168,7 +199,9 @@ fn finish(name: &str, diskseq: u64, uid: u32, pid: i32) -> i32 {
     let dev = match loopdev::open_node_to_inspect(name) {
         Ok(d) => d,
         Err(e) => {
-            log::warning(&format!("{who} ended; {name} cannot be opened to check it: {e:#}"));
+            log::warning(&format!(
+                "{who} ended; {name} cannot be opened to check it: {e:#}"
+            ));
             return 1;
         }
     };
@@ -180,19 +213,34 @@ fn finish(name: &str, diskseq: u64, uid: u32, pid: i32) -> i32 {
         Ok(f) => f,
         Err(Errno::ENXIO) => return forget(name, diskseq),
         Err(e) => {
-            log::warning(&format!("{who} ended; the status of {name} cannot be read: {}", e.desc()));
+            log::warning(&format!(
+                "{who} ended; the status of {name} cannot be read: {}",
+                e.desc()
+            ));
             return 1;
         }
     };
     if let Err(e) = loopdev::clear(dev.as_fd()) {
-        log::warning(&format!("{who} ended with {name} still attached, and it could not be detached: {e:#}"));
+        log::warning(&format!(
+            "{who} ended with {name} still attached, and it could not be detached: {e:#}"
+        ));
         return 1;
     }
     // The last close detaches: this one, unless someone else still holds it.
     drop(dev);
-    let why = if loopdev::autoclear(flags) { "" } else { " with autoclear cleared" };
-    let now = if registry::bound_diskseq(name) == Some(diskseq) { "it detaches when the last descriptor of it closes" } else { "detached it" };
-    log::info(&format!("{who} ended with {name} still attached{why}: {now}"));
+    let why = if loopdev::autoclear(flags) {
+        ""
+    } else {
+        " with autoclear cleared"
+    };
+    let now = if registry::bound_diskseq(name) == Some(diskseq) {
+        "it detaches when the last descriptor of it closes"
+    } else {
+        "detached it"
+    };
+    log::info(&format!(
+        "{who} ended with {name} still attached{why}: {now}"
+    ));
     forget(name, diskseq)
 }
 
@@ -200,7 +248,9 @@ fn forget(name: &str, diskseq: u64) -> i32 {
     match Registry::lock().and_then(|r| r.forget(name, diskseq)) {
         Ok(()) => 0,
         Err(e) => {
-            log::warning(&format!("the registry entry of {name} could not be removed: {e:#}"));
+            log::warning(&format!(
+                "the registry entry of {name} could not be removed: {e:#}"
+            ));
             1
         }
     }

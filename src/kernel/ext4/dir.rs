@@ -28,8 +28,14 @@ impl Ext4<'_> {
             // Inline: the parent's inode number, then entries in the rest of i_block
             // and in the attribute that continues it.
             let data = self.inline_data(dir)?;
-            out.push(DirEntry { name: b".".to_vec(), ino: dir.ino });
-            out.push(DirEntry { name: b"..".to_vec(), ino: le32(&data, 0) });
+            out.push(DirEntry {
+                name: b".".to_vec(),
+                ino: dir.ino,
+            });
+            out.push(DirEntry {
+                name: b"..".to_vec(),
+                ino: le32(&data, 0),
+            });
             self.parse_entries(&data[4..60], &mut out)?;
             self.parse_entries(&data[60..], &mut out)?;
             return Ok(out);
@@ -47,12 +53,19 @@ impl Ext4<'_> {
         while p + 8 <= b.len() {
             let ino = le32(b, p);
             let rec = self.rec_len(le16(b, p + 4));
-            let name_len = if filetype { b[p + 6] as usize } else { le16(b, p + 6) as usize };
+            let name_len = if filetype {
+                b[p + 6] as usize
+            } else {
+                le16(b, p + 6) as usize
+            };
             if rec < 8 || p + rec > b.len() || (ino != 0 && 8 + name_len > rec) {
                 bail!("a directory block is corrupt (entry at byte {p}: length {rec})");
             }
             if ino != 0 && name_len > 0 {
-                out.push(DirEntry { name: b[p + 8..p + 8 + name_len].to_vec(), ino });
+                out.push(DirEntry {
+                    name: b[p + 8..p + 8 + name_len].to_vec(),
+                    ino,
+                });
             }
             p += rec;
         }
@@ -84,16 +97,28 @@ impl Ext4<'_> {
     }
 
     fn walk(&mut self, start: u32, path: &[u8], budget: &mut u32) -> Result<Option<Inode>> {
-        let mut node = self.inode(if path.first() == Some(&b'/') { ROOT_INO } else { start })?;
-        for part in path.split(|&c| c == b'/').filter(|c| !c.is_empty() && *c != b".") {
+        let mut node = self.inode(if path.first() == Some(&b'/') {
+            ROOT_INO
+        } else {
+            start
+        })?;
+        for part in path
+            .split(|&c| c == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
             if node.kind() != S_IFDIR {
                 return Ok(None);
             }
-            let Some(e) = self.list_dir(&node)?.into_iter().find(|e| e.name == part) else { return Ok(None) };
+            let Some(e) = self.list_dir(&node)?.into_iter().find(|e| e.name == part) else {
+                return Ok(None);
+            };
             let child = self.inode(e.ino)?;
             node = if child.kind() == S_IFLNK {
                 if *budget == 0 {
-                    bail!("too many levels of symbolic links at {}", String::from_utf8_lossy(path));
+                    bail!(
+                        "too many levels of symbolic links at {}",
+                        String::from_utf8_lossy(path)
+                    );
                 }
                 *budget -= 1;
                 let target = self.read_link(&child)?;
@@ -110,7 +135,11 @@ impl Ext4<'_> {
 
     pub fn read_link(&mut self, node: &Inode) -> Result<Vec<u8>> {
         if node.size > MAX_LINK_BYTES {
-            bail!("symlink inode {} is {} bytes long: the filesystem is corrupt", node.ino, node.size);
+            bail!(
+                "symlink inode {} is {} bytes long: the filesystem is corrupt",
+                node.ino,
+                node.size
+            );
         }
         if self.is_fast_symlink(node) {
             return Ok(node.block[..node.size as usize].to_vec());
@@ -124,7 +153,11 @@ impl Ext4<'_> {
         if node.flags & (FL_EXTENTS | FL_INLINE_DATA) != 0 || node.size >= 60 {
             return false;
         }
-        let xattr_blocks = if node.file_acl != 0 { self.block_size / 512 } else { 0 };
+        let xattr_blocks = if node.file_acl != 0 {
+            self.block_size / 512
+        } else {
+            0
+        };
         node.blocks_512.saturating_sub(xattr_blocks) == 0
     }
 }

@@ -32,7 +32,11 @@ fn push(runs: &mut Vec<Run>, logical: u64, physical: u64, len: u64) -> Result<()
     if runs.len() >= MAX_RUNS {
         bail!("a file is fragmented into more than {MAX_RUNS} pieces: the filesystem is corrupt");
     }
-    runs.push(Run { logical, physical, len });
+    runs.push(Run {
+        logical,
+        physical,
+        len,
+    });
     Ok(())
 }
 
@@ -51,7 +55,13 @@ impl Ext4<'_> {
         Ok(runs)
     }
 
-    fn extent_node(&mut self, node: &[u8], depth: Option<u16>, runs: &mut Vec<Run>, budget: &mut u32) -> Result<()> {
+    fn extent_node(
+        &mut self,
+        node: &[u8],
+        depth: Option<u16>,
+        runs: &mut Vec<Run>,
+        budget: &mut u32,
+    ) -> Result<()> {
         if node.len() < 12 || le16(node, 0) != EXTENT_MAGIC {
             bail!("an extent tree node is corrupt (bad magic)");
         }
@@ -105,7 +115,14 @@ impl Ext4<'_> {
         Ok(())
     }
 
-    fn indirect(&mut self, block: u64, level: u32, logical: &mut u64, nblocks: u64, runs: &mut Vec<Run>) -> Result<()> {
+    fn indirect(
+        &mut self,
+        block: u64,
+        level: u32,
+        logical: &mut u64,
+        nblocks: u64,
+        runs: &mut Vec<Run>,
+    ) -> Result<()> {
         let per = self.block_size / 4;
         if block == 0 {
             *logical += per.pow(level);
@@ -130,7 +147,11 @@ impl Ext4<'_> {
 
     /// Streams the file's bytes as (offset, data) pieces in order; holes are skipped,
     /// so the receiver must treat gaps as zeros.
-    pub fn read_file(&mut self, inode: &Inode, sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+    pub fn read_file(
+        &mut self,
+        inode: &Inode,
+        sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
         if inode.flags & FL_INLINE_DATA != 0 {
             let data = self.inline_data(inode)?;
             return sink(0, &data[..data.len().min(inode.size as usize)]);
@@ -158,7 +179,11 @@ impl Ext4<'_> {
 
     pub fn read_to_vec(&mut self, inode: &Inode, limit: u64) -> Result<Vec<u8>> {
         if inode.size > limit {
-            bail!("inode {} is {} bytes, more than the {limit} expected: the filesystem is corrupt", inode.ino, inode.size);
+            bail!(
+                "inode {} is {} bytes, more than the {limit} expected: the filesystem is corrupt",
+                inode.ino,
+                inode.size
+            );
         }
         let mut v = vec![0u8; inode.size as usize];
         self.read_file(inode, &mut |off, data| {
@@ -194,7 +219,9 @@ fn inline_xattr(raw: &[u8]) -> Option<Vec<u8>> {
         let value_size = le32(raw, p + 8) as usize;
         let name = raw.get(p + 16..p + 16 + name_len)?;
         if index == 7 && name == b"data" {
-            return raw.get(base + value_off..base + value_off + value_size).map(<[u8]>::to_vec);
+            return raw
+                .get(base + value_off..base + value_off + value_size)
+                .map(<[u8]>::to_vec);
         }
         p += (16 + name_len + 3) & !3;
     }
@@ -212,6 +239,20 @@ mod tests {
         push(&mut runs, 1, 101, 1).unwrap();
         push(&mut runs, 2, 0, 1).unwrap();
         push(&mut runs, 3, 103, 2).unwrap();
-        assert_eq!(runs, vec![Run { logical: 0, physical: 100, len: 2 }, Run { logical: 3, physical: 103, len: 2 }]);
+        assert_eq!(
+            runs,
+            vec![
+                Run {
+                    logical: 0,
+                    physical: 100,
+                    len: 2
+                },
+                Run {
+                    logical: 3,
+                    physical: 103,
+                    len: 2
+                }
+            ]
+        );
     }
 }

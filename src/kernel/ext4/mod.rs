@@ -15,7 +15,19 @@ const INCOMPAT_META_BG: u32 = 0x10;
 const INCOMPAT_64BIT: u32 = 0x80;
 const INCOMPAT_DIRDATA: u32 = 0x1000;
 /// Everything else in today's kernel changes nothing for a reader of plain files.
-const INCOMPAT_KNOWN: u32 = 0x2 | 0x4 | INCOMPAT_META_BG | 0x40 | INCOMPAT_64BIT | 0x100 | 0x200 | 0x400 | 0x2000 | 0x4000 | 0x8000 | 0x10000 | 0x20000;
+const INCOMPAT_KNOWN: u32 = 0x2
+    | 0x4
+    | INCOMPAT_META_BG
+    | 0x40
+    | INCOMPAT_64BIT
+    | 0x100
+    | 0x200
+    | 0x400
+    | 0x2000
+    | 0x4000
+    | 0x8000
+    | 0x10000
+    | 0x20000;
 const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
 const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 
@@ -89,7 +101,9 @@ impl<'d> Ext4<'d> {
         if incompat & INCOMPAT_JOURNAL_DEV != 0 {
             bail!("this is an ext4 external journal, not a filesystem");
         }
-        if incompat & (INCOMPAT_COMPRESSION | INCOMPAT_DIRDATA) != 0 || incompat & !INCOMPAT_KNOWN != 0 {
+        if incompat & (INCOMPAT_COMPRESSION | INCOMPAT_DIRDATA) != 0
+            || incompat & !INCOMPAT_KNOWN != 0
+        {
             bail!("the ext filesystem uses features disk-image-get-kernel cannot read (incompat 0x{incompat:x})");
         }
         let log = le32(&sb, 0x18);
@@ -98,9 +112,22 @@ impl<'d> Ext4<'d> {
         }
         let block_size = 1024u64 << log;
         let rev = le32(&sb, 0x4c);
-        let inode_size = if rev == 0 { 128 } else { le16(&sb, 0x58) as u64 };
-        let desc_size = if incompat & INCOMPAT_64BIT != 0 { le16(&sb, 0xfe) as u64 } else { 32 };
-        let blocks_count = le32(&sb, 0x4) as u64 | if incompat & INCOMPAT_64BIT != 0 { (le32(&sb, 0x150) as u64) << 32 } else { 0 };
+        let inode_size = if rev == 0 {
+            128
+        } else {
+            le16(&sb, 0x58) as u64
+        };
+        let desc_size = if incompat & INCOMPAT_64BIT != 0 {
+            le16(&sb, 0xfe) as u64
+        } else {
+            32
+        };
+        let blocks_count = le32(&sb, 0x4) as u64
+            | if incompat & INCOMPAT_64BIT != 0 {
+                (le32(&sb, 0x150) as u64) << 32
+            } else {
+                0
+            };
         let first_data_block = le32(&sb, 0x14) as u64;
         let blocks_per_group = le32(&sb, 0x20) as u64;
         let inodes_per_group = le32(&sb, 0x28);
@@ -114,7 +141,10 @@ impl<'d> Ext4<'d> {
         {
             bail!("the ext superblock is corrupt");
         }
-        if blocks_count.checked_mul(block_size).is_none_or(|b| b > vol.len()) {
+        if blocks_count
+            .checked_mul(block_size)
+            .is_none_or(|b| b > vol.len())
+        {
             bail!(
                 "the ext filesystem ({} blocks of {block_size}) is larger than its partition ({} bytes): is the image truncated?",
                 blocks_count,
@@ -143,7 +173,10 @@ impl<'d> Ext4<'d> {
     }
 
     fn check_blocks(&self, block: u64, count: u64) -> Result<()> {
-        if block.checked_add(count).is_none_or(|e| e > self.blocks_count) {
+        if block
+            .checked_add(count)
+            .is_none_or(|e| e > self.blocks_count)
+        {
             bail!("a block pointer ({block}) lies outside the filesystem: it is corrupt");
         }
         Ok(())
@@ -211,8 +244,12 @@ impl<'d> Ext4<'d> {
         let index = ((ino - 1) % self.inodes_per_group) as u64;
         let table = self.inode_table(group)?;
         let mut raw = vec![0u8; self.inode_size as usize];
-        self.check_blocks(table.saturating_add(index * self.inode_size / self.block_size), 1)?;
-        self.vol.read_at(table * self.block_size + index * self.inode_size, &mut raw)?;
+        self.check_blocks(
+            table.saturating_add(index * self.inode_size / self.block_size),
+            1,
+        )?;
+        self.vol
+            .read_at(table * self.block_size + index * self.inode_size, &mut raw)?;
         let mut block = [0u8; 60];
         block.copy_from_slice(&raw[40..100]);
         let flags = le32(&raw, 0x20);
@@ -240,7 +277,6 @@ impl<'d> Ext4<'d> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,10 +297,22 @@ mod tests {
     fn descriptors_are_found_with_and_without_meta_bg() {
         let d = tempfile::tempdir().unwrap();
         debian_tree(&d.path().join("t"));
-        for (name, features) in [("meta", "meta_bg,^resize_inode"), ("plain", "^meta_bg"), ("32bit", "^64bit")] {
+        for (name, features) in [
+            ("meta", "meta_bg,^resize_inode"),
+            ("plain", "^meta_bg"),
+            ("32bit", "^64bit"),
+        ] {
             let fs = d.path().join(name);
-            mkfs(&d.path().join("t"), &fs, "ext4", 16, &["-b", "1024", "-g", "256", "-O", features]);
-            let dump = String::from_utf8(Command::new("dumpe2fs").arg(&fs).output().unwrap().stdout).unwrap();
+            mkfs(
+                &d.path().join("t"),
+                &fs,
+                "ext4",
+                16,
+                &["-b", "1024", "-g", "256", "-O", features],
+            );
+            let dump =
+                String::from_utf8(Command::new("dumpe2fs").arg(&fs).output().unwrap().stdout)
+                    .unwrap();
             let tables: Vec<u64> = dump
                 .lines()
                 .filter_map(|l| l.trim().strip_prefix("Inode table at "))
@@ -287,14 +335,28 @@ mod tests {
         mkfs(&d.path().join("t"), &fs, "ext4", 8, &[]);
         with_fs(&fs, |e| {
             let root = e.inode(ROOT_INO).unwrap();
-            let link = e.list_dir(&root).unwrap().into_iter().find(|x| x.name == b"vmlinuz").unwrap();
+            let link = e
+                .list_dir(&root)
+                .unwrap()
+                .into_iter()
+                .find(|x| x.name == b"vmlinuz")
+                .unwrap();
             let node = e.inode(link.ino).unwrap();
             assert_eq!(node.kind(), S_IFLNK);
-            assert_eq!(e.read_link(&node).unwrap(), format!("boot/{KERNEL}").into_bytes());
+            assert_eq!(
+                e.read_link(&node).unwrap(),
+                format!("boot/{KERNEL}").into_bytes()
+            );
             let via_link = e.lookup(b"/vmlinuz").unwrap().unwrap();
-            let direct = e.lookup(format!("/boot/./{KERNEL}").as_bytes()).unwrap().unwrap();
+            let direct = e
+                .lookup(format!("/boot/./{KERNEL}").as_bytes())
+                .unwrap()
+                .unwrap();
             assert_eq!((via_link.ino, via_link.kind()), (direct.ino, S_IFREG));
-            assert_eq!(e.lookup(b"/boot/../boot/..").unwrap().unwrap().ino, ROOT_INO);
+            assert_eq!(
+                e.lookup(b"/boot/../boot/..").unwrap().unwrap().ino,
+                ROOT_INO
+            );
             assert!(e.lookup(b"/boot/nothing").unwrap().is_none());
             assert!(e.lookup(b"/etc/debian_version/x").unwrap().is_none());
         });
