@@ -7,18 +7,6 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn chown_to_user(p: &Path) {
-    if let Some(u) = &env().user {
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{}:{}", u.uid, u.gid))
-            .arg(p)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
 /// The cache key the plan computes, from `--dry-run`.
 fn key(s: &Scratch, flavours: &[&str], envs: &[(&str, &str)]) -> String {
     let out = s.join("x");
@@ -131,7 +119,7 @@ fn tar_build(s: &Scratch, name: &str, cache: Option<&Path>) -> Output {
     let out = s.join(name);
     let tmp = s.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    chown_to_user(&tmp);
+    chown_tree_to_user(&tmp);
     let mut args = vec!["-t", "tar", "-o", out.to_str().unwrap()];
     let cache_s;
     if let Some(c) = cache {
@@ -206,7 +194,7 @@ fn private_cache(s: &Scratch, with_trees: bool) -> PathBuf {
             .unwrap()
             .success());
     }
-    chown_to_user(&cache);
+    chown_tree_to_user(&cache);
     cache
 }
 
@@ -246,7 +234,7 @@ fn two_builds_started_at_once_with_the_same_key_both_succeed() {
         let out = s.join(name);
         let tmp = s.join(&format!("tmp-{name}"));
         std::fs::create_dir_all(&tmp).unwrap();
-        chown_to_user(&tmp);
+        chown_tree_to_user(&tmp);
         let mut args = vec![
             "-t".to_string(),
             "tar".into(),

@@ -74,18 +74,6 @@ fn home() -> PathBuf {
         .unwrap_or_else(|| std::env::var("HOME").unwrap().into())
 }
 
-fn chown_to_user(p: &Path) {
-    if let Some(u) = &env().user {
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{}:{}", u.uid, u.gid))
-            .arg(p)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
 fn build(s: &Scratch, name: &str, cache: Option<&Path>, extra: &[&str]) -> Output {
     build_with(s, name, cache, extra, &[])
 }
@@ -100,7 +88,7 @@ fn build_with(
     let out = s.join(name);
     let tmp = s.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    chown_to_user(&tmp);
+    chown_tree_to_user(&tmp);
     let mut args: Vec<String> = vec![
         "-t".into(),
         "tar".into(),
@@ -165,7 +153,7 @@ fn private_cache(s: &Scratch) -> PathBuf {
             std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
         }
     }
-    chown_to_user(&cache);
+    chown_tree_to_user(&cache);
     cache
 }
 
@@ -352,7 +340,7 @@ fn a_poisoned_package_cache_is_cleaned_and_the_next_build_installs_genuine_packa
         std::os::unix::fs::PermissionsExt::from_mode(0o4755),
     )
     .unwrap();
-    chown_to_user(&dir);
+    chown_tree_to_user(&dir);
 
     let two = build(&s, "two", Some(&cache), &["recheck"]);
     assert!(two.status.success(), "{}", output_text(&two));

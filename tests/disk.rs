@@ -76,17 +76,6 @@ fn m_blocks(m: &std::fs::Metadata) -> u64 {
     std::os::unix::fs::MetadataExt::blocks(m) * 512
 }
 
-fn chown_to_user(p: &Path) {
-    if let Some(u) = &env().user {
-        nix::unistd::chown(
-            p,
-            Some(nix::unistd::Uid::from_raw(u.uid)),
-            Some(nix::unistd::Gid::from_raw(u.gid)),
-        )
-        .unwrap();
-    }
-}
-
 /// A copy-on-write overlay of the built qcow2, so a test may write to "the same disk".
 fn overlay(b: &VmBuild, name: &str, size: Option<&str>) -> PathBuf {
     let p = b.scratch.join(name);

@@ -97,17 +97,6 @@ fn out_dir(s: &Scratch, name: &str) -> PathBuf {
     d
 }
 
-fn chown_to_user(p: &Path) {
-    if let Some(u) = &env().user {
-        nix::unistd::chown(
-            p,
-            Some(nix::unistd::Uid::from_raw(u.uid)),
-            Some(nix::unistd::Gid::from_raw(u.gid)),
-        )
-        .unwrap();
-    }
-}
-
 fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()

@@ -33,17 +33,6 @@ impl RamdiskBuild {
     }
 }
 
-fn chown_to_user(p: &Path) {
-    if let Some(u) = &env().user {
-        nix::unistd::chown(
-            p,
-            Some(nix::unistd::Uid::from_raw(u.uid)),
-            Some(nix::unistd::Gid::from_raw(u.gid)),
-        )
-        .unwrap();
-    }
-}
-
 fn build_ramdisk(
     scratch: &Scratch,
     name: &str,

@@ -50,17 +50,6 @@ fn probe_build() -> &'static ProbeBuild {
     })
 }
 
-fn chown_to_user(p: &std::path::Path) {
-    if let Some(u) = &env().user {
-        nix::unistd::chown(
-            p,
-            Some(nix::unistd::Uid::from_raw(u.uid)),
-            Some(nix::unistd::Gid::from_raw(u.gid)),
-        )
-        .unwrap();
-    }
-}
-
 fn read_probe(tar: &std::path::Path) -> BTreeMap<String, String> {
     let dir = tempfile::tempdir().unwrap();
     let st = Command::new("tar")

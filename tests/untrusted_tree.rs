@@ -72,17 +72,6 @@ fn contains_marker(file: &Path) -> bool {
     st.success()
 }
 
-fn chown_to_user(p: &Path) {
-    if let Some(u) = &env().user {
-        nix::unistd::chown(
-            p,
-            Some(nix::unistd::Uid::from_raw(u.uid)),
-            Some(nix::unistd::Gid::from_raw(u.gid)),
-        )
-        .unwrap();
-    }
-}
-
 const HOSTILE_PREAMBLE: &str = "#!/bin/bash\nset -eux\nC=$DIB_CANARY; D=$DIB_CANARY_DIR\n";
 
 fn hook(body: &str) -> String {

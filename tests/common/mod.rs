@@ -266,6 +266,31 @@ pub fn assert_no_leftovers(tmpdir: &Path, outdir: &Path, expected_outputs: &[&st
     );
 }
 
+/// Gives `p` to the test user (kiln runs as that user).
+pub fn chown_to_user(p: &Path) {
+    if let Some(u) = &env().user {
+        nix::unistd::chown(
+            p,
+            Some(nix::unistd::Uid::from_raw(u.uid)),
+            Some(nix::unistd::Gid::from_raw(u.gid)),
+        )
+        .unwrap();
+    }
+}
+
+/// Gives `p` and everything below it to the test user.
+pub fn chown_tree_to_user(p: &Path) {
+    if let Some(u) = &env().user {
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", u.uid, u.gid))
+            .arg(p)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
 /// A scratch directory with a `tmp` inside it that the test user owns (the
 /// build's TMPDIR, so leftovers are easy to see).
 pub fn scratch_with_tmp(name: &str) -> (Scratch, PathBuf) {
