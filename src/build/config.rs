@@ -83,7 +83,13 @@ impl Config {
             .collect();
         let arch = normalise_arch(a.arch.as_deref().or(vars.get("ARCH")).unwrap_or("amd64"))?;
         let release = vars.get("DIB_RELEASE").unwrap_or("bookworm").to_string();
-        let mirror = match a.mirror.as_deref().or(vars.get("DIB_DISTRIBUTION_MIRROR")) {
+        // diskimage-builder's debian-minimal takes its own name for the mirror first.
+        let mirror = match a
+            .mirror
+            .as_deref()
+            .or(vars.get("DIB_DEBIAN_DISTRIBUTION_MIRROR"))
+            .or(vars.get("DIB_DISTRIBUTION_MIRROR"))
+        {
             Some(m) => m.trim_end_matches('/').to_string(),
             None => mirror::from_host_apt()?,
         };

@@ -87,6 +87,11 @@ impl HookEnv {
                 declare_p(c.vars.for_hooks().filter(|(k, _)| k.starts_with("DIB_")))
             },
         );
+        if caller("DIB_DEBIAN_SECURITY_MIRROR").is_none() {
+            if let Some(m) = crate::build::mirror::security_from_host_apt() {
+                set("DIB_DEBIAN_SECURITY_MIRROR", m);
+            }
+        }
         set(
             "DIB_PYTHON_EXEC",
             caller("DIB_PYTHON_EXEC").unwrap_or_else(|| python_exec(plan)),

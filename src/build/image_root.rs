@@ -29,6 +29,18 @@ pub fn prepare(tree: &ImageTree) -> Result<()> {
     Ok(())
 }
 
+/// Device nodes dib-lib's `mknod` stood in for: empty files that held a bind of
+/// the host's node while root.d ran. A real node is never an empty regular file.
+pub fn drop_dev_placeholders(tree: &ImageTree) -> Result<()> {
+    for name in ["null", "zero", "full", "random", "urandom", "tty", "console"] {
+        let rel = Path::new("dev").join(name);
+        if tree.kind(&rel) == Some(Kind::File) && tree.read_at_most(&rel, 0).is_ok_and(|b| b.is_empty()) {
+            tree.remove_file(&rel)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn tidy(tree: &ImageTree) -> Result<()> {
     if tree.kind(Path::new(POLICY)) == Some(Kind::File)
         && tree

@@ -1,12 +1,27 @@
 //! The default Debian mirror is whatever the host's apt already uses: kiln names
 //! no package host of its own.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 
 /// The first `deb` source of the host whose suite is a plain release name
 /// (not -security, -updates or -backports).
 pub fn from_host_apt() -> Result<String> {
+    find_in_host_apt(plain_suite).ok_or_else(|| {
+        anyhow!(
+            "no Debian mirror found in the host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d): \
+             give one with --mirror URL or DIB_DISTRIBUTION_MIRROR"
+        )
+    })
+}
+
+/// The host's security archive (a `deb` source whose suite ends in `-security`),
+/// for diskimage-builder's Debian elements, which otherwise name a host of their own.
+pub fn security_from_host_apt() -> Option<String> {
+    find_in_host_apt(|s| s.ends_with("-security"))
+}
+
+fn find_in_host_apt(suite: fn(&str) -> bool) -> Option<String> {
     let mut texts = Vec::new();
     for f in ["/etc/apt/sources.list"] {
         if let Ok(t) = std::fs::read_to_string(f) {
@@ -24,27 +39,24 @@ pub fn from_host_apt() -> Result<String> {
     }
     for (name, text) in &texts {
         let found = if name.ends_with(".sources") {
-            deb822(text)
+            deb822(text, suite)
         } else if name.ends_with(".list") {
-            one_line(text)
+            one_line(text, suite)
         } else {
             None
         };
-        if let Some(m) = found {
-            return Ok(m);
+        if found.is_some() {
+            return found;
         }
     }
-    bail!(
-        "no Debian mirror found in the host's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d): \
-         give one with --mirror URL or DIB_DISTRIBUTION_MIRROR"
-    )
+    None
 }
 
 fn plain_suite(s: &str) -> bool {
     !s.is_empty() && !s.contains('-') && !s.contains('/')
 }
 
-fn one_line(text: &str) -> Option<String> {
+fn one_line(text: &str, suite_ok: fn(&str) -> bool) -> Option<String> {
     text.lines().find_map(|l| {
         let l = l.trim();
         let rest = l.strip_prefix("deb ")?;
@@ -52,11 +64,11 @@ fn one_line(text: &str) -> Option<String> {
         // Options in brackets may contain spaces only in pathological files; skip them.
         let uri = words.next()?;
         let suite = words.next()?;
-        (plain_suite(suite) && uri.contains("://")).then(|| uri.trim_end_matches('/').to_string())
+        (suite_ok(suite) && uri.contains("://")).then(|| uri.trim_end_matches('/').to_string())
     })
 }
 
-fn deb822(text: &str) -> Option<String> {
+fn deb822(text: &str, suite_ok: fn(&str) -> bool) -> Option<String> {
     for stanza in text.split("\n\n") {
         let field = |name: &str| {
             stanza.lines().find_map(|l| {
@@ -73,7 +85,7 @@ fn deb822(text: &str) -> Option<String> {
         let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) else {
             continue;
         };
-        if suites.split_whitespace().any(plain_suite) {
+        if suites.split_whitespace().any(suite_ok) {
             if let Some(uri) = uris.split_whitespace().find(|u| u.contains("://")) {
                 return Some(uri.trim_end_matches('/').to_string());
             }
@@ -106,12 +118,22 @@ mod tests {
     fn deb822_skips_security_and_updates() {
         let t = "Types: deb\nURIs: http://example.org/debian-security\nSuites: bookworm-security\n\n\
                  Types: deb\nURIs: http://example.org/debian/\nSuites: bookworm bookworm-updates\nComponents: main\n";
-        assert_eq!(deb822(t).as_deref(), Some("http://example.org/debian"));
+        assert_eq!(
+            deb822(t, plain_suite).as_deref(),
+            Some("http://example.org/debian")
+        );
+        assert_eq!(
+            deb822(t, |s| s.ends_with("-security")).as_deref(),
+            Some("http://example.org/debian-security")
+        );
     }
 
     #[test]
     fn one_line_format_with_options() {
         let t = "# c\ndeb-src http://example.org/source bookworm main\ndeb [arch=amd64] http://example.org/debian bookworm main\n";
-        assert_eq!(one_line(t).as_deref(), Some("http://example.org/debian"));
+        assert_eq!(
+            one_line(t, plain_suite).as_deref(),
+            Some("http://example.org/debian")
+        );
     }
 }

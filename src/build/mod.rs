@@ -80,6 +80,9 @@ fn build(config: Config) -> Result<i32> {
         print!("{}", plan.describe());
         return Ok(0);
     }
+    for n in &plan.resolved.notes {
+        eprintln!("note: {n}");
+    }
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
@@ -478,6 +481,7 @@ fn make_root(
             plan.resolved.names().join(" ")
         );
     }
+    image_root::drop_dev_placeholders(&ImageTree::open(root)?)?;
     apt.after_bootstrap(progress)?;
     if c.use_cache {
         progress.step("root.d (caching)", &format!("base tree {}", &key[..12]));

@@ -106,6 +106,14 @@ pub fn resolve_with_defaults(
                 unfound.push((name, origin));
                 continue;
             };
+            if let Some(theirs) = &found.stands_in_for {
+                notes.push(format!(
+                    "flavour `{name}`: kiln's built-in {} stands in for diskimage-builder's {} \
+                     (same layout and bootloader, made without root or loop devices)",
+                    found.dir.display(),
+                    theirs.display()
+                ));
+            }
             for shadowed in &found.shadowed {
                 notes.push(format!(
                     "flavour `{name}` from {} shadows {}",

@@ -16,6 +16,30 @@ pub struct Found {
     pub dir: PathBuf,
     /// Same-named flavour directories later on the path, hidden by `dir`.
     pub shadowed: Vec<PathBuf>,
+    /// diskimage-builder's own element that kiln's built-in replaced (see `STAND_INS`).
+    pub stands_in_for: Option<PathBuf>,
+}
+
+/// diskimage-builder's elements that kiln's built-in flavours of the same name
+/// replace: theirs partition and install GRUB as real root on loop devices
+/// (losetup, kpartx, grub-install on /dev/loopN); kiln's lay out the same disk
+/// without root. Only diskimage-builder's own copies are replaced; a user's
+/// element of that name is theirs to keep.
+pub const STAND_INS: [&str; 5] = [
+    "vm",
+    "bootloader",
+    "block-device-mbr",
+    "block-device-gpt",
+    "block-device-efi",
+];
+
+/// `…/diskimage_builder/elements/<name>`: an element of diskimage-builder's package.
+pub fn is_diskimage_builders_own(dir: &std::path::Path) -> bool {
+    let mut up = dir.components().rev().skip(1);
+    matches!(
+        (up.next(), up.next()),
+        (Some(e), Some(p)) if e.as_os_str() == "elements" && p.as_os_str() == "diskimage_builder"
+    )
 }
 
 impl SearchPath {
@@ -51,9 +75,21 @@ impl SearchPath {
             .map(|dir| dir.join(name))
             .filter(|candidate| candidate.is_dir());
         let dir = hits.next()?;
+        let shadowed: Vec<PathBuf> = hits.collect();
+        let builtin = self.dirs.last().map(|b| b.join(name));
+        if let Some(builtin) = builtin.filter(|b| {
+            STAND_INS.contains(&name) && is_diskimage_builders_own(&dir) && shadowed.contains(b)
+        }) {
+            return Some(Found {
+                shadowed: shadowed.into_iter().filter(|d| *d != builtin).collect(),
+                dir: builtin,
+                stands_in_for: Some(dir),
+            });
+        }
         Some(Found {
             dir,
-            shadowed: hits.collect(),
+            shadowed,
+            stands_in_for: None,
         })
     }
 
@@ -184,6 +220,37 @@ mod tests {
         assert_eq!(vm.dir, t.path().join("builtin/vm"));
         assert!(vm.shadowed.is_empty());
         assert!(sp.find("nope").is_none());
+    }
+
+    #[test]
+    fn kiln_stands_in_for_diskimage_builders_vm_only() {
+        let t = TempDir::new().unwrap();
+        let dib = "venv/lib/python3.11/site-packages/diskimage_builder/elements";
+        mkdirs(
+            &t,
+            &[
+                &format!("{dib}/vm"),
+                &format!("{dib}/growroot"),
+                "mine/vm",
+                "builtin/vm",
+                "builtin/growroot",
+            ],
+        );
+        let builtin = t.path().join("builtin");
+        let dib = t.path().join(dib);
+        let s = SearchPath::new(&[dib.display().to_string()], builtin.clone());
+        let vm = s.find("vm").unwrap();
+        assert_eq!(vm.dir, builtin.join("vm"));
+        assert_eq!(vm.stands_in_for, Some(dib.join("vm")));
+        assert!(vm.shadowed.is_empty());
+        // Other names keep diskimage-builder's element.
+        assert_eq!(s.find("growroot").unwrap().dir, dib.join("growroot"));
+        // A user's own vm is never replaced.
+        let mine = t.path().join("mine");
+        let s = SearchPath::new(&[mine.display().to_string()], builtin);
+        let vm = s.find("vm").unwrap();
+        assert_eq!(vm.dir, mine.join("vm"));
+        assert_eq!(vm.stands_in_for, None);
     }
 
     #[test]
