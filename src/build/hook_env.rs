@@ -2,6 +2,7 @@
 //! variables (what its elements read, often under `set -u`), kiln's own, and what
 //! differs between the host side and the inside of the image.
 
+use super::outputs;
 use super::plan::Plan;
 use super::workdir::WorkDir;
 use super::DiskIds;
@@ -87,6 +88,18 @@ impl HookEnv {
                 declare_p(c.vars.for_hooks().filter(|(k, _)| k.starts_with("DIB_")))
             },
         );
+        // diskimage-builder saves the image's manifests to `IMAGE_NAME.d/` in the
+        // caller's directory; kiln's hooks run elsewhere, so they save into the
+        // build and kiln moves the result beside the outputs (outputs::write_all).
+        if caller("DIB_MANIFEST_SAVE_DIR").is_none() {
+            set(
+                "DIB_MANIFEST_SAVE_DIR",
+                format!(
+                    "{}/",
+                    work.saved().join(outputs::saved_dir_name(c)).display()
+                ),
+            );
+        }
         if caller("DIB_DEBIAN_SECURITY_MIRROR").is_none() {
             if let Some(m) = crate::build::mirror::security_from_host_apt() {
                 set("DIB_DEBIAN_SECURITY_MIRROR", m);

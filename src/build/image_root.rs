@@ -32,9 +32,13 @@ pub fn prepare(tree: &ImageTree) -> Result<()> {
 /// Device nodes dib-lib's `mknod` stood in for: empty files that held a bind of
 /// the host's node while root.d ran. A real node is never an empty regular file.
 pub fn drop_dev_placeholders(tree: &ImageTree) -> Result<()> {
-    for name in ["null", "zero", "full", "random", "urandom", "tty", "console"] {
+    for name in [
+        "null", "zero", "full", "random", "urandom", "tty", "console",
+    ] {
         let rel = Path::new("dev").join(name);
-        if tree.kind(&rel) == Some(Kind::File) && tree.read_at_most(&rel, 0).is_ok_and(|b| b.is_empty()) {
+        if tree.kind(&rel) == Some(Kind::File)
+            && tree.read_at_most(&rel, 0).is_ok_and(|b| b.is_empty())
+        {
             tree.remove_file(&rel)?;
         }
     }
@@ -56,8 +60,16 @@ pub fn tidy(tree: &ImageTree) -> Result<()> {
     tree.remove_empty_dir(Path::new("tmp/in_target.d"));
     // Each instance must get its own machine id at first boot: an empty file (not a
     // link, whatever a hook left there) tells systemd so.
-    if tree.kind(Path::new("etc/machine-id")).is_some() {
-        tree.replace(Path::new("etc/machine-id"), b"", 0o444)?;
+    // "uninitialized" (diskimage-builder's sysprep writes it) means the same to
+    // systemd and also runs the first-boot units; it is kept.
+    let id = Path::new("etc/machine-id");
+    if tree.kind(id).is_some() {
+        let keep = tree.kind(id) == Some(Kind::File)
+            && tree
+                .read_at_most(id, 64)
+                .is_ok_and(|b| b == b"uninitialized\n");
+        let content: &[u8] = if keep { b"uninitialized\n" } else { b"" };
+        tree.replace(id, content, 0o444)?;
     }
     tree.remove_file(Path::new("var/lib/dbus/machine-id"))?;
     Ok(())

@@ -12,7 +12,8 @@ pub mod mirror;
 pub mod outputs;
 pub mod plan;
 pub mod progress;
-pub mod staging;
+pub mod saved;
+mod staging;
 pub mod tools;
 pub mod usage;
 pub mod workdir;
@@ -298,6 +299,7 @@ fn pipeline(
         plan,
         &tree,
         disk.as_ref().map(|(_, r)| r.as_path()),
+        &work.saved(),
         &work.outputs,
     )?;
     Ok(())

@@ -73,13 +73,25 @@ fn final_names(c: &Config) -> Vec<PathBuf> {
     names
 }
 
+/// `NAME.d`: diskimage-builder's directory of files saved beside the image.
+pub fn saved_dir_name(c: &Config) -> String {
+    let name = c.output.file_name().unwrap_or_default().to_string_lossy();
+    format!("{name}.d")
+}
+
 pub fn write_all(
     plan: &Plan,
     tree: &ImageTree,
     raw: Option<&Path>,
+    saved: &Path,
     staging: &Staging,
 ) -> Result<()> {
     let c = &plan.config;
+    let saved = saved.join(saved_dir_name(c));
+    if saved.is_dir() {
+        let to = staging.file_for(&with_ext(&c.output, "d"));
+        crate::build::saved::copy_plain_tree(&saved, &to)?;
+    }
     let temps: Vec<PathBuf> = c
         .formats
         .iter()
@@ -139,6 +151,20 @@ fn rename_all(c: &Config, staging: &Staging) -> Result<()> {
         }
         into_place(&dest)?;
         eprintln!("wrote {}", dest.display());
+    }
+    let saved = with_ext(&c.output, "d");
+    let from = staging.file_for(&saved);
+    if from.is_dir() {
+        // As diskimage-builder's manifests element leaves it: the latest build's.
+        match std::fs::symlink_metadata(&saved) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&saved)
+                .with_context(|| format!("replacing {}", saved.display()))?,
+            Ok(_) => std::fs::remove_file(&saved)
+                .with_context(|| format!("replacing {}", saved.display()))?,
+            Err(_) => {}
+        }
+        into_place(&saved)?;
+        eprintln!("wrote {}/", saved.display());
     }
     Ok(())
 }

@@ -78,6 +78,11 @@ impl WorkDir {
     pub fn home(&self) -> PathBuf {
         self.path.join("home")
     }
+    /// Where host-side hooks save files meant to sit beside the outputs
+    /// (diskimage-builder's `DIB_MANIFEST_SAVE_DIR`, `IMAGE_NAME.d`).
+    pub fn saved(&self) -> PathBuf {
+        self.path.join("saved")
+    }
 }
 
 /// Deletes a tree owned by subordinate ids: from inside the namespace, where
