@@ -27,6 +27,32 @@ bash -c 'echo "SHELLOPTS=$SHELLOPTS"; set -o' > $out/child_options
 ldd /bin/true > $out/ldd
 "#;
 
+/// A root.d hook doing what diskimage-builder's root.d hooks and bootstrappers do
+/// as real root: mknod, mount sysfs and devtmpfs, chroot. Each result is recorded.
+const ROOT_PROBE_HOOK: &str = r#"#!/bin/bash
+set -eu
+set -o pipefail
+r=$TARGET_ROOT
+out=$r/root/kiln-dib
+mkdir -p $out
+{
+    rm -f $r/dev/full
+    sudo mknod -m 666 $r/dev/full c 1 7
+    echo "mknod_full=$([ -c $r/dev/full ] && echo char) $(head -c 3 $r/dev/full | od -An -tx1 | tr -d ' ')"
+    if mknod $r/tmp/not-a-standard-node c 1 3 2>/dev/null; then echo "other_node=made"; else echo "other_node=refused"; fi
+    mkdir -p $r/tmp/probe-sys $r/tmp/probe-dev
+    sudo mount -o ro -t sysfs none $r/tmp/probe-sys
+    echo "sysfs=$([ -d $r/tmp/probe-sys/kernel ] && echo yes) ro=$(touch $r/tmp/probe-sys/x 2>/dev/null && echo no || echo yes)"
+    sudo umount $r/tmp/probe-sys
+    echo "sysfs_unmounted=$([ -d $r/tmp/probe-sys/kernel ] && echo no || echo yes)"
+    mount -t devtmpfs devtmpfs $r/tmp/probe-dev
+    echo "devtmpfs=$([ -c $r/tmp/probe-dev/null ] && [ -c $r/tmp/probe-dev/urandom ] && echo yes)"
+    umount $r/tmp/probe-dev
+    rmdir $r/tmp/probe-sys $r/tmp/probe-dev
+    echo "chroot=$(sudo chroot $r /bin/sh -c 'echo x > /dev/null && head -c 1 /dev/urandom | wc -c')"
+} > $out/root_probe 2>&1
+"#;
+
 /// A host-side hook (extra-data.d and cleanup.d) under `set -u`: diskimage-builder's
 /// core variables and functions, recorded in the image.
 const HOST_ENV_HOOK: &str = r#"#!/bin/bash
@@ -132,6 +158,8 @@ struct ContractBuild {
     /// Files of /root/kiln-dib in the image, by name.
     files: BTreeMap<String, String>,
     stderr: String,
+    /// The tar's listing line of /dev/full, if it has one.
+    dev_full: Option<String>,
 }
 
 fn contract_build() -> &'static ContractBuild {
@@ -180,6 +208,10 @@ fn contract_build() -> &'static ContractBuild {
                 ("pkg-map", "{\"from\": \"b\"}\n", false),
             ],
         );
+        s.flavour(
+            "dib-root-probe",
+            &[README, ("root.d/20-root-probe", ROOT_PROBE_HOOK, true)],
+        );
         // As enable-serial-console ships it: mode 0644, no shebang; it must not run.
         let flavours = s.flavour(
             "dib-serial",
@@ -203,6 +235,7 @@ fn contract_build() -> &'static ContractBuild {
             "dib-tree-a",
             "dib-tree-b",
             "dib-serial",
+            "dib-root-probe",
         ]);
         let o = run_ok(
             kiln("disk-image-create", &args)
@@ -212,7 +245,13 @@ fn contract_build() -> &'static ContractBuild {
         );
         let tar = s.join("img.tar");
         let files = read_dir_from_tar(&tar, "root/kiln-dib");
+        let listing = Command::new("tar").arg("-tvf").arg(&tar).output().unwrap();
+        let dev_full = String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .find(|l| l.ends_with(" ./dev/full"))
+            .map(str::to_string);
         ContractBuild {
+            dev_full,
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
             scratch: s,
             files,
@@ -493,4 +532,25 @@ fn the_same_file_in_two_element_trees_is_an_error_naming_both() {
         assert!(text.contains(f), "the error should name {f}:\n{text}");
     }
     assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn root_d_hooks_mknod_mount_and_chroot_as_under_real_root() {
+    let probe = values("root_probe");
+    let get = |k: &str| probe.get(k).map(String::as_str).unwrap_or("");
+    // The standard node works while the hook runs (a bind of the host's)...
+    assert_eq!(get("mknod_full"), "char 000000", "{probe:?}");
+    // ...and any other node gets the kernel's answer.
+    assert_eq!(get("other_node"), "refused", "{probe:?}");
+    assert_eq!(get("sysfs"), "yes ro=yes", "{probe:?}");
+    assert_eq!(get("sysfs_unmounted"), "yes", "{probe:?}");
+    assert_eq!(get("devtmpfs"), "yes", "{probe:?}");
+    assert_eq!(get("chroot"), "1", "{probe:?}");
+    // The empty stand-in file mknod left is gone from the image.
+    let b = contract_build();
+    assert!(
+        b.dev_full.as_deref().is_none_or(|l| !l.starts_with('-')),
+        "a stand-in /dev/full reached the image: {:?}",
+        b.dev_full
+    );
 }

@@ -70,6 +70,12 @@ fn boot_to_login(image: &Path, firmware: Firmware) -> Boot {
     g
 }
 
+/// Whether a `tar -tv` line is about `path` (a file, a directory `path/`, a link).
+fn names(line: &str, path: &str) -> bool {
+    let l = line.trim_end_matches('/');
+    l.ends_with(&format!(" {path}")) || l.contains(&format!(" {path} -> "))
+}
+
 /// An output tar's listing (names without the leading `./`) and its files.
 struct Tar {
     path: PathBuf,
@@ -88,14 +94,12 @@ impl Tar {
     fn entry(&self, path: &str) -> &str {
         self.listing
             .lines()
-            .find(|l| l.ends_with(&format!(" {path}")) || l.contains(&format!(" {path} -> ")))
+            .find(|l| names(l, path))
             .unwrap_or_else(|| panic!("{} has no {path}", self.path.display()))
     }
 
     fn has(&self, path: &str) -> bool {
-        self.listing
-            .lines()
-            .any(|l| l.ends_with(&format!(" {path}")) || l.contains(&format!(" {path} -> ")))
+        self.listing.lines().any(|l| names(l, path))
     }
 
     fn read(&self, path: &str) -> String {
@@ -398,4 +402,27 @@ fn kilns_flavours_and_diskimage_builders_elements_mix() {
     assert!(t.has("usr/local/sbin/runtime-ssh-host-keys.sh"));
     // kiln's debian flavour's packages.
     assert!(t.has("usr/bin/apt-get"));
+}
+
+/// simple-init (nodepool's network setup): glean comes from the Python package
+/// index through its `source` install type, which diskimage-builder's
+/// install-types links into install.d during extra-data.d. Its git repository
+/// is not reachable from here, so the `glean` source repository is set to
+/// another install type, as an offline operator would.
+#[test]
+fn simple_init_installs_glean_through_its_install_type() {
+    let s = Scratch::new("dib-simple-init");
+    run_ok(
+        dib(&s.path, &["-t", "tar", "-o", "si", "debian-minimal", "simple-init"])
+            .env("DIB_INSTALLTYPE_glean", "package"),
+    );
+    let t = Tar::open(s.join("si.tar"));
+    assert!(t.has("usr/glean/bin/glean"), "glean was not installed");
+    assert!(t.has("usr/local/bin/glean-install"));
+    assert!(t.read("etc/modules").contains("8021q"));
+    assert!(
+        t.listing.contains("glean"),
+        "no glean unit installed by glean-install"
+    );
+    assert!(!t.has("usr/bin/cloud-init"), "simple-init uninstalls cloud-init");
 }

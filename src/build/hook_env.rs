@@ -206,6 +206,10 @@ impl HookEnv {
             Side::Inside => {
                 env.retain(|(k, _)| !HOST_ONLY.contains(&k.as_str()));
                 for (k, v) in &mut env {
+                    // The flavours' bin/ last: their tools never shadow the image's.
+                    if k == "PATH" {
+                        *v = format!("{v}:{IN_TARGET}/bin");
+                    }
                     // dpkg's finalise.d takes `basename $IMAGE_NAME`; the directory is the user's.
                     if k == "IMAGE_NAME" {
                         *v = Path::new(v.as_str())
@@ -222,7 +226,11 @@ impl HookEnv {
                 // here they are root already. Inside, the image's own sudo stays.
                 for (k, v) in &mut env {
                     if k == "PATH" {
-                        *v = format!("{}:{v}", self.host_bin.display());
+                        *v = format!(
+                            "{}:{v}:{}",
+                            self.host_bin.display(),
+                            self.hooks.join("bin").display()
+                        );
                     }
                 }
                 env.push(("TMP_HOOKS_PATH".into(), self.hooks.display().to_string()));

@@ -10,6 +10,11 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 pub use super::hook_env::IN_TARGET;
+
+fn is_executable_file(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
 pub const APT_ARCHIVES: &str = "/var/cache/apt/archives";
 
 /// Sources environment.d, then runs the hook; `$1` is the hook, `$2` the env dir.
@@ -128,10 +133,61 @@ impl Runner<'_> {
                 d.path.display()
             ));
         }
-        for hook in self.plan.hooks.phase(phase) {
-            self.run_hook(phase, hook, lend, progress)?;
+        for hook in self.hooks_now(phase, progress)? {
+            self.run_hook(phase, &hook, lend, progress)?;
         }
         Ok(())
+    }
+
+    /// The phase's hooks as its staged directory holds them when it starts:
+    /// earlier hooks may have linked more in (diskimage-builder's install-types
+    /// links `install.d/*-<type>-install/*` there) or taken some away. As
+    /// dib-run-parts: hook-named entries that are executable files, links followed.
+    fn hooks_now(&self, phase: Phase, progress: &mut Progress) -> Result<Vec<Hook>> {
+        let dir = self.work.hooks().join(phase.dir_name());
+        let planned = self.plan.hooks.phase(phase);
+        let mut hooks = Vec::new();
+        for h in planned {
+            if is_executable_file(&dir.join(&h.name)) {
+                hooks.push(h.clone());
+            } else {
+                progress.say(&format!(
+                    "warning: {phase}/{} (flavour {}) not run: an earlier hook removed it or made it non-executable",
+                    h.name, h.flavour
+                ));
+            }
+        }
+        let mut added: Vec<(String, PathBuf)> = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if crate::flavour::is_hook_name(&name)
+                    && !planned.iter().any(|h| h.name == name)
+                    && is_executable_file(&e.path())
+                {
+                    let target = std::fs::canonicalize(e.path()).unwrap_or(e.path());
+                    added.push((name, target));
+                }
+            }
+        }
+        for (name, path) in added {
+            let flavour = self
+                .plan
+                .resolved
+                .flavours
+                .iter()
+                .find(|f| path.starts_with(&f.dir))
+                .map(|f| f.name.clone())
+                .unwrap_or_else(|| "linked in during the build".into());
+            hooks.push(Hook {
+                phase,
+                name,
+                path,
+                flavour,
+            });
+        }
+        hooks.sort_by(|a, b| crate::flavour::hook_order(&a.name, &b.name));
+        Ok(hooks)
     }
 
     fn run_hook(

@@ -58,8 +58,8 @@ pub fn is_hook_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// dib-run-parts order: the leading number numerically, names without one
-/// after every numbered name, ties broken by the bytes of the whole name.
+/// dib-run-parts order (`sort -n`): the leading number numerically, a name
+/// without one counting as 0, ties broken by the bytes of the whole name.
 pub fn hook_order(a: &str, b: &str) -> Ordering {
     fn number(name: &str) -> Option<&str> {
         let digits = name.len() - name.trim_start_matches(|c: char| c.is_ascii_digit()).len();
@@ -72,13 +72,9 @@ pub fn hook_order(a: &str, b: &str) -> Ordering {
             }
         })
     }
-    let by_number = match (number(a), number(b)) {
-        // Compare digit strings by length first: numeric order without overflow.
-        (Some(x), Some(y)) => x.len().cmp(&y.len()).then_with(|| x.cmp(y)),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => Ordering::Equal,
-    };
+    let (x, y) = (number(a).unwrap_or("0"), number(b).unwrap_or("0"));
+    // Compare digit strings by length first: numeric order without overflow.
+    let by_number = x.len().cmp(&y.len()).then_with(|| x.cmp(y));
     by_number.then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
@@ -281,12 +277,13 @@ mod tests {
     #[test]
     fn order_is_numeric_then_bytes() {
         let mut v = vec![
-            "zz", "10-c", "9-a", "10-b", "100-a", "01-x", "Z", "_a", "0010-a",
+            "zz", "10-c", "9-a", "10-b", "100-a", "01-x", "Z", "_a", "0010-a", "00-a",
         ];
         v.sort_by(|a, b| hook_order(a, b));
+        // What `LANG=C sort -n` prints for these names: no number counts as 0.
         assert_eq!(
             v,
-            vec!["01-x", "9-a", "0010-a", "10-b", "10-c", "100-a", "Z", "_a", "zz"]
+            vec!["00-a", "Z", "_a", "zz", "01-x", "9-a", "0010-a", "10-b", "10-c", "100-a"]
         );
     }
 
@@ -312,10 +309,10 @@ mod tests {
         let set = collect_hooks(&resolved(&t, &["debian", "a", "b"])).unwrap();
         assert_eq!(
             names(set.phase(Phase::Install)),
-            vec!["9-a", "10-b", "10-c", "zz"]
+            vec!["zz", "9-a", "10-b", "10-c"]
         );
-        assert_eq!(set.phase(Phase::Install)[0].flavour, "b");
-        assert_eq!(set.phase(Phase::Install)[0].path, b.join("install.d/9-a"));
+        assert_eq!(set.phase(Phase::Install)[1].flavour, "b");
+        assert_eq!(set.phase(Phase::Install)[1].path, b.join("install.d/9-a"));
         assert_eq!(names(set.phase(Phase::Root)), vec!["50-root"]);
         assert!(set.phase(Phase::Cleanup).is_empty());
         assert!(set.warnings.is_empty(), "{:?}", set.warnings);

@@ -11,7 +11,7 @@ pub mod search;
 
 pub use environment::{environment_files, EnvFile};
 pub use error::FlavourError;
-pub use hooks::{collect_hooks, DataFile, Hook, HookSet};
+pub use hooks::{collect_hooks, hook_order, is_hook_name, DataFile, Hook, HookSet};
 pub use packages::{collect_packages, PackageRequest, Target};
 pub use phase::{Phase, Side};
 pub use resolve::{resolve, resolve_with_defaults, Flavour, Resolved};

@@ -78,16 +78,25 @@ const STAGE_PREFIX: &str = "/var/tmp/kiln-tests-stage-";
 
 /// A test process cannot clean up after itself (statics are never dropped), so
 /// each one removes the stages of test processes that are gone.
+/// The same holds for scratch directories kept in statics (one build shared
+/// by several tests): `kiln-test-NAME-PID`.
 fn remove_stale_stages() {
     let Ok(dir) = std::fs::read_dir("/var/tmp") else {
         return;
     };
     for e in dir.flatten() {
         let path = e.path();
-        let Some(pid) = path.to_str().and_then(|p| p.strip_prefix(STAGE_PREFIX)) else {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if !Path::new("/proc").join(pid).exists() {
+        let pid = if let Some(pid) = path.to_str().and_then(|p| p.strip_prefix(STAGE_PREFIX)) {
+            pid
+        } else if name.starts_with("kiln-test-") {
+            name.rsplit('-').next().unwrap_or("")
+        } else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
