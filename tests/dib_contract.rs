@@ -64,6 +64,8 @@ mkdir -p $out
 {
     echo "same_root=$([ "$TMP_MOUNT_PATH" = "$TARGET_ROOT" ] && [ -d "$TMP_MOUNT_PATH/etc" ] && echo yes)"
     echo "DIB_IMAGE_CACHE=$DIB_IMAGE_CACHE"
+    echo "PWD=$PWD"
+    echo "HOME=$HOME"
     echo "cache_is_dir=$([ -d "$DIB_IMAGE_CACHE" ] && echo yes)"
     echo "DIB_OFFLINE=[$DIB_OFFLINE]"
     echo "DIB_DEFAULT_INSTALLTYPE=$DIB_DEFAULT_INSTALLTYPE"
@@ -234,8 +236,8 @@ fn contract_build() -> &'static ContractBuild {
             "dib-env",
             "dib-tree-a",
             "dib-tree-b",
-            "dib-serial",
             "dib-root-probe",
+            "dib-serial",
         ]);
         let o = run_ok(
             kiln("disk-image-create", &args)
@@ -362,6 +364,7 @@ fn host_side_hooks_see_diskimage_builders_core_variables() {
     let out = b.scratch.join("img").display().to_string();
     for phase in ["extra-data.d", "cleanup.d"] {
         let v = values(&format!("host-{phase}"));
+        let home = user_home().display().to_string();
         let want_cache = user_home()
             .join(".cache/image-create")
             .display()
@@ -383,6 +386,9 @@ fn host_side_hooks_see_diskimage_builders_core_variables() {
             ("die", "function"),
             ("die_exit", "gone 1"),
             ("DIB_KILN_TEST", DIB_KILN_TEST),
+            // Where disk-image-create was started, with the caller's HOME.
+            ("PWD", home.as_str()),
+            ("HOME", home.as_str()),
         ] {
             assert_eq!(
                 v.get(k).map(String::as_str),

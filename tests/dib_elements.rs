@@ -412,9 +412,52 @@ fn kilns_flavours_and_diskimage_builders_elements_mix() {
 #[test]
 fn simple_init_installs_glean_through_its_install_type() {
     let s = Scratch::new("dib-simple-init");
+    // What an operator behind a TLS-inspecting proxy adds: the host's own CAs,
+    // trusted in the image too, so pip inside reaches the package index.
+    let flavours = s.flavour(
+        "host-ca",
+        &[
+            ("README.rst", "The build host's local CAs, trusted in the image.\n", false),
+            ("element-deps", "package-installs\n", false),
+            ("package-installs.yaml", "ca-certificates:\n  phase: pre-install.d\n", false),
+            (
+                "extra-data.d/50-host-ca",
+                "#!/bin/bash\nset -eu\nd=$TMP_HOOKS_PATH/host-ca\nmkdir -p $d\n\
+                 for c in /usr/local/share/ca-certificates/*.crt; do [ -f \"$c\" ] && cp \"$c\" $d/; done\ntrue\n",
+                true,
+            ),
+            (
+                "pre-install.d/60-host-ca",
+                "#!/bin/bash\nset -eu\nmkdir -p /usr/local/share/ca-certificates\n\
+                 cp /tmp/in_target.d/host-ca/*.crt /usr/local/share/ca-certificates/ 2>/dev/null || true\n\
+                 update-ca-certificates\n",
+                true,
+            ),
+            (
+                "environment.d/50-host-ca",
+                "export PIP_CERT=/etc/ssl/certs/ca-certificates.crt\n",
+                false,
+            ),
+        ],
+    );
     run_ok(
-        dib(&s.path, &["-t", "tar", "-o", "si", "debian-minimal", "simple-init"])
-            .env("DIB_INSTALLTYPE_glean", "package"),
+        dib(
+            &s.path,
+            &[
+                "-t",
+                "tar",
+                "-o",
+                "si",
+                "debian-minimal",
+                "host-ca",
+                "simple-init",
+            ],
+        )
+        .env(
+            "ELEMENTS_PATH",
+            format!("{}:{}", flavours.display(), dib_elements().display()),
+        )
+        .env("DIB_INSTALLTYPE_glean", "package"),
     );
     let t = Tar::open(s.join("si.tar"));
     assert!(t.has("usr/glean/bin/glean"), "glean was not installed");
@@ -424,5 +467,8 @@ fn simple_init_installs_glean_through_its_install_type() {
         t.listing.contains("glean"),
         "no glean unit installed by glean-install"
     );
-    assert!(!t.has("usr/bin/cloud-init"), "simple-init uninstalls cloud-init");
+    assert!(
+        !t.has("usr/bin/cloud-init"),
+        "simple-init uninstalls cloud-init"
+    );
 }

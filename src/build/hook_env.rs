@@ -190,7 +190,12 @@ impl HookEnv {
             vars: env,
             hooks: work.hooks(),
             root: work.root(),
-            home: work.home(),
+            // As under diskimage-builder: host-side hooks read the caller's ~/.ssh
+            // (devuser) and write with the caller's ids (root inside is the caller).
+            home: std::env::var_os("HOME")
+                .filter(|h| !h.is_empty() && Path::new(h).is_dir())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| work.home()),
             host_bin: c.dib_lib.join("host-bin"),
         })
     }

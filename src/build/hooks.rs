@@ -242,6 +242,21 @@ impl Runner<'_> {
         Ok(())
     }
 
+    /// The package archive directory in-target hooks of `phase` get. Up to
+    /// post-root.d it is kiln's shared cache. From pre-finalise.d on, packages
+    /// are seldom installed and diskimage-builder's dpkg element runs `apt-get
+    /// clean` (finalise.d/99-clean-up-cache), which would empty the shared cache
+    /// for every later build: those phases get a directory of the build's own.
+    fn archives_for(&self, phase: Phase) -> Result<PathBuf> {
+        if phase < Phase::PreFinalise {
+            return Ok(self.apt_cache.clone());
+        }
+        let own = self.work.path.join("apt-archives-late");
+        std::fs::create_dir_all(own.join("partial"))
+            .with_context(|| format!("creating {}", own.display()))?;
+        Ok(own)
+    }
+
     /// Runs a command in the phase's sandbox view; returns (exit code, output tail).
     pub fn exec(
         &self,
@@ -273,7 +288,7 @@ impl Runner<'_> {
                     writable: false,
                 });
                 binds.push(Bind {
-                    src: self.apt_cache.clone(),
+                    src: self.archives_for(phase)?,
                     inside: APT_ARCHIVES.into(),
                     writable: true,
                 });
@@ -286,7 +301,15 @@ impl Runner<'_> {
                 }
                 (View::Image(root.clone()), PathBuf::from("/"))
             }
-            Side::Host => (View::Host, self.work.path.clone()),
+            // diskimage-builder's host-side hooks run where it was started, so
+            // relative paths in DIB_* variables mean the same.
+            Side::Host => (
+                View::Host,
+                std::env::current_dir()
+                    .ok()
+                    .filter(|d| d.is_dir())
+                    .unwrap_or_else(|| self.work.path.clone()),
+            ),
         };
         if progress.trace {
             let v = match &view {
