@@ -456,15 +456,54 @@ fn cache_key(
     field("arch", config.arch.as_bytes());
     field("mirror", config.mirror.as_bytes());
     field("packages", packages.join("\n").as_bytes());
+    let mut texts = Vec::new();
     for hook in hooks.phase(Phase::Root) {
         let body = std::fs::read(&hook.path)
             .with_context(|| format!("reading {}", hook.path.display()))?;
         field(&format!("root.d/{}", hook.name), &body);
+        texts.push(body);
     }
     for e in env_files {
         let body =
             std::fs::read(&e.path).with_context(|| format!("reading {}", e.path.display()))?;
         field(&format!("environment.d/{}", e.name), &body);
+        texts.push(body);
+    }
+    // The caller's variables that root.d or environment.d read can shape the tree
+    // (DIB_DEBIAN_COMPONENTS, DIB_APT_SOURCES_CONF, DIB_MMDEBSTRAP_EXTRA_ARGS, a
+    // custom element's own): each one mentioned is part of the key. The rest
+    // (checksums, sizes, labels) cannot reach root.d and keep the cache warm.
+    if !config.clear_env {
+        for (k, v) in config.vars.for_hooks() {
+            if texts.iter().any(|t| mentions(t, k)) {
+                field(&format!("var/{k}"), v.as_bytes());
+            }
+        }
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `name` occurs in `text` as a whole shell word (not inside a longer name).
+fn mentions(text: &[u8], name: &str) -> bool {
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let n = name.as_bytes();
+    text.windows(n.len()).enumerate().any(|(i, w)| {
+        w == n
+            && (i == 0 || !ident(text[i - 1]))
+            && text.get(i + n.len()).is_none_or(|b| !ident(*b))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions;
+
+    #[test]
+    fn a_variable_is_mentioned_only_as_a_whole_name() {
+        let hook = b"c=${DIB_DEBIAN_COMPONENTS:-main}\necho $DIB_RELEASE_X\n";
+        assert!(mentions(hook, "DIB_DEBIAN_COMPONENTS"));
+        assert!(!mentions(hook, "DIB_RELEASE"));
+        assert!(!mentions(hook, "DEBIAN_COMPONENTS"));
+        assert!(mentions(b"DIB_X", "DIB_X"));
+    }
 }
