@@ -236,7 +236,8 @@ pub fn parse_size(s: &str) -> Result<u64> {
     let n: f64 = num.parse().map_err(|_| {
         anyhow::anyhow!("image size `{s}` is not a size: use e.g. 2G, 1536M or 2 (GiB)")
     })?;
-    if !(n > 0.0) {
+    // NaN is not positive either.
+    if n.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         bail!("image size `{s}` must be positive");
     }
     Ok((n * mult as f64).ceil() as u64)
@@ -349,6 +350,23 @@ fn checksums(flag: bool, var: Option<&str>) -> Result<Vec<Checksum>> {
     Ok(out)
 }
 
+/// diskimage-builder builds in a tmpfs unless told not to (--no-tmpfs) or
+/// memory is short (--min-tmpfs / DIB_MIN_TMPFS, GiB, default 2).
+fn tmpfs_min(a: &DiskImageArgs, vars: &Vars) -> Result<Option<u64>> {
+    if a.no_tmpfs || vars.get("DIB_NO_TMPFS").is_some_and(|v| v != "0") {
+        return Ok(None);
+    }
+    let gib = match (a.min_tmpfs, vars.get("DIB_MIN_TMPFS")) {
+        (Some(g), _) => g as u64,
+        (None, Some(v)) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("DIB_MIN_TMPFS={v:?}: expected a whole number of GiB"))?,
+        (None, None) => 2,
+    };
+    Ok(Some(gib << 30))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,21 +430,4 @@ mod tests {
             .to_string()
             .contains("not a size"));
     }
-}
-
-/// diskimage-builder builds in a tmpfs unless told not to (--no-tmpfs) or
-/// memory is short (--min-tmpfs / DIB_MIN_TMPFS, GiB, default 2).
-fn tmpfs_min(a: &DiskImageArgs, vars: &Vars) -> Result<Option<u64>> {
-    if a.no_tmpfs || vars.get("DIB_NO_TMPFS").is_some_and(|v| v != "0") {
-        return Ok(None);
-    }
-    let gib = match (a.min_tmpfs, vars.get("DIB_MIN_TMPFS")) {
-        (Some(g), _) => g as u64,
-        (None, Some(v)) => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("DIB_MIN_TMPFS={v:?}: expected a whole number of GiB"))?,
-        (None, None) => 2,
-    };
-    Ok(Some(gib << 30))
 }

@@ -107,10 +107,7 @@ impl Broker {
             .ok_or_else(|| anyhow!("the device broker exited during {verb}"))?;
         match text.strip_prefix("ok") {
             Some(rest) => Ok((rest.trim().to_string(), fds)),
-            None => Err(anyhow!(
-                "{}",
-                text.strip_prefix("error ").unwrap_or(&text).to_string()
-            )),
+            None => Err(anyhow!("{}", text.strip_prefix("error ").unwrap_or(&text))),
         }
     }
 }

@@ -280,12 +280,12 @@ fn block_device_helper(
     Ok(Some((helper, askers)))
 }
 
-fn split_packages(
-    reqs: &[PackageRequest],
-    extra: &[String],
-) -> (Vec<String>, BTreeMap<Phase, (Vec<String>, Vec<String>)>) {
+/// Per phase: (packages to install, packages to remove).
+type PhasePackages = BTreeMap<Phase, (Vec<String>, Vec<String>)>;
+
+fn split_packages(reqs: &[PackageRequest], extra: &[String]) -> (Vec<String>, PhasePackages) {
     let mut boot: Vec<String> = extra.to_vec();
-    let mut later: BTreeMap<Phase, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    let mut later: PhasePackages = BTreeMap::new();
     for r in reqs {
         let early = matches!(r.phase, Phase::PreInstall | Phase::Install);
         if early && !r.uninstall {
