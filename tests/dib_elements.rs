@@ -471,3 +471,29 @@ fn simple_init_installs_glean_through_its_install_type() {
         "simple-init uninstalls cloud-init"
     );
 }
+
+/// Naming one of diskimage-builder's block-device elements gives the layout its
+/// own YAML describes (kiln's stand-in reads it).
+#[test]
+fn diskimage_builders_block_device_elements_keep_their_layouts() {
+    let s = Scratch::new("dib-layouts");
+    for (element, layout) in [
+        ("block-device-mbr", "mbr"),
+        ("block-device-efi", "gpt"),
+        ("block-device-gpt", "gpt"),
+    ] {
+        let o = run_ok(&mut dib(
+            &s.path,
+            &["--dry-run", "-o", "x", "debian-minimal", "vm", element],
+        ));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.lines().any(|l| l == format!("disk layout: {layout}")),
+            "{element}:\n{out}"
+        );
+        assert!(
+            out.contains(&format!("note: flavour `{element}`: kiln's built-in")),
+            "{element}:\n{out}"
+        );
+    }
+}

@@ -335,6 +335,20 @@ fn dib_block_device_config(config: &mut Config) -> Result<Option<&'static str>> 
 
 fn layout_of(resolved: &Resolved, config: &Config) -> Result<String> {
     let layout = match resolved.provider_of("block-device") {
+        // Standing in for diskimage-builder's block-device-*: the layout its own
+        // block-device-default.yaml describes, as kiln maps it.
+        Some(f) if f.stands_in_for.is_some() => {
+            let yaml = f
+                .stands_in_for
+                .as_ref()
+                .map(|d| d.join("block-device-default.yaml"))
+                .unwrap_or_default();
+            let text = std::fs::read_to_string(&yaml)
+                .with_context(|| format!("reading {}", yaml.display()))?;
+            crate::disk::dib_config::parse(&text, &yaml.display().to_string())?
+                .layout
+                .to_string()
+        }
         Some(f) => f
             .name
             .strip_prefix("block-device-")

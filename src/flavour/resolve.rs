@@ -20,6 +20,8 @@ pub struct Flavour {
     pub deps: Vec<String>,
     /// From `element-provides`, in file order, without repeats.
     pub provides: Vec<String>,
+    /// diskimage-builder's element this built-in stands in for (search::STAND_INS).
+    pub stands_in_for: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +111,7 @@ pub fn resolve_with_defaults(
             if let Some(theirs) = &found.stands_in_for {
                 notes.push(format!(
                     "flavour `{name}`: kiln's built-in {} stands in for diskimage-builder's {} \
-                     (same layout and bootloader, made without root or loop devices)",
+                     (its layout and GRUB, made without root or loop devices)",
                     found.dir.display(),
                     theirs.display()
                 ));
@@ -121,7 +123,8 @@ pub fn resolve_with_defaults(
                     shadowed.display()
                 ));
             }
-            let item = load(&name, found.dir)?;
+            let mut item = load(&name, found.dir)?;
+            item.flavour.stands_in_for = found.stands_in_for.clone();
             for p in &item.flavour.provides {
                 providers.entry(p.clone()).or_default().push(name.clone());
             }
@@ -194,6 +197,7 @@ fn load(name: &str, dir: PathBuf) -> Result<Loaded, FlavourError> {
             dir,
             deps,
             provides,
+            stands_in_for: None,
         },
         dep_lines,
         provide_lines,
