@@ -1,5 +1,5 @@
 //! kiln: OS images from composable flavours, built by an ordinary user.
-//! DESIGN.md (shared with the team) is the contract; the module layout follows its §9.
+//! docs/architecture.md is the contract; the module layout follows its §9.
 
 pub mod build;
 pub mod cli;

@@ -1,4 +1,4 @@
-//! A flavour that asks for a real block device (DESIGN §6): kiln attaches the
+//! A flavour that asks for a real block device (docs/architecture.md §6): kiln attaches the
 //! image through kiln-helper (setuid, or through sudo), its block-device.d hook
 //! repartitions /dev/loopN with sfdisk and makes a filesystem on a partition,
 //! the result boots; nothing is left attached whatever happens to the build.

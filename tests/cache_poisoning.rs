@@ -1,4 +1,4 @@
-//! DESIGN §10.6: the package cache is bound writable into the image, and nothing a
+//! docs/architecture.md §10.6: the package cache is bound writable into the image, and nothing a
 //! hook leaves there is trusted by a later build without verification.
 
 mod common;

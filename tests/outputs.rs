@@ -1,4 +1,4 @@
-//! Outputs in a shared directory (DESIGN §10.7): another user who plants links
+//! Outputs in a shared directory (docs/architecture.md §10.7): another user who plants links
 //! at every name kiln could be predicted to write never gets the image written
 //! through them; the outputs appear complete, as regular files of the caller's.
 

@@ -1,4 +1,4 @@
-//! The image's content is untrusted (DESIGN §10.6): hooks plant symlinks and hard
+//! The image's content is untrusted (docs/architecture.md §10.6): hooks plant symlinks and hard
 //! links to host files at every path kiln's own host-side code touches after hooks
 //! ran. The host's canaries must come out unchanged, their content in no output,
 //! and the build either treats the link as inside the image or fails naming it.

@@ -1,5 +1,5 @@
 //! kiln-helper: attach, rescan or detach a loop device for an unprivileged
-//! caller (DESIGN §6). Its own C entry point, so that nothing runs before the
+//! caller (docs/architecture.md §6). Its own C entry point, so that nothing runs before the
 //! checks: Rust's runtime would reopen closed standard descriptors on /dev/null
 //! before main, hiding what the caller did.
 

@@ -1,4 +1,4 @@
-//! The package download cache (DESIGN §8, §10.6). It is bound writable over
+//! The package download cache (docs/architecture.md §8, §10.6). It is bound writable over
 //! /var/cache/apt/archives for hooks and maintainer scripts, which are untrusted;
 //! apt later trusts any file there whose size matches. So a build keeps only what
 //! it can prove genuine: a regular `.deb` whose SHA-256 is the one a package list

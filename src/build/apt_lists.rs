@@ -1,4 +1,4 @@
-//! The image's apt package lists as evidence (DESIGN §10.6): which archive file
+//! The image's apt package lists as evidence (docs/architecture.md §10.6): which archive file
 //! names have which SHA-256, according to Packages lists whose hashes an InRelease
 //! signed by a trusted key gives. The image is untrusted, so its lists are read
 //! through `crate::tree` as regular files only, copied to kiln's own

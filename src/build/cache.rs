@@ -1,4 +1,4 @@
-//! The base-tree cache (DESIGN §8): the tree after root.d, stored as a zstd tar
+//! The base-tree cache (docs/architecture.md §8): the tree after root.d, stored as a zstd tar
 //! under the image cache, keyed by a hash of everything that made it.
 //!
 //! An archive, not a directory: the files inside belong to subordinate ids, and a

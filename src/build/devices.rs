@@ -1,5 +1,5 @@
 //! A real block device for `block-device.d`, for flavours that ask for one
-//! (a `real-block-device` file; DESIGN §6). The build runs in a user namespace,
+//! (a `real-block-device` file; docs/architecture.md §6). The build runs in a user namespace,
 //! where a setuid helper gains nothing and sudo does not work; so before entering
 //! it kiln forks a broker that stays outside, runs kiln-helper, and passes the
 //! descriptors it gets over a socket. The broker detaches what it attached when

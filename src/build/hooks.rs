@@ -1,4 +1,4 @@
-//! Running one phase's hooks in the sandbox (DESIGN §3–4).
+//! Running one phase's hooks in the sandbox (docs/architecture.md §3–4).
 
 use super::hook_env::{HookEnv, INSTALL_TYPE_FILE};
 use super::plan::Plan;

@@ -1,4 +1,4 @@
-//! The pipeline of DESIGN §2, one named step after another.
+//! The pipeline of docs/architecture.md §2, one named step after another.
 
 pub mod apt_cache;
 pub mod apt_lists;

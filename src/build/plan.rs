@@ -1,5 +1,5 @@
 //! plan: every input is read and checked here, before the first byte is
-//! downloaded (DESIGN §2).
+//! downloaded (docs/architecture.md §2).
 
 use super::config::Config;
 use super::devices::ASK_FILE;

@@ -1,5 +1,5 @@
 //! The private directory outputs are written in before they take their final
-//! names (DESIGN §10.7).
+//! names (docs/architecture.md §10.7).
 //!
 //! The output directory may be shared (/tmp, a group's image directory): any
 //! name kiln could predict there, another user could prepare first as a link

@@ -1,4 +1,4 @@
-//! Assembling disks without root (DESIGN §5): no loop device, no mount, no helper.
+//! Assembling disks without root (docs/architecture.md §5): no loop device, no mount, no helper.
 //!
 //! The pipeline calls, in this order:
 //!

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// A host tool the disk code may run, with the Debian package that ships it, so the
-/// plan can check for it up front (DESIGN §9: every tool found once, at plan time).
+/// plan can check for it up front (docs/architecture.md §9: every tool found once, at plan time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostTool {
     pub name: &'static str,

@@ -1,4 +1,4 @@
-//! `environment.d` files (DESIGN §3): sourced by bash before every phase, in
+//! `environment.d` files (docs/architecture.md §3): sourced by bash before every phase, in
 //! name order across all flavours. diskimage-builder copied them into one
 //! directory, so a same-named file silently replaced another; kiln refuses that.
 

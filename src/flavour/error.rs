@@ -1,5 +1,5 @@
 //! The one error type of flavour planning: every input mistake is reported at
-//! plan time (DESIGN §2), so each error says where it is and, when we can
+//! plan time (docs/architecture.md §2), so each error says where it is and, when we can
 //! guess, what to do about it.
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! Collecting every flavour's hooks per phase (DESIGN §3): executables named
+//! Collecting every flavour's hooks per phase (docs/architecture.md §3): executables named
 //! `^[0-9A-Za-z_-]+$`, run in numeric then byte order across all flavours;
 //! everything else in a phase directory is data that travels with the hooks.
 

@@ -1,4 +1,4 @@
-//! Flavours (DESIGN §3): finding them, expanding dependencies, and collecting
+//! Flavours (docs/architecture.md §3): finding them, expanding dependencies, and collecting
 //! their hooks, environment and packages into a plan. Nothing here runs code.
 
 pub mod environment;

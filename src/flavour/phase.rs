@@ -1,4 +1,4 @@
-//! The hook phases of DESIGN §2/§3, in run order.
+//! The hook phases of docs/architecture.md §2/§3, in run order.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! Expanding the requested flavours into the full set (DESIGN §3), with the
+//! Expanding the requested flavours into the full set (docs/architecture.md §3), with the
 //! diskimage-builder rules: breadth-first set expansion over `element-deps`,
 //! virtual names satisfied through `element-provides`, exactly one
 //! `operating-system`. Unlike diskimage-builder, a dependency cycle is an error.

@@ -1,4 +1,4 @@
-//! Where flavours are found (DESIGN §3): each entry of `$ELEMENTS_PATH` /
+//! Where flavours are found (docs/architecture.md §3): each entry of `$ELEMENTS_PATH` /
 //! `$KILN_FLAVOURS_PATH`, then the built-in `flavours/`; the first wins.
 
 use std::collections::BTreeSet;

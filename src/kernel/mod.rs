@@ -1,4 +1,4 @@
-//! disk-image-get-kernel (DESIGN §7): copy the kernel and initrd out of a raw or
+//! disk-image-get-kernel (docs/architecture.md §7): copy the kernel and initrd out of a raw or
 //! qcow2 image without mounting it — image → partition table → ext filesystem →
 //! /boot → the newest vmlinuz and its initrd, reading only the blocks on that path.
 

@@ -1,4 +1,4 @@
-//! The ramdisk half of `ramdisk-image-create` (DESIGN §7).
+//! The ramdisk half of `ramdisk-image-create` (docs/architecture.md §7).
 //!
 //! Division of work, as diskimage-builder's ramdisk element does it: the
 //! `ramdisk` flavour's `post-install.d/99-kiln-ramdisk` hook runs *inside* the

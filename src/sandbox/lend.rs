@@ -1,4 +1,4 @@
-//! A real block device lent to a `block-device.d` hook (DESIGN §6).
+//! A real block device lent to a `block-device.d` hook (docs/architecture.md §6).
 //!
 //! The hook runs as root of kiln's user namespace, which does not own the host's
 //! /dev/loopN nodes (host root's, mode 0600): its open(2) of them would fail, and

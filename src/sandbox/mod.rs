@@ -1,4 +1,4 @@
-//! The namespace sandbox of DESIGN §4. Only this module calls unshare, mount,
+//! The namespace sandbox of docs/architecture.md §4. Only this module calls unshare, mount,
 //! pivot_root, seccomp and capability APIs.
 
 pub mod caps;

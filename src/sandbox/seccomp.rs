@@ -1,4 +1,4 @@
-//! The hooks' seccomp filter (DESIGN §4).
+//! The hooks' seccomp filter (docs/architecture.md §4).
 //!
 //! Profiles are OCI runtime-spec `linux.seccomp` objects, with Docker's
 //! `includes`/`excludes` and `archMap` extensions, so users can bring container

@@ -98,7 +98,7 @@ pub fn bind(image: BorrowedFd) -> Result<Bound> {
     bail!("every free loop device was taken by another program before it could be bound ({ATTEMPTS} tries)");
 }
 
-/// Switched on after binding (DESIGN §6), so that the scan sees the finished
+/// Switched on after binding (docs/architecture.md §6), so that the scan sees the finished
 /// device. Kernels with partition parsers add what they find now; without the
 /// flag, partitions added by hand would outlive the binding.
 pub fn enable_partscan(dev: BorrowedFd) -> Result<()> {

@@ -1,4 +1,4 @@
-//! The privileged side of kiln-helper (DESIGN §6). Everything here runs as root
+//! The privileged side of kiln-helper (docs/architecture.md §6). Everything here runs as root
 //! on behalf of an unprivileged caller: it trusts nothing the caller controls,
 //! keeps CAP_SYS_ADMIN only while it adds or removes partitions, and refuses,
 //! with a logged reason, anything it does not recognise.
