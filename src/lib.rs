@@ -11,3 +11,6 @@ pub mod ramdisk;
 pub mod sandbox;
 pub mod tree;
 pub mod yaml;
+
+#[cfg(test)]
+mod test_tools;

@@ -376,7 +376,7 @@ mod tests {
         let out = dir.path().join("copy.raw");
         convert(&raw, Format::Raw, &out, true, "").unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&raw).unwrap());
-        if which::which("qemu-img").is_err() {
+        if !crate::test_tools::have("qemu-img") {
             return;
         }
         let q = dir.path().join("disk.qcow2");

@@ -375,14 +375,11 @@ mod tests {
         (dir, tree)
     }
 
-    fn have(tool: &str) -> bool {
-        which::which(tool).is_ok()
-    }
+    use crate::test_tools::have;
 
     #[test]
     fn bare_filesystem_images_without_table() {
         if !have("mke2fs") || !have("dumpe2fs") || !have("mcopy") {
-            eprintln!("e2fsprogs or mtools missing: skipped");
             return;
         }
         let (dir, tree) = tree_with_hostname();
@@ -416,7 +413,6 @@ mod tests {
     #[test]
     fn btrfs_root_lands_at_its_partition_offset() {
         if !have("mkfs.btrfs") {
-            eprintln!("btrfs-progs missing: skipped");
             return;
         }
         let (dir, tree) = tree_with_hostname();
@@ -441,7 +437,6 @@ mod tests {
     #[test]
     fn ext4_root_lands_at_its_partition_offset() {
         if !have("mke2fs") || !have("dumpe2fs") {
-            eprintln!("e2fsprogs missing: skipped");
             return;
         }
         let (dir, tree) = tree_with_hostname();

@@ -259,7 +259,7 @@ mod tests {
         );
 
         let Some(json) = sfdisk_json(&raw) else {
-            eprintln!("sfdisk not installed: skipping the cross-check");
+            crate::test_tools::missing("sfdisk");
             return;
         };
         let t = &json["partitiontable"];

@@ -185,27 +185,6 @@ impl DiskPlan {
         }
         Ok(())
     }
-
-    /// What hooks learn about the disk (the pipeline exports these; flavours' READMEs
-    /// document them). DIB_BOOTLOADER_DEFAULT_CMDLINE and DIB_GRUB_TIMEOUT are user
-    /// settings the hooks default themselves.
-    pub fn hook_env(&self) -> Vec<(String, String)> {
-        let root_partuuid = self
-            .partition(PartRole::Root)
-            .map(|p| p.uuid.clone())
-            .unwrap_or_default();
-        vec![
-            (
-                "KILN_BLOCK_DEVICE_LAYOUT".into(),
-                self.layout.as_str().into(),
-            ),
-            ("KILN_ROOT_UUID".into(), self.root_uuid.clone()),
-            ("KILN_ROOT_PARTUUID".into(), root_partuuid),
-            ("KILN_ROOT_FSTYPE".into(), self.fs_type.as_str().into()),
-            ("KILN_ESP_UUID".into(), self.esp_uuid.clone()),
-            ("DIB_ROOT_LABEL".into(), self.root_label.clone()),
-        ]
-    }
 }
 
 /// Plans the disk: partition offsets and sizes, fresh UUIDs. `size` is rounded up to a

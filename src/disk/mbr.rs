@@ -110,7 +110,7 @@ mod tests {
             .arg(&raw)
             .output()
         else {
-            eprintln!("sfdisk not installed: skipping the cross-check");
+            crate::test_tools::missing("sfdisk");
             return;
         };
         assert!(out.status.success());

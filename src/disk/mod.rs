@@ -3,8 +3,8 @@
 //! The pipeline calls, in this order:
 //!
 //! 1. [`plan_disk`] at plan time (sizes from [`size_for_tree`] / [`check_image_size`]
-//!    once the tree exists), and exports [`DiskPlan::hook_env`] to hooks, so fstab and
-//!    grub.cfg can name the filesystems by UUID before the filesystems exist;
+//!    once the tree exists); the build's hook environment (build::hook_env) names the
+//!    filesystems' UUIDs, chosen before they exist, so fstab and grub.cfg can use them;
 //! 2. [`lay_out`]: the sparse raw file with its partition table, before block-device.d;
 //! 3. [`build_filesystems`]: the ESP from `tree/boot/efi`, the root from the rest,
 //!    each written at its partition's offset;
@@ -27,9 +27,6 @@ mod mbr;
 mod sparse;
 mod table;
 mod tool;
-
-#[cfg(test)]
-mod boot_test;
 
 /// The EFI system partition's filesystem label (DIB_BOOT_LABEL can only repeat it).
 pub const ESP_LABEL: &str = "ESP";

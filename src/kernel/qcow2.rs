@@ -431,7 +431,7 @@ mod tests {
     /// qemu-img's own zstd clusters (kiln's default output) read back byte for byte.
     #[test]
     fn reads_qemu_img_zstd_clusters() {
-        if which::which("qemu-img").is_err() {
+        if !crate::test_tools::have("qemu-img") {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
