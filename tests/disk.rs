@@ -251,3 +251,67 @@ fn partition_table_is_gpt_with_bios_boot_esp_and_root_last() {
         "root must be last to grow"
     );
 }
+
+/// NAME.manifest.json: each output's size and SHA-256 match the file, the
+/// kernel package's version is the one dpkg recorded inside the image, and
+/// everything that varies between identical builds is kept under `timings`.
+#[test]
+fn manifest_describes_the_outputs_and_the_images_packages() {
+    let b = vm_build();
+    let text = std::fs::read_to_string(b.file("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let outputs = m["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 5, "{text}");
+    for o in outputs {
+        let name = o["name"].as_str().unwrap();
+        let path = b.scratch.join(name);
+        assert_eq!(
+            o["size"].as_u64().unwrap(),
+            std::fs::metadata(&path).unwrap().len()
+        );
+        let sum = Command::new("sha256sum").arg(&path).output().unwrap();
+        let sum = String::from_utf8_lossy(&sum.stdout);
+        assert_eq!(
+            o["sha256"].as_str(),
+            sum.split_whitespace().next(),
+            "{name}"
+        );
+    }
+    // dpkg's own record of the kernel package, read from the tar.
+    let status = Command::new("tar")
+        .arg("-xOf")
+        .arg(b.file("tar"))
+        .arg("./var/lib/dpkg/status")
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    let kernel = status
+        .split("\n\n")
+        .find(|s| s.lines().next() == Some("Package: linux-image-cloud-amd64"))
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("Version: "))?;
+            let p = s.lines().find_map(|l| l.strip_prefix("Package: "))?;
+            Some((p.to_string(), v.to_string()))
+        })
+        .expect("no kernel package in the image's dpkg status");
+    let listed = m["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == kernel.0.as_str())
+        .unwrap_or_else(|| panic!("{} not in the manifest", kernel.0));
+    assert_eq!(listed["version"], kernel.1.as_str());
+    assert_eq!(listed["architecture"], "amd64");
+    let flavours: Vec<&str> = m["flavours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for f in IMAGE_FLAVOURS {
+        assert!(flavours.contains(&f), "{f} not in {flavours:?}");
+    }
+    assert!(m["flavours"][0]["sha256"].as_str().unwrap().len() == 64);
+    assert_eq!(m["base_tree_cache_key"].as_str().unwrap().len(), 64);
+    assert!(m["timings"].as_array().is_some_and(|t| !t.is_empty()));
+}

@@ -8,6 +8,7 @@ pub mod devices;
 pub mod hook_env;
 pub mod hooks;
 pub mod image_root;
+pub mod manifest;
 pub mod mirror;
 pub mod outputs;
 pub mod plan;
@@ -301,6 +302,7 @@ fn pipeline(
         disk.as_ref().map(|(_, r)| r.as_path()),
         &work.saved(),
         &work.outputs,
+        &progress.timings,
     )?;
     Ok(())
 }

@@ -70,6 +70,7 @@ fn final_names(c: &Config) -> Vec<PathBuf> {
         names.extend(c.checksums.iter().map(|d| with_ext(&out, d.extension())));
         names.push(out);
     }
+    names.push(manifest_path(c));
     names
 }
 
@@ -85,6 +86,7 @@ pub fn write_all(
     raw: Option<&Path>,
     saved: &Path,
     staging: &Staging,
+    timings: &[(String, std::time::Duration)],
 ) -> Result<()> {
     let c = &plan.config;
     let saved = saved.join(saved_dir_name(c));
@@ -114,6 +116,7 @@ pub fn write_all(
         for t in &temps {
             write_checksums(c, t)?;
         }
+        write_manifest(plan, tree, &temps, staging, timings)?;
         return rename_all(c, staging);
     }
     for (format, tmp) in c.formats.iter().zip(&temps) {
@@ -126,7 +129,23 @@ pub fn write_all(
         }
         write_checksums(c, tmp)?;
     }
+    write_manifest(plan, tree, &temps, staging, timings)?;
     rename_all(c, staging)
+}
+
+fn manifest_path(c: &Config) -> PathBuf {
+    with_ext(&c.output, "manifest.json")
+}
+
+fn write_manifest(
+    plan: &Plan,
+    tree: &ImageTree,
+    outputs: &[PathBuf],
+    staging: &Staging,
+    timings: &[(String, std::time::Duration)],
+) -> Result<()> {
+    let m = super::manifest::build(plan, tree, outputs, timings)?;
+    super::manifest::write(&m, &staging.file_for(&manifest_path(&plan.config)))
 }
 
 fn write_checksums(c: &Config, file: &Path) -> Result<()> {
@@ -152,6 +171,8 @@ fn rename_all(c: &Config, staging: &Staging) -> Result<()> {
         into_place(&dest)?;
         eprintln!("wrote {}", dest.display());
     }
+    into_place(&manifest_path(c))?;
+    eprintln!("wrote {}", manifest_path(c).display());
     let saved = with_ext(&c.output, "d");
     let from = staging.file_for(&saved);
     if from.is_dir() {

@@ -266,6 +266,26 @@ pub fn assert_no_leftovers(tmpdir: &Path, outdir: &Path, expected_outputs: &[&st
     names.retain(|n| n != "tmp" && n != "flavours");
     names.sort();
     let mut want: Vec<String> = expected_outputs.iter().map(|s| s.to_string()).collect();
+    // Every finished build writes NAME.manifest.json beside its outputs.
+    const IMAGE_EXTS: [&str; 9] = [
+        "qcow2",
+        "raw",
+        "vhd",
+        "vmdk",
+        "tar",
+        "tgz",
+        "squashfs",
+        "kernel",
+        "initramfs",
+    ];
+    for name in expected_outputs {
+        if let Some((stem, ext)) = name.rsplit_once('.') {
+            let manifest = format!("{stem}.manifest.json");
+            if IMAGE_EXTS.contains(&ext) && !want.contains(&manifest) {
+                want.push(manifest);
+            }
+        }
+    }
     want.sort();
     assert_eq!(
         names,
