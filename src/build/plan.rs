@@ -149,6 +149,9 @@ impl Plan {
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");
         }
+        if let Some(blocked) = crate::sandbox::userns_check::blocker() {
+            let _ = writeln!(s, "warning: the build cannot start: {blocked}");
+        }
         let _ = writeln!(
             s,
             "distribution: {} {} {} from {}",

@@ -10,6 +10,7 @@ pub mod run;
 pub mod seccomp;
 pub mod signals;
 pub mod syscall;
+pub mod userns_check;
 
 pub use idmap::IdMaps;
 pub use mounts::{Bind, View};
