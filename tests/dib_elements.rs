@@ -412,30 +412,25 @@ fn kilns_flavours_and_diskimage_builders_elements_mix() {
 #[test]
 fn simple_init_installs_glean_through_its_install_type() {
     let s = Scratch::new("dib-simple-init");
-    // What an operator behind a TLS-inspecting proxy adds: the host's own CAs,
-    // trusted in the image too, so pip inside reaches the package index.
+    // What an operator behind a TLS-inspecting proxy adds: pip inside the image
+    // trusts what the build host trusts (its CA bundle, read host side).
     let flavours = s.flavour(
         "host-ca",
         &[
-            ("README.rst", "The build host's local CAs, trusted in the image.\n", false),
-            ("element-deps", "package-installs\n", false),
-            ("package-installs.yaml", "ca-certificates:\n  phase: pre-install.d\n", false),
             (
-                "extra-data.d/50-host-ca",
-                "#!/bin/bash\nset -eu\nd=$TMP_HOOKS_PATH/host-ca\nmkdir -p $d\n\
-                 for c in /usr/local/share/ca-certificates/*.crt; do [ -f \"$c\" ] && cp \"$c\" $d/; done\ntrue\n",
-                true,
+                "README.rst",
+                "pip in the image trusts the build host's CAs.\n",
+                false,
             ),
             (
-                "pre-install.d/60-host-ca",
-                "#!/bin/bash\nset -eu\nmkdir -p /usr/local/share/ca-certificates\n\
-                 cp /tmp/in_target.d/host-ca/*.crt /usr/local/share/ca-certificates/ 2>/dev/null || true\n\
-                 update-ca-certificates\n",
+                "extra-data.d/50-host-ca",
+                "#!/bin/bash\nset -eu\nmkdir -p $TMP_HOOKS_PATH/host-ca\n\
+                 cp /etc/ssl/certs/ca-certificates.crt $TMP_HOOKS_PATH/host-ca/bundle.crt\n",
                 true,
             ),
             (
                 "environment.d/50-host-ca",
-                "export PIP_CERT=/etc/ssl/certs/ca-certificates.crt\n",
+                "export PIP_CERT=/tmp/in_target.d/host-ca/bundle.crt\n",
                 false,
             ),
         ],
