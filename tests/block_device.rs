@@ -11,18 +11,49 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// A loop device bound to a file. The kernel numbers every binding
+/// (`diskseq`), so a device freed and bound again elsewhere is not taken for it.
+#[derive(Debug)]
+struct Binding {
+    device: String,
+    diskseq: String,
+    file: String,
+}
+
+impl Binding {
+    fn still_bound(&self) -> bool {
+        let sys = Path::new("/sys/block").join(&self.device);
+        std::fs::read_to_string(sys.join("diskseq")).is_ok_and(|n| n.trim() == self.diskseq)
+            && sys.join("loop/backing_file").exists()
+    }
+}
+
 /// Loop devices whose backing file lies under `dir`.
-fn loops_under(dir: &Path) -> Vec<String> {
+fn bindings_under(dir: &Path) -> Vec<Binding> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-            if b.trim().starts_with(&dir.display().to_string()) {
-                found.push(format!("{name} -> {}", b.trim()));
-            }
+        let (Ok(diskseq), Ok(file)) = (
+            std::fs::read_to_string(e.path().join("diskseq")),
+            std::fs::read_to_string(e.path().join("loop/backing_file")),
+        ) else {
+            continue;
+        };
+        if file.trim().starts_with(&dir.display().to_string()) {
+            found.push(Binding {
+                device: e.file_name().to_string_lossy().into_owned(),
+                diskseq: diskseq.trim().to_string(),
+                file: file.trim().to_string(),
+            });
         }
     }
     found
+}
+
+fn loops_under(dir: &Path) -> Vec<String> {
+    bindings_under(dir)
+        .iter()
+        .map(|b| format!("{} -> {}", b.device, b.file))
+        .collect()
 }
 
 /// Loop devices are freed when the last descriptor closes, which happens as the
@@ -31,6 +62,24 @@ fn assert_no_loop_device(dir: &Path) {
     let start = Instant::now();
     loop {
         let left = loops_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "loop devices left attached: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// As assert_no_loop_device, for bindings seen while the build ran. Once the
+/// build's mounts are gone the kernel names a leftover's file by its path
+/// inside the build (`/image/disk.raw`), no longer under the scratch directory.
+fn assert_released(bound: &[Binding]) {
+    let start = Instant::now();
+    loop {
+        let left: Vec<&Binding> = bound.iter().filter(|b| b.still_bound()).collect();
         if left.is_empty() {
             return;
         }
@@ -165,8 +214,9 @@ fn through_sudo_the_same_build_works() {
 }
 
 /// Starts a build whose block-device.d hook runs `hook`, kills kiln (the
-/// caller) with SIGKILL when a stderr line contains `marker`, and checks that
-/// no loop device and no mount of the build is left.
+/// caller) with SIGKILL when a stderr line contains `marker` and the image is
+/// on a loop device, and checks that no loop device and no mount of the build
+/// is left.
 fn sigkill_at(name: &str, hook: &str, marker: &'static str) {
     let helper = install_setuid();
     let (s, tmp) = scratch_with_tmp(name);
@@ -182,7 +232,24 @@ fn sigkill_at(name: &str, hook: &str, marker: &'static str) {
     let mut args = build_args(out.to_str().unwrap(), &["-t", "raw"]);
     args.push("hold-device");
     let cmd = build_cmd(&args, &tmp, &helper, &[&flavours]);
-    signal_at(cmd, marker, nix::sys::signal::Signal::SIGKILL, false);
+    // "Nothing left" means something only if the kill met an attached device.
+    let dir = s.path.clone();
+    let (status, seen, attached) = signal_when(
+        cmd,
+        marker,
+        move || Some(bindings_under(&dir)).filter(|b| !b.is_empty()),
+        nix::sys::signal::Signal::SIGKILL,
+        false,
+    );
+    let attached = attached.unwrap_or_else(|| {
+        panic!("no loop device of the build was attached when kiln was killed:\n{seen}")
+    });
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "{seen}"
+    );
+    assert_released(&attached);
     assert_no_loop_device(&s.path);
     assert_no_mount(&s.path);
 }

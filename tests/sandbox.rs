@@ -101,11 +101,66 @@ fn tarball_has_the_images_ownership() {
         shadow.starts_with("-rw-r----- 0/42 "),
         "etc/shadow: {shadow}"
     );
-    // A file owned by a system user other than root proves the subordinate range is used.
+    // Packages chown some files to system users (`_apt`, `systemd-*`): with a
+    // single mapping, or owners lost on the way out, every owner would be root,
+    // or nobody (65534) for an unmapped id.
+    let system_owned = listing.lines().find(|l| {
+        let owner = l.split_whitespace().nth(1).unwrap_or("");
+        let uid: u32 = owner.split('/').next().unwrap().parse().unwrap();
+        (1..65534).contains(&uid)
+    });
     assert!(
-        listing.lines().any(|l| l.contains(" 0/42 ")),
-        "no shadow-group file"
+        system_owned.is_some(),
+        "no entry owned by a system user: the subordinate range did not reach the tarball"
     );
+}
+
+/// `inside outside count` lines of a uid_map/gid_map.
+fn id_map(text: &str) -> Vec<[u64; 3]> {
+    text.lines()
+        .map(|l| {
+            let f: Vec<u64> = l.split_whitespace().map(|n| n.parse().unwrap()).collect();
+            [f[0], f[1], f[2]]
+        })
+        .collect()
+}
+
+/// `start` and `count` of the first range of `user` (by name or uid) in
+/// /etc/subuid or /etc/subgid, as kiln reads it.
+fn subordinate_range(file: &str, user: &str, uid: u32) -> [u64; 2] {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() == 3 && (f[0] == user || f[0] == uid.to_string()))
+                .then(|| [f[1].parse().unwrap(), f[2].parse().unwrap()])
+        })
+        .unwrap_or_else(|| panic!("no range for {user} in {file}"))
+}
+
+#[test]
+fn hook_ids_map_onto_root_and_the_subordinate_range() {
+    let p = &probe_build().probe;
+    let (name, uid, gid) = match &env().user {
+        Some(u) => (u.name.clone(), u.uid, u.gid),
+        None => (
+            std::env::var("USER").unwrap(),
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        ),
+    };
+    for (map, caller, file) in [
+        ("uid_map", uid, "/etc/subuid"),
+        ("gid_map", gid, "/etc/subgid"),
+    ] {
+        let [start, count] = subordinate_range(file, &name, uid);
+        assert_eq!(
+            id_map(&p[map]),
+            vec![[0, caller as u64, 1], [1, start, count.min(65535)]],
+            "{map} is not root plus {file}'s range:\n{}",
+            p[map]
+        );
+    }
 }
 
 #[test]

@@ -341,11 +341,25 @@ pub fn scratch_with_tmp(name: &str) -> (Scratch, PathBuf) {
 /// whole process group with `group` (as Ctrl-C does), else to kiln alone.
 /// Returns the exit status and the stderr seen; insists the marker was reached.
 pub fn signal_at(
-    mut cmd: Command,
+    cmd: Command,
     marker: &'static str,
     sig: nix::sys::signal::Signal,
     group: bool,
 ) -> (std::process::ExitStatus, String) {
+    let (status, seen, _) = signal_when(cmd, marker, || Some(()), sig, group);
+    (status, seen)
+}
+
+/// As `signal_at`, but after the marker waits (up to a minute) for `ready` to
+/// see what the signal must meet, so a kill cannot land before it; returns
+/// what `ready` saw last, None if it never did.
+pub fn signal_when<T: Send + 'static>(
+    mut cmd: Command,
+    marker: &'static str,
+    mut ready: impl FnMut() -> Option<T> + Send + 'static,
+    sig: nix::sys::signal::Signal,
+    group: bool,
+) -> (std::process::ExitStatus, String, Option<T>) {
     use std::io::{BufRead, BufReader};
     use std::time::{Duration, Instant};
     if group {
@@ -356,10 +370,20 @@ pub fn signal_at(
     let stderr = child.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut seen = String::new();
+        let mut saw = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             seen.push_str(&line);
             seen.push('\n');
             if line.contains(marker) {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                saw = loop {
+                    match ready() {
+                        None if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                        found => break found,
+                    }
+                };
                 let _ = if group {
                     nix::sys::signal::killpg(pid, sig)
                 } else {
@@ -367,7 +391,7 @@ pub fn signal_at(
                 };
             }
         }
-        seen
+        (seen, saw)
     });
     let start = Instant::now();
     let status = loop {
@@ -380,10 +404,10 @@ pub fn signal_at(
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let seen = reader.join().unwrap();
+    let (seen, saw) = reader.join().unwrap();
     assert!(
         seen.contains(marker),
         "the build never reached {marker:?}:\n{seen}"
     );
-    (status, seen)
+    (status, seen, saw)
 }
