@@ -106,7 +106,7 @@ fn sigint_during_assembly_leaves_no_partial_image() {
         std::fs::read(s.join("img.qcow2")).unwrap(),
         b"previous image"
     );
-    assert_no_leftovers(&tmp, &s.path, &["img.qcow2"]);
+    assert_no_leftovers_after_failure(&tmp, &s.path, &["img.qcow2"]);
 }
 
 #[test]

@@ -226,7 +226,19 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 pub const IMAGE_FLAVOURS: [&str; 3] = ["debian", "vm", "growroot"];
 
 /// Assertions that nothing of a build is left on the host.
+/// After a finished build: `expected_outputs` plus the manifest each finished
+/// output comes with.
 pub fn assert_no_leftovers(tmpdir: &Path, outdir: &Path, expected_outputs: &[&str]) {
+    check_leftovers(tmpdir, outdir, expected_outputs, true)
+}
+
+/// After a build that did not finish: exactly `present` (files that were there
+/// before it), no manifest.
+pub fn assert_no_leftovers_after_failure(tmpdir: &Path, outdir: &Path, present: &[&str]) {
+    check_leftovers(tmpdir, outdir, present, false)
+}
+
+fn check_leftovers(tmpdir: &Path, outdir: &Path, expected_outputs: &[&str], finished: bool) {
     // Build directories live in TMPDIR: it must be empty again.
     let left: Vec<_> = std::fs::read_dir(tmpdir)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
@@ -278,7 +290,7 @@ pub fn assert_no_leftovers(tmpdir: &Path, outdir: &Path, expected_outputs: &[&st
         "kernel",
         "initramfs",
     ];
-    for name in expected_outputs {
+    for name in expected_outputs.iter().filter(|_| finished) {
         if let Some((stem, ext)) = name.rsplit_once('.') {
             let manifest = format!("{stem}.manifest.json");
             if IMAGE_EXTS.contains(&ext) && !want.contains(&manifest) {
