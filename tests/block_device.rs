@@ -91,6 +91,30 @@ fn assert_released(bound: &[Binding]) {
     }
 }
 
+/// The binding kiln reports in its log ("the image is /dev/loopN (diskseq S)"),
+/// checked released after kiln exited: a path-based check is blind by then,
+/// since the kernel names a leftover's file by its path inside the build.
+fn assert_logged_binding_released(log: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("block-device: the image is /dev/"))
+        .unwrap_or_else(|| panic!("kiln did not say which device it attached:\n{log}"));
+    let rest = line.split("the image is /dev/").nth(1).unwrap();
+    let device = rest.split_whitespace().next().unwrap().to_string();
+    let diskseq = rest
+        .split("(diskseq ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no diskseq in: {line}"))
+        .to_string();
+    assert_ne!(diskseq, "unknown", "{line}");
+    assert_released(&[Binding {
+        device,
+        diskseq,
+        file: "(the build's image)".into(),
+    }]);
+}
+
 fn assert_no_mount(dir: &Path) {
     let needle = dir.display().to_string();
     for p in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -176,6 +200,7 @@ fn a_hook_repartitions_the_real_device_and_the_image_boots() {
         "a hook could detach the lent device:\n{log}"
     );
     assert_no_loop_device(&s.path);
+    assert_logged_binding_released(&log);
     assert_no_leftovers(&tmp, &s.path, &["img.qcow2"]);
 
     let mut g = Boot::start(
@@ -203,6 +228,7 @@ fn through_sudo_the_same_build_works() {
         "{log}"
     );
     assert_no_loop_device(&s.path);
+    assert_logged_binding_released(&log);
     assert_no_leftovers(&tmp, &s.path, &["img.raw"]);
     let parts = std::process::Command::new("sfdisk")
         .arg("--dump")

@@ -382,8 +382,13 @@ fn block_device_phase(
         "attaching the image to a loop device (kiln-helper)",
     );
     let attached = broker.attach(&image)?;
+    // The kernel numbers each binding (diskseq), which tells this attachment
+    // from a later one of the same device (what a leak check needs).
+    let diskseq = std::fs::read_to_string(format!("/sys/block/{}/diskseq", attached.name))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
     progress.say(&format!(
-        "block-device: the image is /dev/{} until block-device.d ends",
+        "block-device: the image is /dev/{} (diskseq {diskseq}) until block-device.d ends",
         attached.name
     ));
     runner.image_block_device = Some(PathBuf::from("/dev").join(&attached.name));
