@@ -11,7 +11,6 @@ use crate::tree::ImageTree;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -67,7 +66,7 @@ fn parse_status(text: &str) -> Vec<Package> {
 pub fn flavour_hash(dir: &Path) -> Result<String> {
     let mut h = Sha256::new();
     hash_dir(dir, Path::new(""), &mut h)?;
-    Ok(hex(&h.finalize()))
+    Ok(super::apt_lists::hex(&h.finalize()))
 }
 
 fn hash_dir(root: &Path, rel: &Path, h: &mut Sha256) -> Result<()> {
@@ -107,16 +106,8 @@ fn hash_dir(root: &Path, rel: &Path, h: &mut Sha256) -> Result<()> {
                 },
                 h,
             );
-            let mut f = std::fs::File::open(&path)?;
             h.update(meta.len().to_le_bytes());
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
+            h.update(file_sha256(&path)?.as_bytes());
         }
     }
     Ok(())
@@ -124,20 +115,7 @@ fn hash_dir(root: &Path, rel: &Path, h: &mut Sha256) -> Result<()> {
 
 fn file_sha256(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
+    super::apt_cache::sha256_hex(&mut f)
 }
 
 /// The manifest for `outputs` (staged files, each under its final base name).
