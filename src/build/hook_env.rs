@@ -305,7 +305,8 @@ fn venv_of_element(dir: &Path) -> Option<PathBuf> {
         .then(|| site.parent()?.parent()?.parent().map(Path::to_path_buf))?
 }
 
-fn is_executable(p: &Path) -> bool {
+/// A regular file (links followed) with an execute bit: what dib-run-parts runs.
+pub(super) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

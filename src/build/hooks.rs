@@ -11,10 +11,6 @@ use std::path::{Path, PathBuf};
 
 pub use super::hook_env::IN_TARGET;
 
-fn is_executable_file(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
 pub const APT_ARCHIVES: &str = "/var/cache/apt/archives";
 
 /// Sources environment.d, then runs the hook; `$1` is the hook, `$2` the env dir.
@@ -148,7 +144,7 @@ impl Runner<'_> {
         let planned = self.plan.hooks.phase(phase);
         let mut hooks = Vec::new();
         for h in planned {
-            if is_executable_file(&dir.join(&h.name)) {
+            if super::hook_env::is_executable(&dir.join(&h.name)) {
                 hooks.push(h.clone());
             } else {
                 progress.say(&format!(
@@ -163,7 +159,7 @@ impl Runner<'_> {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if crate::flavour::is_hook_name(&name)
                     && !planned.iter().any(|h| h.name == name)
-                    && is_executable_file(&e.path())
+                    && super::hook_env::is_executable(&e.path())
                 {
                     let target = std::fs::canonicalize(e.path()).unwrap_or(e.path());
                     added.push((name, target));
