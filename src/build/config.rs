@@ -64,6 +64,10 @@ pub struct Config {
     pub install_type: Option<String>,
     /// kiln's own implementation of diskimage-builder's `lib/` (hooks' `_LIB`).
     pub dib_lib: PathBuf,
+    /// `--seed`/DIB_IMAGE_SEED: the seed of the image's identities.
+    pub seed: Option<crate::disk::Seed>,
+    /// SOURCE_DATE_EPOCH: outputs are reproducible, their times clamped to it.
+    pub source_date_epoch: Option<i64>,
 }
 
 impl Config {
@@ -189,6 +193,11 @@ impl Config {
             argv: std::env::args().skip(1).collect(),
             install_type: a.install_type.clone(),
             dib_lib,
+            seed: match a.seed.as_deref().or(vars.get("DIB_IMAGE_SEED")) {
+                Some(s) => Some(crate::disk::Seed::given(s).context("--seed/DIB_IMAGE_SEED")?),
+                None => None,
+            },
+            source_date_epoch: source_date_epoch(&vars)?,
             vars,
         };
         Ok(cfg)
@@ -302,6 +311,21 @@ fn dib_lib(builtin_flavours: &Path) -> Result<PathBuf> {
 }
 
 pub use crate::disk::Checksum;
+
+/// SOURCE_DATE_EPOCH as the reproducible-builds specification defines it: whole
+/// seconds since 1970, UTC.
+fn source_date_epoch(vars: &Vars) -> Result<Option<i64>> {
+    let Some(v) = vars.get("SOURCE_DATE_EPOCH") else {
+        return Ok(None);
+    };
+    match v.trim().parse::<i64>() {
+        Ok(n) if (0..=253_402_300_799).contains(&n) => Ok(Some(n)),
+        _ => bail!(
+            "SOURCE_DATE_EPOCH={v:?}: expected whole seconds since 1970-01-01 UTC, \
+             e.g. the last commit's `git log -1 --format=%ct`"
+        ),
+    }
+}
 
 /// diskimage-builder sets DIB_ROOT_FSTYPE from its block-device config; kiln
 /// takes it as another name for FS_TYPE, and refuses the two disagreeing.

@@ -5,7 +5,7 @@
 use super::outputs;
 use super::plan::Plan;
 use super::workdir::WorkDir;
-use super::DiskIds;
+use crate::disk::DiskIds;
 use crate::flavour::{Phase, Side};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};

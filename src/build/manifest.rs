@@ -6,7 +6,9 @@
 //! only on the inputs and outputs, so two manifests compare with
 //! `jq 'del(.timings)'`.
 
+use super::config::Config;
 use super::plan::Plan;
+use crate::flavour::Resolved;
 use crate::tree::ImageTree;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
@@ -118,16 +120,19 @@ fn file_sha256(path: &Path) -> Result<String> {
     super::apt_cache::sha256_hex(&mut f)
 }
 
-/// The manifest for `outputs` (staged files, each under its final base name).
-pub fn build(
-    plan: &Plan,
-    tree: &ImageTree,
-    outputs: &[std::path::PathBuf],
-    timings: &[(String, Duration)],
-) -> Result<Value> {
-    let c = &plan.config;
+/// What shaped the build, as the manifest records it: kiln's version, the
+/// distribution, the flavours with where each came from and a hash of its
+/// files, the options, the hooks' variables (secrets omitted), the base tree's
+/// cache key and SOURCE_DATE_EPOCH.
+pub fn inputs(
+    c: &Config,
+    resolved: &Resolved,
+    layout: &str,
+    cache_key: &str,
+    distro: &str,
+) -> Result<Map<String, Value>> {
     let mut flavours = Vec::new();
-    for f in &plan.resolved.flavours {
+    for f in &resolved.flavours {
         flavours.push(json!({
             "name": f.name,
             "dir": f.dir.display().to_string(),
@@ -149,26 +154,9 @@ pub fn build(
             );
         }
     }
-    let packages: Vec<Value> = installed_packages(tree)?
-        .into_iter()
-        .map(|p| json!({"name": p.name, "version": p.version, "architecture": p.arch}))
-        .collect();
-    let mut files = Vec::new();
-    for o in outputs {
-        let meta = std::fs::metadata(o).with_context(|| format!("reading {}", o.display()))?;
-        files.push(json!({
-            "name": o.file_name().map(|n| n.to_string_lossy().into_owned()),
-            "size": meta.len(),
-            "sha256": file_sha256(o)?,
-        }));
-    }
-    let steps: Vec<Value> = timings
-        .iter()
-        .map(|(name, d)| json!({"step": name, "seconds": (d.as_secs_f64() * 1000.0).round() / 1000.0}))
-        .collect();
-    Ok(json!({
+    let value = json!({
         "kiln_version": env!("CARGO_PKG_VERSION"),
-        "distribution": {"name": plan.distro, "release": c.release, "arch": c.arch, "mirror": c.mirror},
+        "distribution": {"name": distro, "release": c.release, "arch": c.arch, "mirror": c.mirror},
         "flavours": flavours,
         "options": {
             "formats": c.formats,
@@ -179,15 +167,93 @@ pub fn build(
             "compress": c.compress,
             "qemu_img_options": c.qemu_img_options,
             "mkfs_options": c.mkfs_options,
-            "layout": plan.layout,
+            "layout": layout,
         },
         "variables": vars,
-        "base_tree_cache_key": plan.cache_key,
-        "seed": Value::Null,
-        "packages": packages,
-        "outputs": files,
-        "timings": steps,
-    }))
+        "base_tree_cache_key": cache_key,
+        "source_date_epoch": c.source_date_epoch,
+    });
+    let Value::Object(map) = value else {
+        unreachable!("json! of an object literal is an object")
+    };
+    Ok(map)
+}
+
+/// Variables that say where the build ran, not what it made.
+const LOCATION_VARS: [&str; 8] = [
+    "DIB_IMAGE_CACHE",
+    "DIB_MANIFEST_SAVE_DIR",
+    "DIB_MIN_TMPFS",
+    "DIB_NO_TMPFS",
+    "DIB_NO_TIMESTAMP",
+    "DIB_DEBUG_TRACE",
+    "DIB_QUIET",
+    "TMP_DIR",
+];
+
+/// The digest a seed is made of when SOURCE_DATE_EPOCH asks for reproducible
+/// outputs: the [`inputs`] without what only says where the build ran — the
+/// flavours' directories, the output formats (each format is made from the
+/// same disk), cache and scratch locations — so another user on another
+/// machine with the same inputs gets the same identities.
+pub fn seed_digest(inputs: &Map<String, Value>) -> Vec<u8> {
+    let mut v = inputs.clone();
+    if let Some(Value::Array(fl)) = v.get_mut("flavours") {
+        for f in fl.iter_mut().filter_map(Value::as_object_mut) {
+            f.remove("dir");
+            f.remove("stands_in_for");
+        }
+    }
+    if let Some(Value::Object(o)) = v.get_mut("options") {
+        o.remove("formats");
+    }
+    if let Some(Value::Object(vars)) = v.get_mut("variables") {
+        for k in LOCATION_VARS {
+            vars.remove(k);
+        }
+    }
+    // serde_json's maps are sorted by key: the text is canonical.
+    Sha256::digest(Value::Object(v).to_string().as_bytes()).to_vec()
+}
+
+/// The manifest for `outputs` (staged files, each under its final base name).
+pub fn build(
+    plan: &Plan,
+    tree: &ImageTree,
+    outputs: &[std::path::PathBuf],
+    timings: &[(String, Duration)],
+) -> Result<Value> {
+    let c = &plan.config;
+    let mut m = inputs(
+        c,
+        &plan.resolved,
+        &plan.layout,
+        &plan.cache_key,
+        &plan.distro,
+    )?;
+    m.insert("seed".into(), plan.seed.as_str().into());
+    m.insert("seed_origin".into(), plan.seed.origin().as_str().into());
+    let packages: Vec<Value> = installed_packages(tree)?
+        .into_iter()
+        .map(|p| json!({"name": p.name, "version": p.version, "architecture": p.arch}))
+        .collect();
+    m.insert("packages".into(), packages.into());
+    let mut files = Vec::new();
+    for o in outputs {
+        let meta = std::fs::metadata(o).with_context(|| format!("reading {}", o.display()))?;
+        files.push(json!({
+            "name": o.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "size": meta.len(),
+            "sha256": file_sha256(o)?,
+        }));
+    }
+    m.insert("outputs".into(), files.into());
+    let steps: Vec<Value> = timings
+        .iter()
+        .map(|(name, d)| json!({"step": name, "seconds": (d.as_secs_f64() * 1000.0).round() / 1000.0}))
+        .collect();
+    m.insert("timings".into(), steps.into());
+    Ok(Value::Object(m))
 }
 
 /// Writes the manifest as `file` (a new file in the staging directory).

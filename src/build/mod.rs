@@ -13,6 +13,7 @@ pub mod mirror;
 pub mod outputs;
 pub mod plan;
 pub mod progress;
+mod reproducible;
 pub mod saved;
 mod staging;
 pub mod tools;
@@ -162,6 +163,11 @@ fn add_sbin_to_path() {
 /// Inside the namespace: run the pipeline, then remove the build tree (only
 /// here can kiln delete files that belong to subordinate ids).
 fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 {
+    if let Some(epoch) = plan.config.source_date_epoch {
+        // For the host tools that read it themselves (mtools, mksquashfs, gzip),
+        // also when it came from a defaults file rather than the environment.
+        std::env::set_var("SOURCE_DATE_EPOCH", epoch.to_string());
+    }
     let mut progress = Progress::new(plan.config.trace);
     progress.stamps = plan.config.timestamps;
     let result = work
@@ -212,7 +218,8 @@ fn pipeline(
         progress,
     )?;
     let apt_cache = apt.dir().to_path_buf();
-    let uuids = DiskIds::fresh()?;
+    let fs = crate::disk::FsType::parse(&c.fs_type)?;
+    let uuids = crate::disk::DiskIds::new(&plan.seed, fs);
     let env = hook_env::HookEnv::new(plan, work, &apt_cache, &uuids)?;
     let mut runner = Runner {
         plan,
@@ -256,16 +263,15 @@ fn pipeline(
                     + c.extra_size.unwrap_or(0)
             }
         };
-        let fs = crate::disk::FsType::parse(&c.fs_type)?;
-        let mut d = crate::disk::plan_disk(
+        let d = crate::disk::plan_disk(
             &plan.layout,
             fs,
             size,
             &c.root_label,
             c.mkfs_options.clone(),
+            &plan.seed,
+            c.source_date_epoch,
         )?;
-        d.root_uuid = uuids.root.clone();
-        d.esp_uuid = uuids.esp.clone();
         let raw = work.image().join("disk.raw");
         crate::disk::lay_out(&raw, &d)?;
         runner.image_block_device = Some(raw.clone());
@@ -286,6 +292,21 @@ fn pipeline(
     // No phase after this one binds the package cache.
     apt.settle(progress)?;
     image_root::tidy(&tree)?;
+    if let Some(epoch) = c.source_date_epoch {
+        let n = reproducible::normalise(&tree, epoch)?;
+        progress.step(
+            "reproducible",
+            &format!(
+                "{} times clamped to SOURCE_DATE_EPOCH={epoch}; removed {}",
+                n.clamped,
+                if n.removed.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    n.removed.join(" ")
+                }
+            ),
+        );
+    }
 
     if let Some((d, raw)) = &disk {
         check_interrupted()?;
@@ -509,30 +530,4 @@ fn apt_cache_dir(c: &Config) -> PathBuf {
     c.cache_dir
         .join("apt")
         .join(format!("{}-{}-{tag}", c.release, c.arch))
-}
-
-/// Filesystem ids chosen before the image exists, so finalise.d can write fstab
-/// and grub.cfg that name them.
-pub struct DiskIds {
-    pub root: String,
-    pub esp: String,
-}
-
-impl DiskIds {
-    fn fresh() -> Result<DiskIds> {
-        let root = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?
-            .trim()
-            .to_string();
-        let other = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
-        let hex: String = other
-            .chars()
-            .filter(|c| c.is_ascii_hexdigit())
-            .take(8)
-            .collect::<String>()
-            .to_uppercase();
-        Ok(DiskIds {
-            root,
-            esp: format!("{}-{}", &hex[..4], &hex[4..8]),
-        })
-    }
 }

@@ -102,7 +102,7 @@ pub fn write_all(
     if let super::config::Kind::Ramdisk(compression) = c.kind {
         let opts = crate::ramdisk::RamdiskOptions {
             compression,
-            source_date_epoch: c.vars.get("SOURCE_DATE_EPOCH").and_then(|v| v.parse().ok()),
+            source_date_epoch: c.source_date_epoch.map(|e| e as u64),
         };
         let a = crate::ramdisk::assemble(tree, &temps[0], &temps[1], &opts)?;
         eprintln!(
@@ -125,7 +125,8 @@ pub fn write_all(
             crate::disk::tree_archive(tree.path(), fmt, tmp)?;
         } else {
             let raw = raw.context("internal: disk formats requested without an assembled disk")?;
-            crate::disk::convert(raw, fmt, tmp, c.compress, &c.qemu_img_options)?;
+            let reproducible = c.source_date_epoch.map(|e| (&plan.seed, e));
+            crate::disk::convert(raw, fmt, tmp, c.compress, &c.qemu_img_options, reproducible)?;
         }
         write_checksums(c, tmp)?;
     }

@@ -38,6 +38,8 @@ pub struct Plan {
     pub helper: Option<(Helper, Vec<String>)>,
     /// Where flavours were looked for, first wins: hooks get it as ELEMENTS_PATH.
     pub search_dirs: Vec<std::path::PathBuf>,
+    /// The seed of the image's identities (docs/architecture.md §12).
+    pub seed: crate::disk::Seed,
 }
 
 impl Plan {
@@ -115,7 +117,17 @@ impl Plan {
         let helper = block_device_helper(&resolved, needs_disk, &mut warnings)?;
         warnings.extend(maps.single_id_warning());
         let cache_key = cache_key(&config, &distro, &hooks, &env_files, &bootstrap_packages)?;
+        let seed = match (&config.seed, config.source_date_epoch) {
+            (Some(s), _) => s.clone(),
+            (None, Some(_)) => {
+                let inputs =
+                    super::manifest::inputs(&config, &resolved, &layout, &cache_key, &distro)?;
+                crate::disk::Seed::from_inputs(&super::manifest::seed_digest(&inputs))
+            }
+            (None, None) => crate::disk::Seed::random()?,
+        };
         Ok(Plan {
+            seed,
             search_dirs: search.dirs.clone(),
             config,
             resolved,
@@ -199,6 +211,20 @@ impl Plan {
             outs.push(out);
         }
         let _ = writeln!(s, "disk layout: {}", self.layout);
+        let _ = match c.source_date_epoch {
+            Some(e) => writeln!(
+                s,
+                "reproducible: times clamped to SOURCE_DATE_EPOCH={e}, identities from seed {} ({})",
+                self.seed.as_str(),
+                self.seed.origin().as_str()
+            ),
+            None => writeln!(
+                s,
+                "identities from seed {} ({}); set SOURCE_DATE_EPOCH for reproducible outputs",
+                self.seed.as_str(),
+                self.seed.origin().as_str()
+            ),
+        };
         if self.needs_disk {
             let _ = writeln!(
                 s,

@@ -121,6 +121,13 @@ pub struct DiskImageArgs {
     #[arg(long, value_name = "DAYS")]
     pub cache_prune: Option<u64>,
 
+    /// The seed of the image's identities: filesystem, partition and disk UUIDs,
+    /// the ESP's volume id, ext4's hash seed (DIB_IMAGE_SEED). Default: a hash of
+    /// the build's inputs when SOURCE_DATE_EPOCH is set, else random. A manifest's
+    /// "seed" rebuilds its image.
+    #[arg(long, value_name = "SEED")]
+    pub seed: Option<String>,
+
     /// A seccomp profile (OCI runtime-spec or Docker JSON) instead of kiln's default.
     #[arg(long, value_name = "FILE")]
     pub seccomp_profile: Option<PathBuf>,
@@ -145,6 +152,8 @@ that over /etc/kiln/defaults):
   DIB_JOURNAL_SIZE                   ext3/ext4 journal MiB (mke2fs -J size=), added to the size
   DIB_ROOT_FSTYPE                    the root filesystem type, as FS_TYPE
   DIB_SHOW_IMAGE_USAGE               1: list the tree's files and directories of 10 MiB or more
+  DIB_IMAGE_SEED                     as --seed
+  SOURCE_DATE_EPOCH                  reproducible outputs: times clamped to it, ids from the inputs
   DIB_*                              passed to every hook
 Rootless: kiln maps root onto your /etc/subuid and /etc/subgid range with
 newuidmap/newgidmap (package uidmap); no sudo is ever asked for.";

@@ -1,5 +1,6 @@
 //! Step 4: output formats and checksums.
 
+use super::ids::Seed;
 use super::sparse;
 use super::tool::{run, tool, HostTool};
 use anyhow::{bail, Context, Result};
@@ -100,6 +101,7 @@ pub fn convert(
     out_tmp: &Path,
     compress: bool,
     qemu_img_options: &str,
+    reproducible: Option<(&Seed, i64)>,
 ) -> Result<()> {
     let (name, defaults): (&str, &[&str]) = match format {
         Format::Raw => {
@@ -136,7 +138,11 @@ pub fn convert(
     }
     cmd.arg(raw).arg(out_tmp);
     run(&mut cmd).with_context(|| format!("cannot convert the disk to {}", format.extension()))?;
-    Ok(())
+    match (format, reproducible) {
+        (Format::Vhd, Some((seed, epoch))) => super::stamps::vhd(out_tmp, seed, epoch),
+        (Format::Vmdk, Some((seed, _))) => super::stamps::vmdk(out_tmp, seed),
+        _ => Ok(()),
+    }
 }
 
 /// `compat=0.10` asks for qcow2 version 2, which has no compression type field.
@@ -177,10 +183,16 @@ pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
                 "--xattrs-include=*",
                 "-C",
             ])
-            .arg(tree);
-            c.arg(if format == Format::Tgz { "-czf" } else { "-cf" })
-                .arg(out)
-                .arg(".");
+            .arg(tree)
+            // The pax headers xattrs need would otherwise carry tar's process id
+            // and each file's atime and ctime: the same tree would never give the
+            // same bytes.
+            .arg("--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime");
+            if format == Format::Tgz {
+                // gzip -n: no name or time in gzip's own header.
+                c.args(["--use-compress-program", "gzip -n"]);
+            }
+            c.arg("-cf").arg(out).arg(".");
             c
         }
         Format::Squashfs => {
@@ -374,7 +386,7 @@ mod tests {
         f.set_len(8 << 20).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, b"kiln", 4 << 20).unwrap();
         let out = dir.path().join("copy.raw");
-        convert(&raw, Format::Raw, &out, true, "").unwrap();
+        convert(&raw, Format::Raw, &out, true, "", None).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&raw).unwrap());
         if !crate::test_tools::have("qemu-img") {
             return;
@@ -382,7 +394,7 @@ mod tests {
         let q = dir.path().join("disk.qcow2");
         let qinfo = |options: &str, compress: bool| {
             let _ = std::fs::remove_file(&q);
-            convert(&raw, Format::Qcow2, &q, compress, options).unwrap();
+            convert(&raw, Format::Qcow2, &q, compress, options, None).unwrap();
             let v = qemu_img_info(&q);
             assert_eq!(v["format"], "qcow2");
             assert_eq!(v["virtual-size"], 8 << 20);
@@ -398,11 +410,11 @@ mod tests {
         assert_eq!(qinfo("compat=0.10", true)["compat"], "0.10");
         // Uncompressed: no zstd header bit that old readers would refuse for nothing.
         assert_eq!(qinfo("", false)["compression-type"], "zlib");
-        assert!(convert(&raw, Format::Tar, &q, true, "").is_err());
+        assert!(convert(&raw, Format::Tar, &q, true, "", None).is_err());
 
         for (format, name) in [(Format::Vhd, "vpc"), (Format::Vmdk, "vmdk")] {
             let out = dir.path().join(format!("disk.{}", format.extension()));
-            convert(&raw, format, &out, true, "").unwrap();
+            convert(&raw, format, &out, true, "", None).unwrap();
             let v = qemu_img_info(&out);
             assert_eq!(v["format"], name);
             // force_size keeps the VHD's virtual size exact.

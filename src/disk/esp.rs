@@ -10,7 +10,13 @@ use std::process::Command;
 
 /// Makes the ESP: FAT32, labelled `ESP`, with `volume_id` (`XXXX-XXXX`), and copies the
 /// content of `content` (the tree's /boot/efi) into it when there is any.
-pub(crate) fn make(raw: &Path, part: &Partition, volume_id: &str, content: &Path) -> Result<()> {
+pub(crate) fn make(
+    raw: &Path,
+    part: &Partition,
+    volume_id: &str,
+    content: &Path,
+    epoch: Option<i64>,
+) -> Result<()> {
     // FAT32 as the UEFI spec asks of a fixed disk's ESP; at 64 MiB that needs 512-byte
     // clusters to reach FAT32's minimum cluster count.
     format(
@@ -19,9 +25,10 @@ pub(crate) fn make(raw: &Path, part: &Partition, volume_id: &str, content: &Path
         volume_id,
         "ESP",
         &["-F".into(), "32".into(), "-s".into(), "1".into()],
+        epoch,
     )?;
     if content.is_dir() {
-        copy_tree(raw, part, content)?;
+        copy_tree(raw, part, content, epoch)?;
     }
     Ok(())
 }
@@ -33,9 +40,16 @@ pub(crate) fn format(
     volume_id: &str,
     label: &str,
     extra: &[String],
+    epoch: Option<i64>,
 ) -> Result<()> {
     let id: String = volume_id.chars().filter(|c| *c != '-').collect();
-    run(Command::new("mkfs.vfat")
+    let mut cmd = Command::new("mkfs.vfat");
+    if epoch.is_some() {
+        // A fixed creation time in the boot sector and the label's directory entry;
+        // its constant volume id gives way to the -i that follows.
+        cmd.arg("--invariant");
+    }
+    run(cmd
         .args(["-S", "512"])
         .args(extra)
         .arg("-n")
@@ -53,14 +67,19 @@ pub(crate) fn format(
 }
 
 /// Copies the entries of `dir` into the FAT's root, recursively.
-pub(crate) fn copy_tree(raw: &Path, part: &Partition, dir: &Path) -> Result<()> {
+pub(crate) fn copy_tree(
+    raw: &Path,
+    part: &Partition,
+    dir: &Path,
+    epoch: Option<i64>,
+) -> Result<()> {
     let mut sources: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<_>>()
         .with_context(|| format!("cannot read {}", dir.display()))?;
     sources.sort();
-    copy_into(raw, part, &sources, "::/")
+    copy_into(raw, part, &sources, "::/", epoch)
 }
 
 /// `mcopy` into the FAT at the partition's offset; existing files are overwritten and
@@ -70,18 +89,26 @@ pub(crate) fn copy_into(
     part: &Partition,
     sources: &[PathBuf],
     dest: &str,
+    epoch: Option<i64>,
 ) -> Result<()> {
     if sources.is_empty() {
         return Ok(());
     }
     let mut image = raw.as_os_str().to_owned();
     image.push(format!("@@{}", part.start));
-    run(Command::new("mcopy")
+    let mut cmd = Command::new("mcopy");
+    match epoch {
+        // Every entry, directories too, dated SOURCE_DATE_EPOCH (mtools reads it
+        // as "now"); -m would keep the times of files kiln itself just wrote.
+        Some(e) => cmd.env("SOURCE_DATE_EPOCH", e.to_string()),
+        None => cmd.arg("-m"),
+    };
+    run(cmd
         // mtools otherwise refuses a FAT whose geometry fields look odd to it.
         .env("MTOOLS_SKIP_CHECK", "1")
         .arg("-i")
         .arg(image)
-        .args(["-s", "-p", "-m", "-Q", "-D", "o"])
+        .args(["-s", "-p", "-Q", "-D", "o"])
         .args(sources)
         .arg(dest))
     .with_context(|| {

@@ -116,7 +116,7 @@ pub fn build_filesystems(raw: &Path, tree: &ImageTree, plan: &DiskPlan) -> Resul
         if tree.is_dir(Path::new(ESP_DIR)) {
             tree.stage(Path::new(ESP_DIR), &content)?;
         }
-        esp::make(raw, p, &plan.esp_uuid, &content).context("cannot build the ESP")?;
+        esp::make(raw, p, &plan.esp_uuid, &content, plan.epoch).context("cannot build the ESP")?;
         let _hidden = EmptyMountPoint::hide(tree, Path::new(ESP_DIR))?;
         make_root(raw, tree, root, plan)
     } else {
@@ -140,12 +140,13 @@ fn make_root(raw: &Path, tree: &ImageTree, part: &Partition, plan: &DiskPlan) ->
                 &plan.root_uuid,
                 &plan.root_label,
                 &plan.mkfs_options,
+                plan.epoch,
             )?;
             // FAT has no symlinks and mcopy follows them: copy with links resolved in the image.
             let scratch = ScratchDir::beside(raw, "vfat")?;
             let content = scratch.path().join("root");
             tree.stage(Path::new("/"), &content)?;
-            esp::copy_tree(raw, part, &content)
+            esp::copy_tree(raw, part, &content, plan.epoch)
         }
     }
 }
@@ -154,11 +155,20 @@ fn mke2fs(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Result<
     // mke2fs keeps only the last -E, so the user's extended options join our offset.
     let (user_extended, rest) = split_option(&plan.mkfs_options, "-E");
     let mut extended = format!("offset={}", part.start);
+    if !user_extended.iter().any(|e| e.contains("hash_seed=")) {
+        extended.push_str(",hash_seed=");
+        extended.push_str(&plan.hash_seed);
+    }
     for e in user_extended {
         extended.push(',');
         extended.push_str(&e);
     }
     let mut cmd = Command::new("mke2fs");
+    if let Some(epoch) = plan.epoch {
+        // The superblock's creation, mount and check times, and the times of the
+        // inodes mke2fs makes itself (root, lost+found, the journal).
+        cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string());
+    }
     cmd.args(["-t", plan.fs_type.as_str(), "-F", "-q"])
         .arg("-L")
         .arg(&plan.root_label)
@@ -385,7 +395,16 @@ mod tests {
         let (dir, tree) = tree_with_hostname();
 
         let raw = dir.path().join("root.ext4");
-        let plan = crate::disk::plan_disk("none", FsType::Ext4, 64 * MIB, "root", vec![]).unwrap();
+        let plan = crate::disk::plan_disk(
+            "none",
+            FsType::Ext4,
+            64 * MIB,
+            "root",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None,
+        )
+        .unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
         build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
         crate::disk::install_bootloader(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
@@ -397,7 +416,16 @@ mod tests {
         assert!(String::from_utf8_lossy(&out.stdout).contains(&plan.root_uuid));
 
         let raw = dir.path().join("root.vfat");
-        let plan = crate::disk::plan_disk("none", FsType::Vfat, 64 * MIB, "KILN", vec![]).unwrap();
+        let plan = crate::disk::plan_disk(
+            "none",
+            FsType::Vfat,
+            64 * MIB,
+            "KILN",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None,
+        )
+        .unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
         build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
         let out = Command::new("mtype")
@@ -417,7 +445,16 @@ mod tests {
         }
         let (dir, tree) = tree_with_hostname();
         let raw = dir.path().join("disk.raw");
-        let plan = crate::disk::plan_disk("efi", FsType::Btrfs, 256 * MIB, "root", vec![]).unwrap();
+        let plan = crate::disk::plan_disk(
+            "efi",
+            FsType::Btrfs,
+            256 * MIB,
+            "root",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None,
+        )
+        .unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
         build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
         let root = plan.root().unwrap();
@@ -441,7 +478,16 @@ mod tests {
         }
         let (dir, tree) = tree_with_hostname();
         let raw = dir.path().join("disk.raw");
-        let plan = crate::disk::plan_disk("mbr", FsType::Ext4, 64 * MIB, "root", vec![]).unwrap();
+        let plan = crate::disk::plan_disk(
+            "mbr",
+            FsType::Ext4,
+            64 * MIB,
+            "root",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None,
+        )
+        .unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
         build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
         let out = Command::new("dumpe2fs")

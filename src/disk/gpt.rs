@@ -244,7 +244,16 @@ mod tests {
     fn gpt_written_reads_back_with_sfdisk() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
-        let plan = plan_disk("gpt", FsType::Ext4, 300 << 20, "root", vec![]).unwrap();
+        let plan = plan_disk(
+            "gpt",
+            FsType::Ext4,
+            300 << 20,
+            "root",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None,
+        )
+        .unwrap();
         lay_out(&raw, &plan).unwrap();
         assert_eq!(std::fs::metadata(&raw).unwrap().len(), 300 << 20);
 
@@ -292,7 +301,16 @@ mod tests {
     fn corrupted_header_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
-        let plan = plan_disk("efi", FsType::Ext4, 200 << 20, "root", vec![]).unwrap();
+        let plan = plan_disk(
+            "efi",
+            FsType::Ext4,
+            200 << 20,
+            "root",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None,
+        )
+        .unwrap();
         lay_out(&raw, &plan).unwrap();
         let file = std::fs::OpenOptions::new()
             .write(true)

@@ -147,7 +147,7 @@ pub fn install_bootloader(raw: &Path, tree: &ImageTree, plan: &DiskPlan) -> Resu
         let part = plan
             .partition(PartRole::Esp)
             .context("the disk plan has no ESP")?;
-        esp::copy_into(raw, part, &[scratch.path().join("EFI")], "::/")
+        esp::copy_into(raw, part, &[scratch.path().join("EFI")], "::/", plan.epoch)
             .context("cannot install GRUB for UEFI")?;
     }
     Ok(())
@@ -357,9 +357,16 @@ mod tests {
         let scratch = tempfile::tempdir().unwrap();
         let early = scratch.path().join("early.cfg");
         std::fs::write(&early, early_config("0a1b2c3d-0000-4000-8000-000000000000")).unwrap();
-        let plan =
-            crate::disk::plan_disk("gpt", crate::disk::FsType::Ext4, 1 << 30, "root", vec![])
-                .unwrap();
+        let plan = crate::disk::plan_disk(
+            "gpt",
+            crate::disk::FsType::Ext4,
+            1 << 30,
+            "root",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None,
+        )
+        .unwrap();
         let out = scratch.path().join("core.img");
         mkimage(dir, Platform::Bios, &early, &out, &plan).unwrap();
         let mut core = std::fs::read(&out).unwrap();

@@ -5,7 +5,8 @@
 //! exactly what the plan says.
 
 use super::fs::FsType;
-use super::tool::{parse_uuid, random_uuid};
+use super::ids::{DiskIds, Seed};
+use super::tool::parse_uuid;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
@@ -130,6 +131,11 @@ pub struct DiskPlan {
     /// Extra options for the root filesystem's mkfs (`--mkfs-options`).
     pub mkfs_options: Vec<String>,
     pub partitions: Vec<Partition>,
+    /// ext2/3/4's directory-index hash seed (a UUID): it decides the order of
+    /// hashed directory blocks, so it is part of the image's bytes.
+    pub hash_seed: String,
+    /// SOURCE_DATE_EPOCH: the creation and write times mkfs records.
+    pub epoch: Option<i64>,
 }
 
 impl DiskPlan {
@@ -187,14 +193,17 @@ impl DiskPlan {
     }
 }
 
-/// Plans the disk: partition offsets and sizes, fresh UUIDs. `size` is rounded up to a
-/// whole MiB.
+/// Plans the disk: partition offsets and sizes, identities from `seed`. `size` is
+/// rounded up to a whole MiB. `epoch` (SOURCE_DATE_EPOCH) is the time the
+/// filesystems' own timestamps record.
 pub fn plan_disk(
     layout: &str,
     fs_type: FsType,
     size: u64,
     root_label: &str,
     mkfs_options: Vec<String>,
+    seed: &Seed,
+    epoch: Option<i64>,
 ) -> Result<DiskPlan> {
     let layout = Layout::parse(layout)?;
     fs_type.check_label(root_label)?;
@@ -219,15 +228,13 @@ pub fn plan_disk(
         );
     }
 
-    let (root_uuid, esp_uuid) = match fs_type {
-        FsType::Vfat => (volume_id()?, String::new()),
-        _ => (random_uuid()?, String::new()),
-    };
+    let ids = DiskIds::new(seed, fs_type);
+    let root_uuid = ids.root;
     let esp = matches!(layout, Layout::Gpt | Layout::Efi);
-    let esp_uuid = if esp { volume_id()? } else { esp_uuid };
+    let esp_uuid = if esp { ids.esp } else { String::new() };
     let disk_id = match layout.table() {
-        TableKind::Gpt => random_uuid()?,
-        TableKind::Mbr => random_uuid()?[..8].to_string(),
+        TableKind::Gpt => seed.uuid("disk"),
+        TableKind::Mbr => seed.mbr_signature("disk"),
         TableKind::None => String::new(),
     };
 
@@ -268,7 +275,7 @@ pub fn plan_disk(
     for (i, (role, size, type_id, name)) in specs.into_iter().enumerate() {
         let number = i as u32 + 1;
         let uuid = match layout.table() {
-            TableKind::Gpt => random_uuid()?,
+            TableKind::Gpt => seed.uuid(&format!("partition {number}")),
             TableKind::Mbr => format!("{disk_id}-{number:02x}"),
             TableKind::None => String::new(),
         };
@@ -297,6 +304,8 @@ pub fn plan_disk(
         disk_id,
         mkfs_options,
         partitions,
+        hash_seed: seed.uuid("ext4 hash seed"),
+        epoch,
     })
 }
 
@@ -311,12 +320,6 @@ fn check_volume_id(id: &str) -> Result<()> {
         bail!("{id:?} is not a FAT volume id (XXXX-XXXX, hexadecimal)");
     }
     Ok(())
-}
-
-/// A FAT volume id, `XXXX-XXXX`, from the kernel's randomness.
-fn volume_id() -> Result<String> {
-    let u = random_uuid()?.to_ascii_uppercase();
-    Ok(format!("{}-{}", &u[..4], &u[4..8]))
 }
 
 /// Bytes the tree occupies, like `du`: allocated blocks, hard links counted once.
@@ -442,7 +445,15 @@ mod tests {
     use super::*;
 
     fn plan(layout: &str, size: u64) -> Result<DiskPlan> {
-        plan_disk(layout, FsType::Ext4, size, "cloudimg-rootfs", vec![])
+        plan_disk(
+            layout,
+            FsType::Ext4,
+            size,
+            "cloudimg-rootfs",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None,
+        )
     }
 
     #[test]
@@ -526,9 +537,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("gpt, mbr, efi, none"));
-        assert!(plan_disk("gpt", FsType::Ext4, GIB, "a-label-longer-than-16", vec![]).is_err());
-        assert!(plan_disk("gpt", FsType::Vfat, GIB, "ROOT", vec![]).is_err());
-        assert!(plan_disk("none", FsType::Vfat, GIB, "ROOT", vec![]).is_ok());
+        assert!(plan_disk(
+            "gpt",
+            FsType::Ext4,
+            GIB,
+            "a-label-longer-than-16",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None
+        )
+        .is_err());
+        assert!(plan_disk(
+            "gpt",
+            FsType::Vfat,
+            GIB,
+            "ROOT",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None
+        )
+        .is_err());
+        assert!(plan_disk(
+            "none",
+            FsType::Vfat,
+            GIB,
+            "ROOT",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None
+        )
+        .is_ok());
     }
 
     #[test]

@@ -100,7 +100,16 @@ mod tests {
     fn mbr_written_reads_back_with_sfdisk() {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
-        let plan = plan_disk("mbr", FsType::Ext4, 100 << 20, "root", vec![]).unwrap();
+        let plan = plan_disk(
+            "mbr",
+            FsType::Ext4,
+            100 << 20,
+            "root",
+            vec![],
+            &crate::disk::Seed::random().unwrap(),
+            None,
+        )
+        .unwrap();
         lay_out(&raw, &plan).unwrap();
         let file = File::open(&raw).unwrap();
         assert_eq!(read_partitions(&file).unwrap(), vec![(1 << 20, 99 << 20)]);

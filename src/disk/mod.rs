@@ -22,9 +22,11 @@ mod esp;
 mod fs;
 mod gpt;
 mod grub;
+mod ids;
 mod layout;
 mod mbr;
 mod sparse;
+mod stamps;
 mod table;
 mod tool;
 
@@ -36,6 +38,7 @@ pub use convert::{
 };
 pub use fs::{build_filesystems, FsType};
 pub use grub::install_bootloader;
+pub use ids::{DiskIds, Seed, SeedOrigin};
 pub use layout::{
     check_image_size, content_size, format_human, format_size, parse_image_size, plan_disk,
     size_for_content, size_for_tree, DiskPlan, Layout, PartRole, Partition, TableKind, GIB, MIB,

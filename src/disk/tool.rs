@@ -124,15 +124,6 @@ impl Drop for ScratchDir {
     }
 }
 
-/// A fresh random UUID from the kernel, lower case.
-pub(crate) fn random_uuid() -> Result<String> {
-    let s = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .context("cannot read /proc/sys/kernel/random/uuid")?;
-    let s = s.trim().to_ascii_lowercase();
-    parse_uuid(&s)?;
-    Ok(s)
-}
-
 /// Parses a textual UUID into its 16 bytes in text order.
 pub(crate) fn parse_uuid(s: &str) -> Result<[u8; 16]> {
     let hex: String = s.chars().filter(|c| *c != '-').collect();

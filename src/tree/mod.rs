@@ -29,6 +29,7 @@
 //! A plain `std::fs` call on `root.join(..)` after the first hook ran is a bug.
 
 mod stage;
+mod times;
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
