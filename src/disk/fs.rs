@@ -129,6 +129,11 @@ pub fn build_filesystems(raw: &Path, tree: &ImageTree, plan: &DiskPlan) -> Resul
 const ESP_DIR: &str = "boot/efi";
 
 fn make_root(raw: &Path, tree: &ImageTree, part: &Partition, plan: &DiskPlan) -> Result<()> {
+    if let Some(epoch) = plan.epoch {
+        // mke2fs records access times, and kiln's own reads since the tree was
+        // clamped (staging the ESP's files) moved some.
+        tree.clamp_times(epoch)?;
+    }
     // mke2fs -d and mkfs.btrfs --rootdir walk the tree without following symlinks.
     match plan.fs_type {
         FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => mke2fs(raw, tree.path(), part, plan),
@@ -194,6 +199,9 @@ fn mke2fs(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Result<
         .arg(raw)
         .arg(format!("{}k", part.size / 1024));
     run(&mut cmd)?;
+    if let Some(epoch) = plan.epoch {
+        super::ext4_ctime::clamp_ctimes(raw, part.start, epoch)?;
+    }
     Ok(())
 }
 

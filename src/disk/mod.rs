@@ -19,6 +19,7 @@
 mod convert;
 pub mod dib_config;
 mod esp;
+mod ext4_ctime;
 mod fs;
 mod gpt;
 mod grub;
