@@ -27,15 +27,23 @@ fn main() -> Result<()> {
         .nth(1)
         .context("usage: gen-docs OUTDIR (writes OUTDIR/man and OUTDIR/completions)")?;
     let out = Path::new(&out);
-    for cmd in commands() {
+    let all = commands();
+    let names: Vec<String> = all.iter().map(|c| c.get_name().to_string()).collect();
+    for cmd in all {
         let name = cmd.get_name().to_string();
         let lists_flavours = cmd
             .get_arguments()
             .any(|a| a.get_long() == Some(LIST_FLAVOURS));
 
-        let mut page = Vec::new();
-        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
-        write(&out.join("man").join(format!("{name}.1")), &page)?;
+        let others: Vec<&str> = names
+            .iter()
+            .filter(|n| **n != name)
+            .map(String::as_str)
+            .collect();
+        write(
+            &out.join("man").join(format!("{name}.1")),
+            &man_page(&cmd, &others)?,
+        )?;
 
         for (shell, file) in [
             (Shell::Bash, format!("bash/{name}")),
@@ -56,6 +64,56 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// clap_mangen's sections, with two changes: the synopsis is clap's usage line
+/// (clap_mangen's lists every option without its value), and the after-help
+/// text, laid out in columns for a terminal, is kept as it is instead of being
+/// filled into paragraphs.
+fn man_page(cmd: &Command, see_also: &[&str]) -> Result<Vec<u8>> {
+    let usage = cmd.clone().render_usage().to_string();
+    let usage = usage.strip_prefix("Usage: ").unwrap_or(&usage).to_string();
+    let man = clap_mangen::Man::new(cmd.clone().override_usage(usage));
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    if let Some(after) = cmd.get_after_help() {
+        page.extend(preformatted("NOTES", &after.to_string()).as_bytes());
+    }
+    man.render_version_section(&mut page)?;
+    if !see_also.is_empty() {
+        let refs: Vec<String> = see_also
+            .iter()
+            .map(|n| format!("\\fB{}\\fR(1)", roff_escape(n)))
+            .collect();
+        page.extend(format!(".SH \"SEE ALSO\"\n{}\n", refs.join(", ")).as_bytes());
+    }
+    Ok(page)
+}
+
+/// A section whose lines are set as they are (no filling, no hyphenation).
+fn preformatted(title: &str, text: &str) -> String {
+    let mut s = format!(".SH {title}\n.nf\n");
+    for line in text.lines() {
+        s.push_str(&roff_escape(line));
+        s.push('\n');
+    }
+    s.push_str(".fi\n");
+    s
+}
+
+/// Text safe on a roff text line: backslashes and minus signs escaped, and a
+/// leading `.` or `'` (a request) neutralised.
+fn roff_escape(line: &str) -> String {
+    let escaped = line.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with('.') || escaped.starts_with('\'') {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
 }
 
 /// clap_complete offers hidden options too; `--list-flavours` is for the

@@ -399,6 +399,37 @@ fn make_install_into_a_prefix_works_for_an_ordinary_user() {
     );
     assert_eq!(got, BTreeSet::from(["vm".to_string()]));
 
+    // A copy without its share/kiln says so, though the source tree it was
+    // built from is right there.
+    let lonely = scratch.join("lonely");
+    std::fs::create_dir_all(lonely.join("bin")).unwrap();
+    std::fs::copy(
+        prefix.join("bin/disk-image-create"),
+        lonely.join("bin/disk-image-create"),
+    )
+    .unwrap();
+    let mut cmd = Command::new("/bin/bash");
+    cmd.arg("-c")
+        .arg("disk-image-create --dry-run -o x debian vm")
+        .env_clear()
+        .env("PATH", format!("{}/bin:/usr/bin:/bin", lonely.display()))
+        .env("HOME", &env().user.as_ref().unwrap().home)
+        .current_dir(&scratch.path)
+        .uid(env().user.as_ref().unwrap().uid)
+        .gid(env().user.as_ref().unwrap().gid)
+        .stdin(Stdio::null());
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let expected = lonely.join("share/kiln/flavours").display().to_string();
+    assert!(
+        !o.status.success()
+            && err.contains("built-in flavours are not installed")
+            && err.contains(&expected)
+            && err.contains("KILN_BUILTIN_FLAVOURS"),
+        "a kiln without its data must say where it looked:\n{}",
+        output_text(&o)
+    );
+
     // Again, setuid, over the first install.
     make(&["install", &prefix_arg, "SETUID_HELPER=1"]);
     assert_eq!(
