@@ -44,6 +44,9 @@ $(BUILT): $(SOURCES)
 # target/man/NAME.1 and target/completions/{bash,zsh,fish}/, from the clap definitions.
 $(DOCS): $(SOURCES)
 	$(CARGO) run --release --example gen-docs -- target
+	@for c in $(COMMANDS); do test -f target/man/$$c.1 || { \
+	    echo "gen-docs wrote no man page for $$c: add its clap command to examples/gen-docs.rs" >&2; \
+	    exit 1; }; done
 	touch $@
 
 # flavours/ and dib-lib/ are replaced whole, so a flavour removed from the
@@ -59,10 +62,10 @@ install: all
 	cp -R flavours dib-lib $(D)$(KILNDIR)/
 	chmod -R u+rwX,go+rX,go-w $(D)$(KILNDIR)/flavours $(D)$(KILNDIR)/dib-lib
 	$(INSTALL) -m 0644 seccomp/default.json seccomp/README.md $(D)$(KILNDIR)/seccomp/
-	$(INSTALL) -m 0644 target/man/*.1 $(D)$(MANDIR)/man1/
-	$(INSTALL) -m 0644 target/completions/bash/* $(D)$(BASHCOMPDIR)/
-	$(INSTALL) -m 0644 target/completions/zsh/* $(D)$(ZSHCOMPDIR)/
-	$(INSTALL) -m 0644 target/completions/fish/* $(D)$(FISHCOMPDIR)/
+	$(INSTALL) -m 0644 $(patsubst %,target/man/%.1,$(COMMANDS)) $(D)$(MANDIR)/man1/
+	$(INSTALL) -m 0644 $(patsubst %,target/completions/bash/%,$(COMMANDS)) $(D)$(BASHCOMPDIR)/
+	$(INSTALL) -m 0644 $(patsubst %,target/completions/zsh/_%,$(COMMANDS)) $(D)$(ZSHCOMPDIR)/
+	$(INSTALL) -m 0644 $(patsubst %,target/completions/fish/%.fish,$(COMMANDS)) $(D)$(FISHCOMPDIR)/
 	$(INSTALL) -m 0644 README.md $(D)$(DOCDIR)/README.md
 	sed 's|/usr/local/libexec/kiln/kiln-helper|$(LIBEXECDIR)/kiln/kiln-helper|g' \
 	    contrib/sudoers.d/kiln > $(D)$(DOCDIR)/examples/sudoers.d/kiln
