@@ -147,23 +147,27 @@ struct Installed;
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        let o = Command::new("apt-get")
-            .args([
-                "remove",
-                "-y",
-                "-q",
-                "-o",
-                "DPkg::Lock::Timeout=300",
-                "kiln",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .output();
-        match o {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!("apt-get remove kiln failed:\n{}", output_text(&o)),
-            Err(e) => eprintln!("apt-get remove kiln: {e}"),
-        }
+        remove_package();
+    }
+}
+
+fn remove_package() {
+    let o = Command::new("apt-get")
+        .args([
+            "remove",
+            "-y",
+            "-q",
+            "-o",
+            "DPkg::Lock::Timeout=300",
+            "kiln",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .output();
+    match o {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!("apt-get remove kiln failed:\n{}", output_text(&o)),
+        Err(e) => eprintln!("apt-get remove kiln: {e}"),
     }
 }
 
@@ -200,6 +204,8 @@ fn debian_package_installs_with_apt_and_works_for_an_ordinary_user() {
         );
     }
 
+    // A package left by a killed run has the same version, and apt would keep it.
+    remove_package();
     let guard = Installed;
     run(Command::new("apt-get")
         .args([
