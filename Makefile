@@ -3,6 +3,7 @@
 #   make install [PREFIX=/usr/local] [DESTDIR=] [SETUID_HELPER=1]
 #   make uninstall [PREFIX=…] [DESTDIR=]
 #   make deb                             target/debian/kiln_VERSION_ARCH.deb
+# (target/ is CARGO_TARGET_DIR when that is set.)
 # Nothing is rebuilt when the sources are older than the last build, so
 # `make && sudo make install` never runs cargo as root.
 
@@ -24,14 +25,16 @@ STRIP ?= strip
 INSTALL ?= install
 
 D = $(DESTDIR)
+# cargo's output directory, as cargo itself chooses it.
+T := $(or $(CARGO_TARGET_DIR),target)
 # Every [[bin]] of Cargo.toml; kiln-helper goes to libexec, the others to bin.
 BINS := $(shell awk '/^\[\[bin\]\]/ {b = 1; next} b && /^name *=/ {gsub(/[" ]/, "", $$0); sub(/^name=/, "", $$0); print; b = 0}' Cargo.toml)
 COMMANDS := $(filter-out kiln-helper,$(BINS))
 HELPER_MODE := $(if $(filter 1,$(SETUID_HELPER)),4755,0755)
 SOURCES := $(shell find src examples -name '*.rs') Cargo.toml Cargo.lock seccomp/default.json
 
-BUILT := target/release/.kiln-built
-DOCS := target/.kiln-docs
+BUILT := $(T)/release/.kiln-built
+DOCS := $(T)/.kiln-docs
 
 .PHONY: all install uninstall deb clean
 
@@ -43,8 +46,8 @@ $(BUILT): $(SOURCES)
 
 # target/man/NAME.1 and target/completions/{bash,zsh,fish}/, from the clap definitions.
 $(DOCS): $(SOURCES)
-	$(CARGO) run --release --example gen-docs -- target
-	@for c in $(COMMANDS); do test -f target/man/$$c.1 || { \
+	$(CARGO) run --release --example gen-docs -- $(T)
+	@for c in $(COMMANDS); do test -f $(T)/man/$$c.1 || { \
 	    echo "gen-docs wrote no man page for $$c: add its clap command to examples/gen-docs.rs" >&2; \
 	    exit 1; }; done
 	touch $@
@@ -56,16 +59,16 @@ install: all
 	$(INSTALL) -d -m 0755 $(D)$(BINDIR) $(D)$(LIBEXECDIR)/kiln $(D)$(KILNDIR)/seccomp \
 	    $(D)$(MANDIR)/man1 $(D)$(BASHCOMPDIR) $(D)$(ZSHCOMPDIR) $(D)$(FISHCOMPDIR) \
 	    $(D)$(DOCDIR)/examples/sudoers.d $(D)$(DOCDIR)/examples/apparmor.d
-	$(INSTALL) -m 0755 $(addprefix target/release/,$(COMMANDS)) $(D)$(BINDIR)/
-	$(INSTALL) -m $(HELPER_MODE) target/release/kiln-helper $(D)$(LIBEXECDIR)/kiln/kiln-helper
+	$(INSTALL) -m 0755 $(addprefix $(T)/release/,$(COMMANDS)) $(D)$(BINDIR)/
+	$(INSTALL) -m $(HELPER_MODE) $(T)/release/kiln-helper $(D)$(LIBEXECDIR)/kiln/kiln-helper
 	rm -rf $(D)$(KILNDIR)/flavours $(D)$(KILNDIR)/dib-lib
 	cp -R flavours dib-lib $(D)$(KILNDIR)/
 	chmod -R u+rwX,go+rX,go-w $(D)$(KILNDIR)/flavours $(D)$(KILNDIR)/dib-lib
 	$(INSTALL) -m 0644 seccomp/default.json seccomp/README.md $(D)$(KILNDIR)/seccomp/
-	$(INSTALL) -m 0644 $(patsubst %,target/man/%.1,$(COMMANDS)) $(D)$(MANDIR)/man1/
-	$(INSTALL) -m 0644 $(patsubst %,target/completions/bash/%,$(COMMANDS)) $(D)$(BASHCOMPDIR)/
-	$(INSTALL) -m 0644 $(patsubst %,target/completions/zsh/_%,$(COMMANDS)) $(D)$(ZSHCOMPDIR)/
-	$(INSTALL) -m 0644 $(patsubst %,target/completions/fish/%.fish,$(COMMANDS)) $(D)$(FISHCOMPDIR)/
+	$(INSTALL) -m 0644 $(patsubst %,$(T)/man/%.1,$(COMMANDS)) $(D)$(MANDIR)/man1/
+	$(INSTALL) -m 0644 $(patsubst %,$(T)/completions/bash/%,$(COMMANDS)) $(D)$(BASHCOMPDIR)/
+	$(INSTALL) -m 0644 $(patsubst %,$(T)/completions/zsh/_%,$(COMMANDS)) $(D)$(ZSHCOMPDIR)/
+	$(INSTALL) -m 0644 $(patsubst %,$(T)/completions/fish/%.fish,$(COMMANDS)) $(D)$(FISHCOMPDIR)/
 	$(INSTALL) -m 0644 README.md $(D)$(DOCDIR)/README.md
 	sed 's|/usr/local/libexec/kiln/kiln-helper|$(LIBEXECDIR)/kiln/kiln-helper|g' \
 	    contrib/sudoers.d/kiln > $(D)$(DOCDIR)/examples/sudoers.d/kiln
@@ -89,15 +92,15 @@ DEB_ARCH = $(shell dpkg --print-architecture)
 MAINTAINER ?= kiln developers <kiln@localhost>
 # dpkg-shlibdeps wants debian/control and the staged package (with its DEBIAN/)
 # in debian/PACKAGE.
-DEB_WORK = target/debian/work
+DEB_WORK = $(T)/debian/work
 DEB_ROOT = $(DEB_WORK)/debian/kiln
-DEB = target/debian/kiln_$(VERSION)_$(DEB_ARCH).deb
+DEB = $(T)/debian/kiln_$(VERSION)_$(DEB_ARCH).deb
 
 deb: all
 	@command -v dpkg-deb >/dev/null && command -v dpkg-shlibdeps >/dev/null || \
 	    { echo "make deb needs dpkg-deb and dpkg-shlibdeps: apt-get install dpkg-dev" >&2; exit 1; }
 	rm -rf $(DEB_WORK) $(DEB)
-	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(DEB_ROOT) PREFIX=/usr SETUID_HELPER=0
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(DEB_ROOT)) PREFIX=/usr SETUID_HELPER=0
 	$(STRIP) --strip-unneeded --remove-section=.comment --remove-section=.note \
 	    $(addprefix $(DEB_ROOT)/usr/bin/,$(COMMANDS)) $(DEB_ROOT)/usr/libexec/kiln/kiln-helper
 	gzip -9n $(DEB_ROOT)/usr/share/man/man1/*.1
@@ -115,4 +118,4 @@ deb: all
 	@ls -l $(DEB)
 
 clean:
-	rm -rf target/man target/completions target/debian $(BUILT) $(DOCS)
+	rm -rf $(T)/man $(T)/completions $(T)/debian $(BUILT) $(DOCS)

@@ -179,8 +179,11 @@ fn debian_package_installs_with_apt_and_works_for_an_ordinary_user() {
     );
     make(&["deb"]);
     let arch = stdout(&run(Command::new("dpkg").arg("--print-architecture")));
-    let deb = repo().join(format!(
-        "target/debian/kiln_{}_{}.deb",
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| repo().join(d))
+        .unwrap_or_else(|| repo().join("target"));
+    let deb = target.join(format!(
+        "debian/kiln_{}_{}.deb",
         env!("CARGO_PKG_VERSION"),
         arch.trim()
     ));
