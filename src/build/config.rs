@@ -103,13 +103,7 @@ impl Config {
             flavours.push("base".to_string());
         }
         flavours.extend(a.flavours.iter().cloned());
-        let mut user_flavour_path = Vec::new();
-        for var in ["KILN_FLAVOURS_PATH", "ELEMENTS_PATH"] {
-            if let Some(v) = vars.get(var) {
-                user_flavour_path
-                    .extend(v.split(':').filter(|s| !s.is_empty()).map(str::to_string));
-            }
-        }
+        let user_flavour_path = user_flavour_path(&vars);
         let image_size = match a.image_size.as_deref().or(vars.get("DIB_IMAGE_SIZE")) {
             Some(s) => Some(parse_size(s)?),
             None => None,
@@ -271,43 +265,79 @@ fn default_cache_dir() -> Result<PathBuf> {
     Ok(Path::new(&home).join(".cache/kiln"))
 }
 
-/// Built-in flavours: KILN_BUILTIN_FLAVOURS, else beside the installed binary
-/// (../share/kiln/flavours), else the source tree this binary was built from.
+/// The user's flavour directories, KILN_FLAVOURS_PATH's before ELEMENTS_PATH's.
+pub fn user_flavour_path(vars: &Vars) -> Vec<String> {
+    let mut path = Vec::new();
+    for var in ["KILN_FLAVOURS_PATH", "ELEMENTS_PATH"] {
+        if let Some(v) = vars.get(var) {
+            path.extend(v.split(':').filter(|s| !s.is_empty()).map(str::to_string));
+        }
+    }
+    path
+}
+
+/// Built-in flavours: KILN_BUILTIN_FLAVOURS, else those installed with kiln
+/// (PREFIX/share/kiln/flavours), else the source tree's when kiln runs from it.
 pub fn builtin_flavours() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_BUILTIN_FLAVOURS") {
         return Ok(PathBuf::from(p));
     }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(prefix) = exe.parent().and_then(Path::parent) {
-            let p = prefix.join("share/kiln/flavours");
-            if p.is_dir() {
-                return Ok(p);
-            }
-        }
+    let installed = installed("flavours");
+    if let Some(p) = [installed.clone(), source_tree("flavours")]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_dir())
+    {
+        return Ok(p);
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("flavours");
-    if src.is_dir() {
-        return Ok(src);
-    }
-    bail!("built-in flavours not found: set KILN_BUILTIN_FLAVOURS to kiln's flavours/ directory")
+    bail!(
+        "kiln's built-in flavours are not installed{}: reinstall kiln (make install, or its package), \
+         or set KILN_BUILTIN_FLAVOURS to a flavours/ directory",
+        expected(installed.as_deref())
+    )
 }
 
-/// `dib-lib/` is installed beside the built-in flavours (as `flavours/` and
-/// `dib-lib/` sit side by side in the source tree).
+/// `dib-lib/` (diskimage-builder's library for hooks, $_LIB) sits beside the
+/// built-in flavours, as in the source tree and an install; a KILN_BUILTIN_FLAVOURS
+/// elsewhere takes the installed one.
 fn dib_lib(builtin_flavours: &Path) -> Result<PathBuf> {
     let beside = builtin_flavours.with_file_name("dib-lib");
-    if beside.join("die").is_file() {
-        return Ok(beside);
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("dib-lib");
-    if src.join("die").is_file() {
-        return Ok(src);
+    if let Some(p) = [
+        Some(beside.clone()),
+        installed("dib-lib"),
+        source_tree("dib-lib"),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.join("die").is_file())
+    {
+        return Ok(p);
     }
     bail!(
         "kiln's dib-lib/ (diskimage-builder's library for hooks, $_LIB) is not beside the built-in flavours: \
          expected {}; install it with the flavours",
         beside.display()
     )
+}
+
+/// `make install` puts kiln's data in PREFIX/share/kiln, beside PREFIX/bin.
+fn installed(rel: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.join("share/kiln").join(rel))
+}
+
+/// The checkout kiln was built in, only while kiln runs from it (cargo's
+/// target/): an installed kiln must not quietly use a source tree that
+/// happens to still be there.
+fn source_tree(rel: &str) -> Option<PathBuf> {
+    let src = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).ok()?;
+    let exe = std::env::current_exe().ok()?;
+    exe.starts_with(&src).then(|| src.join(rel))
+}
+
+fn expected(p: Option<&Path>) -> String {
+    p.map(|p| format!(" (expected {})", p.display()))
+        .unwrap_or_default()
 }
 
 pub use crate::disk::Checksum;

@@ -41,6 +41,9 @@ pub fn disk_image_create(args: DiskImageArgs) -> Result<i32> {
     add_sbin_to_path();
     let vars = Vars::load(std::env::vars())?;
     logged("disk-image-create", args.logfile.as_deref(), &vars, || {
+        if args.list_flavours {
+            return list_flavours(&vars);
+        }
         if args.cache_list || args.cache_prune.is_some() {
             return cache_command(&args, &vars);
         }
@@ -53,6 +56,9 @@ pub fn ramdisk_image_create(args: crate::cli::RamdiskArgs) -> Result<i32> {
     let vars = Vars::load(std::env::vars())?;
     let logfile = args.common.logfile.clone();
     logged("ramdisk-image-create", logfile.as_deref(), &vars, || {
+        if args.common.list_flavours {
+            return list_flavours(&vars);
+        }
         build(Config::from_ramdisk_args(args, vars.clone())?)
     })
 }
@@ -108,6 +114,18 @@ fn build(config: Config) -> Result<i32> {
     } else {
         code
     })
+}
+
+/// `--list-flavours`: the names a build could be given, for shell completion.
+fn list_flavours(vars: &Vars) -> Result<i32> {
+    let search = crate::flavour::search::SearchPath::new(
+        &config::user_flavour_path(vars),
+        config::builtin_flavours()?,
+    );
+    for name in search.all_names() {
+        println!("{name}");
+    }
+    Ok(0)
 }
 
 /// `--cache-list` / `--cache-prune DAYS`. Archives belong to the user, so no

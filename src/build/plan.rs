@@ -109,8 +109,7 @@ impl Plan {
         let tools = Tools::find(&needed_tools(&resolved, &config, &layout, needs_disk)?)?;
         let seccomp = match &config.seccomp_profile {
             Some(p) => Profile::from_file(p).map_err(|e| anyhow!("{e}"))?,
-            None => Profile::from_str(DEFAULT_PROFILE, "seccomp/default.json (built in)")
-                .map_err(|e| anyhow!("{e}"))?,
+            None => Profile::builtin().map_err(|e| anyhow!("{e}"))?,
         };
         let maps = IdMaps::for_caller()?;
         let mut warnings = hooks.warnings.clone();
@@ -280,8 +279,6 @@ fn ext_options(config: &mut Config, fs: crate::disk::FsType) -> Result<()> {
     }
     Ok(())
 }
-
-pub const DEFAULT_PROFILE: &str = include_str!("../../seccomp/default.json");
 
 /// Flavours with a `real-block-device` file get a loop device in block-device.d,
 /// which only kiln-helper can attach: without it, fail now with how to install it.

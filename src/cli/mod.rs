@@ -2,9 +2,11 @@
 //! callers such as nodepool-builder run kiln unchanged) plus kiln's long options.
 
 pub mod defaults;
+pub mod get_kernel;
 pub mod log;
 
 pub use defaults::Vars;
+pub use get_kernel::GetKernelArgs;
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -132,8 +134,16 @@ pub struct DiskImageArgs {
     #[arg(long, value_name = "FILE")]
     pub seccomp_profile: Option<PathBuf>,
 
+    /// Print the names of the flavours found (ELEMENTS_PATH, KILN_FLAVOURS_PATH,
+    /// built-in), one a line, and exit: what the shell completion offers.
+    #[arg(long, hide = true)]
+    pub list_flavours: bool,
+
     /// Flavours to build from (diskimage-builder elements work unchanged).
-    #[arg(value_name = "FLAVOUR", required_unless_present_any = ["cache_list", "cache_prune"])]
+    #[arg(
+        value_name = "FLAVOUR",
+        required_unless_present_any = ["cache_list", "cache_prune", "list_flavours"]
+    )]
     pub flavours: Vec<String>,
 }
 

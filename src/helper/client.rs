@@ -11,11 +11,26 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
-/// Where an installed helper is looked for, in order.
+/// Where an installed helper is looked for, after the one beside kiln itself.
 pub const DEFAULT_PATHS: [&str; 2] = [
     "/usr/local/libexec/kiln/kiln-helper",
     "/usr/libexec/kiln/kiln-helper",
 ];
+
+/// `make install` puts the helper in PREFIX/libexec/kiln beside PREFIX/bin, so
+/// a kiln installed under any prefix finds its own helper first.
+fn candidates() -> Vec<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("libexec/kiln/kiln-helper")));
+    let mut paths: Vec<PathBuf> = beside.into_iter().collect();
+    for p in DEFAULT_PATHS.iter().map(PathBuf::from) {
+        if !paths.contains(&p) {
+            paths.push(p);
+        }
+    }
+    paths
+}
 
 /// What README's "Real block devices: kiln-helper" says, for an error message.
 pub const INSTALL: &str = "\
@@ -29,6 +44,10 @@ Install it one of two ways, as root, from kiln's source tree after `cargo build 
     install -o root -g root -m 0755 target/release/kiln-helper /usr/local/libexec/kiln/kiln-helper
     cp contrib/sudoers.d/* /etc/sudoers.d/ && chmod 0440 /etc/sudoers.d/kiln && visudo -c
     groupadd -f kiln && usermod -aG kiln USER    (USER logs in again to join the group)
+`make install` and the Debian package put it in PREFIX/libexec/kiln without the setuid bit:
+  setuid root: chmod 4755 PREFIX/libexec/kiln/kiln-helper (for the package:
+    dpkg-statoverride --update --add root root 4755 /usr/libexec/kiln/kiln-helper)
+  or through sudo: the sudoers example in PREFIX/share/doc/kiln/examples names the installed path.
 Or point KILN_HELPER at an installed copy.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +135,7 @@ impl Reply {
 }
 
 impl Helper {
-    /// `explicit`, else $KILN_HELPER, else the first of DEFAULT_PATHS that exists.
+    /// `explicit`, else $KILN_HELPER, else the first of `candidates()` that exists.
     /// Setuid if it is root's and setuid (or kiln runs as root); else Sudo if
     /// sudo lets this user run it without a password; else the install
     /// instructions, as the error.
@@ -130,7 +149,7 @@ impl Helper {
                 p.display()
             ),
             Some(p) => vec![p],
-            None => DEFAULT_PATHS.iter().map(PathBuf::from).collect(),
+            None => candidates(),
         };
         let mut seen = Vec::new();
         for program in candidates {

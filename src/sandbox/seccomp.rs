@@ -18,7 +18,9 @@ use libseccomp::{
 };
 use serde_json::{Map, Value};
 
-/// `seccomp/default.json`, built in so an installed kiln needs no data files.
+/// `seccomp/default.json`, built in: the filter always matches the binary that
+/// was tested with it. `make install` puts the file in PREFIX/share/kiln/seccomp
+/// as the starting point for `--seccomp-profile`; kiln never reads that copy.
 pub const DEFAULT_PROFILE: &str = include_str!("../../seccomp/default.json");
 
 #[derive(Debug)]
