@@ -89,7 +89,9 @@ fn build(config: Config) -> Result<i32> {
         print!("{}", plan.describe());
         return Ok(0);
     }
-    if let Some(blocked) = crate::sandbox::userns_check::blocker() {
+    if let Some(blocked) =
+        crate::sandbox::userns_check::blocker().or_else(crate::sandbox::container_check::blocker)
+    {
         bail!("{blocked}");
     }
     for n in &plan.resolved.notes {

@@ -111,10 +111,14 @@ impl Plan {
             Some(p) => Profile::from_file(p).map_err(|e| anyhow!("{e}"))?,
             None => Profile::builtin().map_err(|e| anyhow!("{e}"))?,
         };
-        let maps = IdMaps::for_caller()?;
+        let mut maps = IdMaps::for_caller()?;
         let mut warnings = hooks.warnings.clone();
         let helper = block_device_helper(&resolved, needs_disk, &mut warnings)?;
         warnings.extend(maps.single_id_warning());
+        if let Some(refused) = crate::sandbox::container_check::subid_refusal(&maps) {
+            warnings.push(refused);
+            maps = IdMaps::single_for_caller();
+        }
         let cache_key = cache_key(&config, &distro, &hooks, &env_files, &bootstrap_packages)?;
         let seed = match (&config.seed, config.source_date_epoch) {
             (Some(s), _) => s.clone(),
@@ -160,7 +164,9 @@ impl Plan {
         for w in &self.warnings {
             let _ = writeln!(s, "warning: {w}");
         }
-        if let Some(blocked) = crate::sandbox::userns_check::blocker() {
+        if let Some(blocked) = crate::sandbox::userns_check::blocker()
+            .or_else(crate::sandbox::container_check::blocker)
+        {
             let _ = writeln!(s, "warning: the build cannot start: {blocked}");
         }
         let _ = writeln!(

@@ -80,19 +80,23 @@ impl IdMaps {
                 ],
                 helpers: true,
             }),
-            _ => Ok(IdMaps {
-                uid: vec![Extent {
-                    inside: 0,
-                    outside: uid,
-                    count: 1,
-                }],
-                gid: vec![Extent {
-                    inside: 0,
-                    outside: gid,
-                    count: 1,
-                }],
-                helpers: false,
-            }),
+            _ => Ok(IdMaps::single_for_caller()),
+        }
+    }
+
+    /// Root inside is the caller and no other id exists: written without helpers.
+    pub fn single_for_caller() -> IdMaps {
+        let one = |outside| {
+            vec![Extent {
+                inside: 0,
+                outside,
+                count: 1,
+            }]
+        };
+        IdMaps {
+            uid: one(nix::unistd::getuid().as_raw()),
+            gid: one(nix::unistd::getgid().as_raw()),
+            helpers: false,
         }
     }
 

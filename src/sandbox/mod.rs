@@ -2,6 +2,7 @@
 //! pivot_root, seccomp and capability APIs.
 
 pub mod caps;
+pub mod container_check;
 pub mod idmap;
 pub mod lend;
 pub mod mounts;
