@@ -502,3 +502,29 @@ fn dib_filesystem_settings_map_onto_mkfs() {
     let (ok, text) = run(&[("DIB_NO_TIMESTAMP", "yes")], &[]);
     assert!(!ok && text.contains("DIB_NO_TIMESTAMP"), "{text}");
 }
+
+#[test]
+fn bad_source_date_epoch_and_seed_say_what_is_expected() {
+    let s = Scratch::new("bad-epoch");
+    s.flavour("myos", &[README, OS]);
+    let o = kiln("disk-image-create", &["--dry-run", "-o", "x", "-n", "myos"])
+        .env("ELEMENTS_PATH", s.path.join("flavours"))
+        .env("SOURCE_DATE_EPOCH", "17e8")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        text.contains("SOURCE_DATE_EPOCH=\"17e8\"") && text.contains("whole seconds since 1970"),
+        "{text}"
+    );
+    let (ok, text) = plan(&s, &["-n", "myos"], &["--seed", "two words"]);
+    assert!(!ok);
+    assert!(
+        text.contains("--seed/DIB_IMAGE_SEED") && text.contains("printable characters"),
+        "{text}"
+    );
+    let (ok, text) = plan(&s, &["-n", "myos"], &["--seed", "abc"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("identities from seed abc (given)"), "{text}");
+}

@@ -179,8 +179,11 @@ pub fn inputs(
     Ok(map)
 }
 
-/// Variables that say where the build ran, not what it made.
-const LOCATION_VARS: [&str; 8] = [
+/// Variables that say where the build ran or what its files are called, not
+/// what it made (the flavours' content is hashed on its own).
+const LOCATION_VARS: [&str; 10] = [
+    "ELEMENTS_PATH",
+    "IMAGE_NAME",
     "DIB_IMAGE_CACHE",
     "DIB_MANIFEST_SAVE_DIR",
     "DIB_MIN_TMPFS",
@@ -278,6 +281,26 @@ mod tests {
             ["base-files", "zlib1g"]
         );
         assert_eq!(p[1].version, "1:1.2.13");
+    }
+
+    #[test]
+    fn the_seed_digest_ignores_locations_and_names_but_not_inputs() {
+        let inputs = |dir: &str, elements: &str, formats: &str, epoch: i64| {
+            let v = json!({
+                "flavours": [{"name": "vm", "dir": dir, "sha256": "ab", "stands_in_for": null}],
+                "options": {"formats": [formats], "fs_type": "ext4"},
+                "variables": {"ELEMENTS_PATH": elements, "IMAGE_NAME": dir, "DIB_RELEASE": "bookworm"},
+                "source_date_epoch": epoch,
+            });
+            let Value::Object(m) = v else { unreachable!() };
+            m
+        };
+        let a = seed_digest(&inputs("/a/vm", "/a", "tar", 1));
+        assert_eq!(a, seed_digest(&inputs("/b/vm", "/b", "raw", 1)));
+        assert_ne!(a, seed_digest(&inputs("/a/vm", "/a", "tar", 2)));
+        let mut other = inputs("/a/vm", "/a", "tar", 1);
+        other["variables"]["DIB_RELEASE"] = "trixie".into();
+        assert_ne!(a, seed_digest(&other));
     }
 
     #[test]
