@@ -290,5 +290,13 @@ fn the_manifest_matches_the_image_and_the_files() {
         assert_eq!(o["size"], std::fs::metadata(&path).unwrap().len(), "{name}");
     }
     assert_eq!(m["source_date_epoch"], 1_700_000_000);
+    // The bootstrap copied the build host's name in; the image must not keep it.
+    let hostname = Command::new("tar")
+        .arg("-xOf")
+        .arg(a.file("tar"))
+        .arg("./etc/hostname")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&hostname.stdout), "localhost\n");
     assert!(m["timings"].as_array().is_some_and(|t| !t.is_empty()));
 }

@@ -72,6 +72,28 @@ pub fn tidy(tree: &ImageTree) -> Result<()> {
         tree.replace(id, content, 0o444)?;
     }
     tree.remove_file(Path::new("var/lib/dbus/machine-id"))?;
+    forget_build_host_name(tree)
+}
+
+/// mmdebstrap and debootstrap copy the build host's /etc/hostname into the
+/// tree: the image would carry the builder's name (and differ between
+/// builders). It gets `localhost`, as Debian's cloud images have, until
+/// cloud-init or the operator names it. A name a hook chose is kept.
+fn forget_build_host_name(tree: &ImageTree) -> Result<()> {
+    let rel = Path::new("etc/hostname");
+    let Ok(host) = std::fs::read_to_string("/etc/hostname") else {
+        return Ok(());
+    };
+    let host = host.trim();
+    if host.is_empty() || host == "localhost" || tree.kind(rel) != Some(Kind::File) {
+        return Ok(());
+    }
+    if tree
+        .read_at_most(rel, 256)
+        .is_ok_and(|b| String::from_utf8_lossy(&b).trim() == host)
+    {
+        tree.replace(rel, b"localhost\n", 0o644)?;
+    }
     Ok(())
 }
 
