@@ -83,9 +83,10 @@ pub struct BootArgs {
 }
 
 const AFTER_HELP: &str = "\
-The guest's writes go to a throw-away overlay (QEMU's snapshot=on: an unlinked
-file in $TMPDIR, gone however QEMU ends) unless --writable is given. UEFI gets a
-private copy of the OVMF variables in a temporary directory removed on exit.
+The guest's writes go to a throw-away qcow2 overlay unless --writable is given.
+The overlay and UEFI's private copy of the OVMF variables live in a directory
+$TMPDIR/disk-image-boot.XXXXXX, removed on every exit (also on SIGINT, SIGTERM
+and SIGHUP).
 
 Accelerator (--accel auto): TCG unless /dev/kvm can be opened for writing and a
 probe passes: the guest's own kernel (from --kernel, or read out of a raw or qcow2

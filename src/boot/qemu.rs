@@ -78,10 +78,12 @@ pub fn command(a: &BootArgs, target: &Target, accel: &str, work: &WorkDir) -> Re
     let mut cmd = base(accel, a.memory, a.cpus);
     match target {
         Target::Disk { image, format } => {
-            let mut drive = format!("file={},if=virtio,format={format}", drive_path(image)?);
-            if !a.writable {
-                drive.push_str(",snapshot=on");
-            }
+            let drive = if a.writable {
+                format!("file={},if=virtio,format={format}", drive_path(image)?)
+            } else {
+                let o = overlay(image, format, work)?;
+                format!("file={},if=virtio,format=qcow2", drive_path(&o)?)
+            };
             cmd.arg("-drive").arg(drive);
             if a.uefi {
                 let (code, template) = firmware::ovmf()?;
@@ -118,6 +120,31 @@ pub fn command(a: &BootArgs, target: &Target, accel: &str, work: &WorkDir) -> Re
     }
     cmd.args(&a.qemu_args);
     Ok(cmd)
+}
+
+/// The guest writes to a qcow2 overlay in the work directory, which is removed
+/// with it; QEMU's own snapshot=on file lives in $TMPDIR until QEMU closes it,
+/// so a QEMU killed outright would leave it behind.
+fn overlay(image: &Path, format: &str, work: &WorkDir) -> Result<PathBuf> {
+    let abs = std::fs::canonicalize(image)
+        .with_context(|| format!("{}: cannot resolve its path", image.display()))?;
+    let overlay = work.path.join("overlay.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(&abs)
+        .arg(&overlay)
+        .output()
+        .context(
+            "cannot run qemu-img for the throw-away overlay: install the Debian package qemu-utils",
+        )?;
+    if !out.status.success() {
+        bail!(
+            "{}: cannot put an overlay on it: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(overlay)
 }
 
 /// QEMU's -drive splits on commas; a path with one must double it.
