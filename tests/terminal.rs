@@ -16,6 +16,7 @@ fn slow_flavour(s: &Scratch) -> PathBuf {
     s.flavour(
         "kiln-slow",
         &[
+            ("README.md", "Slow hooks for the terminal tests.\n", false),
             (
                 "install.d/50-kiln-slow",
                 "#!/bin/bash\nfor i in $(seq 1 10); do echo \"KILN-SLOW line $i\"; sleep 0.5; done\n",
@@ -142,6 +143,10 @@ impl Tmux {
             if c.contains(what) {
                 return c;
             }
+            assert!(
+                !c.contains("KILN-EXIT="),
+                "the build ended before {what:?} showed:\n{c}"
+            );
             assert!(Instant::now() < until, "{what:?} never showed:\n{c}");
             std::thread::sleep(Duration::from_millis(100));
         }
