@@ -48,6 +48,8 @@ pub struct Painter {
     dirty: bool,
     drawn_at: Option<Instant>,
     drawn_secs: u64,
+    /// Columns, when not the terminal's (tests).
+    width: Option<usize>,
 }
 
 impl Painter {
@@ -61,6 +63,7 @@ impl Painter {
             dirty: false,
             drawn_at: None,
             drawn_secs: 0,
+            width: None,
         }
     }
 
@@ -144,7 +147,11 @@ impl Painter {
         let Some((step, since)) = &self.step else {
             return;
         };
-        let width = terminal_width().saturating_sub(1).max(20);
+        let width = self
+            .width
+            .unwrap_or_else(terminal_width)
+            .saturating_sub(1)
+            .max(20);
         let head = format!("[{:>3}:{:02}] ", secs / 60, secs % 60);
         let step_secs = format!(" {}s", since.elapsed().as_secs());
         let mut rest = width.saturating_sub(head.len() + step_secs.len());
@@ -239,6 +246,7 @@ mod tests {
     #[test]
     fn a_step_and_its_output_become_one_redrawn_line() {
         let mut p = Painter::new(false);
+        p.width = Some(200);
         let mut out = Vec::new();
         p.line(
             &mut out,
