@@ -27,7 +27,7 @@ fn slow_flavour(s: &Scratch) -> PathBuf {
     )
 }
 
-fn build_args(out: &Path) -> Vec<String> {
+fn build_args(out: &Path, flavour: &str) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "-t".into(),
         "tar".into(),
@@ -35,7 +35,7 @@ fn build_args(out: &Path) -> Vec<String> {
         out.display().to_string(),
     ];
     a.extend(IMAGE_FLAVOURS.iter().map(|s| s.to_string()));
-    a.push("kiln-slow".into());
+    a.push(flavour.into());
     a
 }
 
@@ -50,8 +50,18 @@ struct Tmux {
 
 impl Tmux {
     fn start(s: &Scratch, tmp: &Path, extra_env: &[(&str, &str)]) -> Tmux {
-        let e = env();
         let flavours = slow_flavour(s);
+        Tmux::start_with(s, tmp, extra_env, &flavours, "kiln-slow")
+    }
+
+    fn start_with(
+        s: &Scratch,
+        tmp: &Path,
+        extra_env: &[(&str, &str)],
+        flavours: &Path,
+        flavour: &str,
+    ) -> Tmux {
+        let e = env();
         let mut vars = vec![
             (
                 "PATH".to_string(),
@@ -61,7 +71,7 @@ impl Tmux {
                 "KILN_BUILTIN_FLAVOURS".into(),
                 e.stage.join("flavours").display().to_string(),
             ),
-            ("ELEMENTS_PATH".into(), test_flavours_path(&[&flavours])),
+            ("ELEMENTS_PATH".into(), test_flavours_path(&[flavours])),
             ("TMPDIR".into(), tmp.display().to_string()),
             ("TERM".into(), "xterm-256color".into()),
         ];
@@ -83,7 +93,7 @@ impl Tmux {
             .iter()
             .map(|(k, v)| format!("{k}={}", quote(v)))
             .collect();
-        let args: Vec<String> = build_args(&s.join("img"))
+        let args: Vec<String> = build_args(&s.join("img"), flavour)
             .iter()
             .map(|a| quote(a))
             .collect();
@@ -219,7 +229,7 @@ fn no_color_means_no_colour() {
 fn a_pipe_gets_plain_step_lines() {
     let (s, tmp) = scratch_with_tmp("tty-pipe");
     let flavours = slow_flavour(&s);
-    let args = build_args(&s.join("img"));
+    let args = build_args(&s.join("img"), "kiln-slow");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = run_ok(
         kiln("disk-image-create", &args)
@@ -259,4 +269,31 @@ fn quiet_shows_only_the_result() {
         lines.contains(&format!("wrote {}.tar", out.display()).as_str()),
         "{err}"
     );
+}
+
+#[test]
+fn a_failing_hook_shows_its_last_lines_on_the_terminal() {
+    let (s, tmp) = scratch_with_tmp("tty-fail");
+    let flavours = s.flavour(
+        "kiln-fails",
+        &[
+            ("README.md", "A hook that fails after some output.\n", false),
+            (
+                "install.d/50-kiln-fails",
+                "#!/bin/bash\nfor i in 1 2 3 4 5; do echo \"KILN-FAIL-DETAIL $i\"; done\nexit 3\n",
+                true,
+            ),
+        ],
+    );
+    let t = Tmux::start_with(&s, &tmp, &[], &flavours, "kiln-fails");
+    let done = t.wait_for("KILN-EXIT=", BUILD_LIMIT);
+    let all = t.capture(false, true);
+    assert!(done.contains("KILN-EXIT=1"), "{all}");
+    assert!(
+        all.contains("hook install.d/50-kiln-fails: exit 3"),
+        "{all}"
+    );
+    for i in 1..=5 {
+        assert!(all.contains(&format!("KILN-FAIL-DETAIL {i}")), "{all}");
+    }
 }
