@@ -15,6 +15,7 @@ fn commands() -> Vec<Command> {
         kiln::cli::DiskImageArgs::command(),
         kiln::cli::RamdiskArgs::command(),
         kiln::cli::GetKernelArgs::command(),
+        kiln::boot::command(),
     ]
 }
 

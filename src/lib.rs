@@ -1,6 +1,7 @@
 //! kiln: OS images from composable flavours, built by an ordinary user.
 //! docs/architecture.md is the contract; the module layout follows its §9.
 
+pub mod boot;
 pub mod build;
 pub mod cli;
 pub mod disk;

@@ -40,27 +40,41 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 pub fn disk_image_create(args: DiskImageArgs) -> Result<i32> {
     add_sbin_to_path();
     let vars = Vars::load(std::env::vars())?;
-    logged("disk-image-create", args.logfile.as_deref(), &vars, || {
-        if args.list_flavours {
-            return list_flavours(&vars);
-        }
-        if args.cache_list || args.cache_prune.is_some() {
-            return cache_command(&args, &vars);
-        }
-        build(Config::from_args(args.clone(), vars.clone())?)
-    })
+    let terminal = (args.quiet, args.trace > 0);
+    logged(
+        "disk-image-create",
+        args.logfile.as_deref(),
+        &vars,
+        terminal,
+        || {
+            if args.list_flavours {
+                return list_flavours(&vars);
+            }
+            if args.cache_list || args.cache_prune.is_some() {
+                return cache_command(&args, &vars);
+            }
+            build(Config::from_args(args.clone(), vars.clone())?)
+        },
+    )
 }
 
 pub fn ramdisk_image_create(args: crate::cli::RamdiskArgs) -> Result<i32> {
     add_sbin_to_path();
     let vars = Vars::load(std::env::vars())?;
     let logfile = args.common.logfile.clone();
-    logged("ramdisk-image-create", logfile.as_deref(), &vars, || {
-        if args.common.list_flavours {
-            return list_flavours(&vars);
-        }
-        build(Config::from_ramdisk_args(args, vars.clone())?)
-    })
+    let terminal = (args.common.quiet, args.common.trace > 0);
+    logged(
+        "ramdisk-image-create",
+        logfile.as_deref(),
+        &vars,
+        terminal,
+        || {
+            if args.common.list_flavours {
+                return list_flavours(&vars);
+            }
+            build(Config::from_ramdisk_args(args, vars.clone())?)
+        },
+    )
 }
 
 /// Runs `f` with stderr going through `--logfile`/DIB_QUIET; an error is
@@ -69,9 +83,11 @@ fn logged(
     program: &str,
     logfile: Option<&Path>,
     vars: &Vars,
+    (quiet, trace): (bool, bool),
     f: impl FnOnce() -> Result<i32>,
 ) -> Result<i32> {
-    let settings = crate::cli::log::LogSettings::new(logfile, vars.get("DIB_QUIET"))?;
+    let settings =
+        crate::cli::log::LogSettings::new(logfile, vars.get("DIB_QUIET"))?.terminal(quiet, trace);
     let Some(tee) = crate::cli::log::Tee::start(&settings)? else {
         return f();
     };

@@ -31,6 +31,12 @@ impl Progress {
 
     pub fn say(&self, msg: &str) {
         let mut err = std::io::stderr().lock();
+        // A step marker leads the line, before the stamp.
+        let (mark, msg) = match msg.as_bytes().first() {
+            Some(&crate::cli::status::STEP) => (&msg[..1], &msg[1..]),
+            _ => ("", msg),
+        };
+        let _ = err.write_all(mark.as_bytes());
         if self.stamps {
             let _ = writeln!(err, "{} {msg}", self.stamp());
         } else {
@@ -41,10 +47,16 @@ impl Progress {
     /// Starts a timed step; the previous one, if any, is closed.
     pub fn step(&mut self, name: &str, detail: &str) {
         self.finish();
-        if detail.is_empty() {
-            self.say(name);
+        let line = if detail.is_empty() {
+            name.to_string()
         } else {
-            self.say(&format!("{name}  {detail}"));
+            format!("{name}  {detail}")
+        };
+        if crate::cli::status::live() {
+            // The status line shows it; the log file gets it as a plain line.
+            self.say(&format!("{}{line}", crate::cli::status::STEP as char));
+        } else {
+            self.say(&line);
         }
         self.current = Some((name.to_string(), Instant::now()));
     }
@@ -58,6 +70,9 @@ impl Progress {
     /// A line of a hook's output, indented under its step.
     pub fn output(&self, line: &str) {
         let mut err = std::io::stderr().lock();
+        if crate::cli::status::live() {
+            let _ = err.write_all(&[crate::cli::status::OUTPUT]);
+        }
         let _ = writeln!(err, "    | {line}");
     }
 

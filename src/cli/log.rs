@@ -6,6 +6,8 @@
 //! fd 2 for kiln and all it runs, so output from inside the namespaces reaches
 //! the log without each writer knowing. A process, not a thread: kiln must stay
 //! single-threaded to enter a new user namespace.
+//!
+//! On a terminal the same process paints the live status line (status.rs).
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{signal, SigHandler, Signal};
@@ -21,6 +23,12 @@ pub struct LogSettings {
     pub file: Option<PathBuf>,
     /// DIB_QUIET: only error lines reach the terminal.
     pub quiet: bool,
+    /// --quiet: the result lines ("wrote NAME.qcow2") too.
+    pub results: bool,
+    /// stderr is a terminal, not quiet, not tracing: the live status line.
+    pub live: bool,
+    /// Colour on the live terminal (never with NO_COLOR).
+    pub colour: bool,
 }
 
 impl LogSettings {
@@ -36,7 +44,22 @@ impl LogSettings {
         Ok(LogSettings {
             file: file.map(Path::to_path_buf),
             quiet,
+            results: false,
+            live: false,
+            colour: false,
         })
+    }
+
+    /// `--quiet` and what the terminal gets: with -x, tracing stays plain lines.
+    pub fn terminal(mut self, quiet_flag: bool, trace: bool) -> LogSettings {
+        use std::io::IsTerminal;
+        if quiet_flag {
+            self.quiet = true;
+            self.results = true;
+        }
+        self.live = !self.quiet && !trace && std::io::stderr().is_terminal();
+        self.colour = self.live && super::status::colour_allowed();
+        self
     }
 }
 
@@ -45,6 +68,11 @@ pub struct Tee {
     child: Pid,
     /// The terminal's stderr, put back on fd 2 at the end.
     terminal: OwnedFd,
+}
+
+/// What --quiet shows besides errors: the outputs written.
+fn is_result(line: &[u8]) -> bool {
+    line.starts_with(b"wrote ")
 }
 
 /// kiln's own error lines: what a quiet build still shows.
@@ -61,7 +89,7 @@ fn is_error(line: &[u8]) -> bool {
 impl Tee {
     /// None when there is nothing to divert (no log file, not quiet).
     pub fn start(s: &LogSettings) -> Result<Option<Tee>> {
-        if s.file.is_none() && !s.quiet {
+        if s.file.is_none() && !s.quiet && !s.live {
             return Ok(None);
         }
         let file = match &s.file {
@@ -99,12 +127,16 @@ impl Tee {
                     // SAFETY: SIG_IGN installs no handler code.
                     let _ = unsafe { signal(sig, SigHandler::SigIgn) };
                 }
-                copy(std::fs::File::from(rd), file, s.quiet);
+                let painter = s.live.then(|| super::status::Painter::new(s.colour));
+                copy(std::fs::File::from(rd), file, s, painter);
                 // SAFETY: leaves without running the parent's atexit work twice.
                 unsafe { libc::_exit(0) }
             }
             ForkResult::Parent { child } => {
                 drop(rd);
+                if s.live {
+                    super::status::set_live();
+                }
                 dup2(wr.as_raw_fd(), 2).context("dup2 onto stderr")?;
                 drop(wr);
                 let terminal = unsafe { OwnedFd::from_raw_fd(terminal) };
@@ -122,47 +154,90 @@ impl Tee {
 }
 
 /// The terminal gets output as it arrives (whole lines only when quiet, to pick
-/// out errors); the log file gets whole lines, each stamped.
-fn copy(mut input: std::fs::File, mut file: Option<std::fs::File>, quiet: bool) {
+/// out errors, or live, to keep them off the status line); the log file gets
+/// whole lines, each stamped, without status.rs's markers.
+fn copy(
+    mut input: std::fs::File,
+    mut file: Option<std::fs::File>,
+    s: &LogSettings,
+    mut painter: Option<super::status::Painter>,
+) {
     use std::io::Read;
+    let quiet = s.quiet;
     let mut terminal = std::io::stderr();
     let mut buf = vec![0u8; 64 * 1024];
     let mut line = Vec::new();
     // An error's indented continuation lines (hints, causes) belong with it.
     let mut in_error = false;
-    let mut emit = |line: &[u8], file: &mut Option<std::fs::File>| {
+    let mut emit = |line: &[u8],
+                    file: &mut Option<std::fs::File>,
+                    painter: &mut Option<super::status::Painter>| {
+        let plain = match line.first() {
+            Some(&super::status::STEP) | Some(&super::status::OUTPUT) => &line[1..],
+            _ => line,
+        };
         if let Some(f) = file {
             let mut out = stamp().into_bytes();
-            out.extend_from_slice(line);
+            out.extend_from_slice(plain);
             let _ = f.write_all(&out);
         }
-        in_error = is_error(line) || (in_error && line.starts_with(b" "));
-        if quiet && in_error {
-            let _ = terminal.write_all(line);
+        in_error = is_error(plain) || (in_error && plain.starts_with(b" "));
+        if quiet && (in_error || (s.results && is_result(plain))) {
+            let _ = terminal.write_all(plain);
+        }
+        if let Some(p) = painter {
+            p.line(&mut terminal, line);
         }
     };
+    let timeout = if painter.is_some() {
+        super::status::FRAME.as_millis() as libc::c_int
+    } else {
+        -1
+    };
     loop {
+        if !readable(&input, timeout) {
+            if let Some(p) = &mut painter {
+                p.tick(&mut std::io::stderr());
+            }
+            continue;
+        }
         let n = match input.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        if !quiet {
+        if !quiet && painter.is_none() {
             let _ = std::io::stderr().write_all(&buf[..n]);
         }
         for chunk in buf[..n].split_inclusive(|&b| b == b'\n') {
             line.extend_from_slice(chunk);
             if line.ends_with(b"\n") {
-                emit(&line, &mut file);
+                emit(&line, &mut file, &mut painter);
                 line.clear();
             }
         }
     }
     if !line.is_empty() {
         line.push(b'\n');
-        emit(&line, &mut file);
+        emit(&line, &mut file, &mut painter);
     }
+    if let Some(p) = &mut painter {
+        p.finish(&mut std::io::stderr());
+    }
+}
+
+/// Waits up to `timeout_ms` (-1: for ever) for input; an error counts as
+/// readable so the read reports it.
+fn readable(input: &std::fs::File, timeout_ms: libc::c_int) -> bool {
+    let mut fds = [libc::pollfd {
+        fd: input.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd for the duration of the call.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout_ms) };
+    r != 0
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm | `, UTC, as diskimage-builder's log lines start.

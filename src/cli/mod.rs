@@ -4,6 +4,7 @@
 pub mod defaults;
 pub mod get_kernel;
 pub mod log;
+pub mod status;
 
 pub use defaults::Vars;
 pub use get_kernel::GetKernelArgs;
@@ -105,6 +106,10 @@ pub struct DiskImageArgs {
     /// line stamped with the UTC time; implies DIB_QUIET=1 unless DIB_QUIET is set.
     #[arg(long, value_name = "FILE")]
     pub logfile: Option<PathBuf>,
+
+    /// Only errors and the result (the files written) on the terminal.
+    #[arg(long)]
+    pub quiet: bool,
 
     /// Resolve flavours, check inputs and host tools, print the plan; build nothing.
     #[arg(long)]

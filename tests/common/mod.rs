@@ -62,6 +62,7 @@ pub fn env() -> &'static Env {
                 "disk-image-get-kernel",
                 env!("CARGO_BIN_EXE_disk-image-get-kernel"),
             ),
+            ("disk-image-boot", env!("CARGO_BIN_EXE_disk-image-boot")),
         ] {
             std::fs::copy(path, stage.join("bin").join(name)).unwrap();
         }

@@ -1,19 +1,21 @@
-//! Boot tests: start an image under QEMU and watch its serial console.
+//! Boot tests: start an image with `disk-image-boot` (the command users get) and
+//! watch its serial console, which that command puts on its stdout.
 //!
 //! ```ignore
 //! let log = qemu::boot(&image, Firmware::Uefi, "qcow2", "login:", Duration::from_secs(300))?;
 //! ```
 //!
 //! TCG by default: /dev/kvm exists on the CI machines but guests hang under it.
-//! `KILN_TEST_KVM=1` switches to KVM where it works. OVMF is found at the Debian paths
-//! or `KILN_OVMF_CODE` / `KILN_OVMF_VARS`. The image is never written: the drive is
-//! opened with `snapshot=on` unless [`BootOptions::snapshot`] is turned off.
+//! `KILN_TEST_KVM=1` switches to KVM (`--accel kvm`) where it works. OVMF is
+//! found by disk-image-boot (Debian paths, or `KILN_OVMF_CODE` / `KILN_OVMF_VARS`).
+//! The image is never written unless [`BootOptions::snapshot`] is turned off.
 
 #![allow(dead_code)]
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -50,19 +52,6 @@ impl BootOptions {
     }
 }
 
-const OVMF_CODE: &[&str] = &[
-    "/usr/share/OVMF/OVMF_CODE_4M.fd",
-    "/usr/share/OVMF/OVMF_CODE.fd",
-    "/usr/share/edk2/ovmf/OVMF_CODE.fd",
-    "/usr/share/edk2/x64/OVMF_CODE.fd",
-];
-const OVMF_VARS: &[&str] = &[
-    "/usr/share/OVMF/OVMF_VARS_4M.fd",
-    "/usr/share/OVMF/OVMF_VARS.fd",
-    "/usr/share/edk2/ovmf/OVMF_VARS.fd",
-    "/usr/share/edk2/x64/OVMF_VARS.fd",
-];
-
 #[derive(Default)]
 struct Output {
     bytes: Vec<u8>,
@@ -80,8 +69,8 @@ pub struct Boot {
     cursor: usize,
     started: Instant,
     command: String,
-    // Held for the guest's lifetime: OVMF writes its variables there.
-    _vars: Option<tempfile::NamedTempFile>,
+    // disk-image-boot's console log; the console is read from its stdout.
+    _log_dir: tempfile::TempDir,
 }
 
 /// Boots `image` and waits until `expect` appears on the serial console; returns the
@@ -98,22 +87,15 @@ pub fn boot(
     Ok(guest.console())
 }
 
-/// QEMU with the console on the serial port and nothing else: no default
-/// devices, no display, no monitor; a guest that reboots (kernel panic with
-/// panic=N, triple fault) ends the test.
-fn base_command(opts: &BootOptions) -> Command {
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", accel(), "-m", &opts.memory_mib.to_string()])
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ]);
+/// disk-image-boot with what every boot here shares.
+fn base_command(opts: &BootOptions, log: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_disk-image-boot"));
+    cmd.args(["--accel", accel(), "--memory", &opts.memory_mib.to_string()])
+        .arg("--console-log")
+        .arg(log);
+    for a in &opts.extra_args {
+        cmd.arg(format!("--qemu-arg={a}"));
+    }
     cmd
 }
 
@@ -122,57 +104,30 @@ impl Boot {
         if !image.is_file() {
             bail!("{} is not a file", image.display());
         }
-        let mut cmd = base_command(opts);
-        let mut drive = format!(
-            "file={},if=virtio,format={}",
-            drive_path(image)?,
-            opts.format
-        );
-        if opts.snapshot {
-            drive.push_str(",snapshot=on");
+        let dir = tempfile::Builder::new().prefix("kiln-boot-").tempdir()?;
+        let mut cmd = base_command(opts, &dir.path().join("console.log"));
+        cmd.arg("--format").arg(&opts.format);
+        if !opts.snapshot {
+            cmd.arg("--writable");
         }
-        cmd.arg("-drive").arg(drive);
-        let vars = match opts.firmware {
-            Firmware::Bios => {
-                cmd.args(["-machine", "pc"]);
-                None
-            }
-            Firmware::Uefi => {
-                let code = find_firmware("KILN_OVMF_CODE", OVMF_CODE)?;
-                let template = find_firmware("KILN_OVMF_VARS", OVMF_VARS)?;
-                let vars = tempfile::Builder::new()
-                    .prefix("kiln-ovmf-vars-")
-                    .suffix(".fd")
-                    .tempfile()?;
-                std::fs::copy(&template, vars.path())
-                    .with_context(|| format!("cannot copy {}", template.display()))?;
-                cmd.args(["-machine", "q35"])
-                    .arg("-drive")
-                    .arg(format!(
-                        "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                        drive_path(&code)?
-                    ))
-                    .arg("-drive")
-                    .arg(format!(
-                        "if=pflash,format=raw,unit=1,file={}",
-                        drive_path(vars.path())?
-                    ));
-                Some(vars)
-            }
-        };
-        cmd.args(&opts.extra_args);
-        Boot::spawn(cmd, vars)
+        if opts.firmware == Firmware::Uefi {
+            cmd.arg("--uefi");
+        }
+        cmd.arg(image);
+        Boot::spawn(cmd, dir)
     }
 
-    /// Starts QEMU with the console on its stdio, read in the background.
-    fn spawn(mut cmd: Command, vars: Option<tempfile::NamedTempFile>) -> Result<Boot> {
+    /// Starts disk-image-boot in its own process group, the console on its
+    /// stdio, read in the background.
+    fn spawn(mut cmd: Command, log_dir: tempfile::TempDir) -> Result<Boot> {
         let command = format!("{cmd:?}");
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
-            .context("cannot start qemu-system-x86_64 (Debian package qemu-system-x86)")?;
+            .context("cannot start disk-image-boot")?;
         let console = Shared::default();
         let stderr = Shared::default();
         pump(child.stdout.take(), console.clone());
@@ -185,7 +140,7 @@ impl Boot {
             cursor: 0,
             started: Instant::now(),
             command,
-            _vars: vars,
+            _log_dir: log_dir,
         })
     }
 
@@ -211,7 +166,7 @@ impl Boot {
                 drop(out);
                 let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
                 bail!(
-                    "qemu exited ({status}) before {expect:?} appeared\ncommand: {}\nqemu: {}\nconsole:\n{log}",
+                    "disk-image-boot exited ({status}) before {expect:?} appeared\ncommand: {}\ndisk-image-boot: {}\nconsole:\n{log}",
                     self.command,
                     self.stderr_text()
                 );
@@ -219,7 +174,7 @@ impl Boot {
             let now = Instant::now();
             if now >= deadline {
                 bail!(
-                    "{expect:?} did not appear within {}s\ncommand: {}\nqemu: {}\nconsole:\n{}",
+                    "{expect:?} did not appear within {}s\ncommand: {}\ndisk-image-boot: {}\nconsole:\n{}",
                     timeout.as_secs(),
                     self.command,
                     self.stderr_text(),
@@ -256,20 +211,33 @@ impl Boot {
 
     fn stderr_text(&self) -> String {
         match self.stderr.0.lock() {
-            Ok(out) => tail(&out.bytes, 10),
+            Ok(out) => tail(&out.bytes, 60),
             Err(_) => String::new(),
         }
     }
 }
 
+/// SIGTERM lets disk-image-boot stop QEMU and remove its files; SIGKILL to its
+/// whole group if it has not within 10 s (QEMU dies with it: PDEATHSIG).
 impl Drop for Boot {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        use nix::sys::signal::{kill, killpg, Signal};
+        use nix::unistd::Pid;
+        let pid = Pid::from_raw(self.child.id() as i32);
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = kill(pid, Signal::SIGTERM);
+            let until = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = killpg(pid, Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
 
-/// TCG unless `KILN_TEST_KVM=1` and /dev/kvm can be opened.
+/// TCG unless `KILN_TEST_KVM=1` and /dev/kvm can be opened; never disk-image-boot's
+/// probe, which would cost each boot its timeout on this machine.
 fn accel() -> &'static str {
     let wanted = std::env::var("KILN_TEST_KVM")
         .map(|v| v == "1")
@@ -284,29 +252,6 @@ fn accel() -> &'static str {
     } else {
         "tcg"
     }
-}
-
-fn find_firmware(var: &str, candidates: &[&str]) -> Result<PathBuf> {
-    if let Ok(p) = std::env::var(var) {
-        return Ok(PathBuf::from(p));
-    }
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .with_context(|| {
-            format!(
-                "no OVMF firmware at {candidates:?}: install the Debian package ovmf or set {var}"
-            )
-        })
-}
-
-/// QEMU's -drive splits on commas; a path with one must double it.
-fn drive_path(p: &Path) -> Result<String> {
-    let s = p
-        .to_str()
-        .with_context(|| format!("{} is not UTF-8", p.display()))?;
-    Ok(s.replace(',', ",,"))
 }
 
 fn pump<R: Read + Send + 'static>(from: Option<R>, to: Shared) {
@@ -387,20 +332,19 @@ impl Boot {
                 bail!("{} is not a file", f.display());
             }
         }
-        let mut cmd = base_command(opts);
-        cmd.args(["-machine", "pc"])
-            .arg("-kernel")
+        let dir = tempfile::Builder::new().prefix("kiln-boot-").tempdir()?;
+        let mut cmd = base_command(opts, &dir.path().join("console.log"));
+        cmd.arg("--kernel")
             .arg(kernel)
-            .arg("-initrd")
+            .arg("--initrd")
             .arg(initrd)
-            .arg("-append")
-            .arg(append)
-            .args(&opts.extra_args);
-        Boot::spawn(cmd, None)
+            .arg(format!("--append={append}"));
+        Boot::spawn(cmd, dir)
     }
 
-    /// Waits for QEMU to exit by itself (the guest powered off; `-no-reboot`
-    /// turns a reboot into an exit too), so its disk files are complete.
+    /// Waits for QEMU, and so disk-image-boot, to exit by itself (the guest
+    /// powered off; `-no-reboot` turns a reboot into an exit too), so its disk
+    /// files are complete.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -409,7 +353,7 @@ impl Boot {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "qemu did not exit within {}s\ncommand: {}\nconsole:\n{}",
+                    "disk-image-boot did not exit within {}s\ncommand: {}\nconsole:\n{}",
                     timeout.as_secs(),
                     self.command,
                     self.console()
