@@ -12,6 +12,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod syscall;
 pub mod userns_check;
+mod wait;
 
 pub use idmap::IdMaps;
 pub use mounts::{Bind, View};

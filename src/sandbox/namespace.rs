@@ -8,11 +8,12 @@
 
 use super::idmap::IdMaps;
 use super::signals;
+use super::wait::{self, Reap};
 use anyhow::{bail, Context, Result};
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult, Pid};
 use std::os::fd::OwnedFd;
 
@@ -59,7 +60,7 @@ pub fn enter(maps: &IdMaps, worker: impl FnOnce() -> i32) -> Result<i32> {
     }
     nix::unistd::write(&go_wr, b"g").context("starting the namespace")?;
     drop(go_wr);
-    Ok(wait_forwarding(child, false))
+    Ok(wait_forwarding(child, Reap::Child))
 }
 
 trait FromRawChecked {
@@ -74,27 +75,18 @@ impl FromRawChecked for OwnedFd {
 }
 
 /// Waits for `child`, passing on SIGINT/SIGTERM/SIGHUP we receive. With
-/// `reap_all` (PID 1 of the namespace) it also reaps orphans re-parented to us.
-fn wait_forwarding(child: Pid, reap_all: bool) -> i32 {
+/// `reap` All (PID 1 of the namespace) it also reaps orphans re-parented to us.
+fn wait_forwarding(child: Pid, reap: Reap) -> i32 {
     let mut forwarded = 0;
-    let target = if reap_all { None } else { Some(child) };
-    loop {
-        match waitpid(target, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == child => return code,
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => return 128 + sig as i32,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {
-                let sig = signals::received();
-                if sig != 0 && sig != forwarded {
-                    if let Ok(s) = Signal::try_from(sig) {
-                        let _ = kill(child, s);
-                    }
-                    forwarded = sig;
-                }
+    wait::until_exit(child, reap, &mut || {
+        let sig = signals::received();
+        if sig != 0 && sig != forwarded {
+            if let Ok(s) = Signal::try_from(sig) {
+                let _ = kill(child, s);
             }
-            Err(_) => return 255,
+            forwarded = sig;
         }
-    }
+    })
 }
 
 fn init(go: OwnedFd, can_setgroups: bool, worker: Option<impl FnOnce() -> i32>) -> isize {
@@ -132,7 +124,7 @@ fn init(go: OwnedFd, can_setgroups: bool, worker: Option<impl FnOnce() -> i32>) 
             return 125;
         }
     };
-    wait_forwarding(worker_pid, true) as isize
+    wait_forwarding(worker_pid, Reap::All) as isize
 }
 
 fn become_root(can_setgroups: bool) -> Result<()> {

@@ -13,6 +13,7 @@ use super::mounts::{self, Bind, View};
 use super::seccomp::{Filter, Profile};
 use super::signals;
 use super::syscall::Linux;
+use super::wait::{self, Reap};
 use anyhow::{anyhow, Context, Result};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
@@ -20,7 +21,6 @@ use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
 };
-use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -86,7 +86,7 @@ pub fn run(job: &Job, line: &mut dyn FnMut(&str)) -> Result<Outcome> {
     let a = match unsafe { fork() }.context("fork")? {
         ForkResult::Child => {
             drop(rd);
-            let code = stage_a(&stages, &argv, &envp, &cwd, wr);
+            let code = enter_job_namespaces(&stages, &argv, &envp, &cwd, wr);
             unsafe { libc::_exit(code) }
         }
         ForkResult::Parent { child } => child,
@@ -153,20 +153,14 @@ fn emit(text: String, tail: &mut VecDeque<String>, line: &mut dyn FnMut(&str)) {
     tail.push_back(text);
 }
 
+/// Waits for the job's first process; kiln's Ctrl-C kills it (and with it its
+/// namespace) rather than leaving it to finish.
 fn wait_code(pid: Pid) -> i32 {
-    loop {
-        match waitpid(pid, None) {
-            Ok(WaitStatus::Exited(_, c)) => return c,
-            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {
-                if signals::interrupted() {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-            }
-            Err(_) => return 255,
+    wait::until_exit(pid, Reap::Child, &mut || {
+        if signals::interrupted() {
+            let _ = kill(pid, Signal::SIGKILL);
         }
-    }
+    })
 }
 
 fn die_with_parent() {
@@ -182,7 +176,14 @@ struct Stages<'a> {
     notify: Option<&'a libseccomp::ScmpFilterContext>,
 }
 
-fn stage_a(s: &Stages, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
+/// The job's first process: new mount, PID and IPC namespaces, then their PID 1.
+fn enter_job_namespaces(
+    s: &Stages,
+    argv: &[CString],
+    envp: &[CString],
+    cwd: &CString,
+    out: OwnedFd,
+) -> i32 {
     signals::reset_defaults();
     die_with_parent();
     if let Err(e) =
@@ -192,7 +193,7 @@ fn stage_a(s: &Stages, argv: &[CString], envp: &[CString], cwd: &CString, out: O
     }
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            let code = stage_b(s, argv, envp, cwd, out);
+            let code = job_namespace_init(s, argv, envp, cwd, out);
             unsafe { libc::_exit(code) }
         }
         Ok(ForkResult::Parent { child }) => {
@@ -203,8 +204,15 @@ fn stage_a(s: &Stages, argv: &[CString], envp: &[CString], cwd: &CString, out: O
     }
 }
 
-/// PID 1 of the job's namespace.
-fn stage_b(s: &Stages, argv: &[CString], envp: &[CString], cwd: &CString, out: OwnedFd) -> i32 {
+/// PID 1 of the job's namespace: sets up its root, starts the job, supervises
+/// device lending, and reaps until the job exits.
+fn job_namespace_init(
+    s: &Stages,
+    argv: &[CString],
+    envp: &[CString],
+    cwd: &CString,
+    out: OwnedFd,
+) -> i32 {
     die_with_parent();
     if let Err(e) = mounts::set_up(&Linux, &s.job.view, &s.job.binds) {
         return report(&out, &e.to_string());
@@ -225,7 +233,7 @@ fn stage_b(s: &Stages, argv: &[CString], envp: &[CString], cwd: &CString, out: O
     let c = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             let notify = s.notify.zip(pair.as_ref().map(|p| p.1.as_raw_fd()));
-            let code = stage_c(s.keep, s.filter, notify, argv, envp, cwd, out);
+            let code = exec_job(s.keep, s.filter, notify, argv, envp, cwd, out);
             unsafe { libc::_exit(code) }
         }
         Ok(ForkResult::Parent { child }) => child,
@@ -242,15 +250,7 @@ fn stage_b(s: &Stages, argv: &[CString], envp: &[CString], cwd: &CString, out: O
     }
     drop(out);
     // Reap everything re-parented to us until the job itself exits.
-    loop {
-        match waitpid(None, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == c => return code,
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == c => return 128 + sig as i32,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return 255,
-        }
-    }
+    wait::until_exit(c, Reap::All, &mut || {})
 }
 
 /// One descriptor passed with SCM_RIGHTS; None when the sender went away.
@@ -274,7 +274,7 @@ fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
     None
 }
 
-fn stage_c(
+fn exec_job(
     keep: &caps::CapsHashSet,
     filter: Option<&Filter>,
     notify: Option<(&libseccomp::ScmpFilterContext, RawFd)>,
@@ -289,22 +289,36 @@ fn stage_c(
     if null < 0 {
         return report(&out, "cannot open /dev/null");
     }
-    unsafe {
-        libc::dup2(null, 0);
-        libc::dup2(out.as_raw_fd(), 1);
-        libc::dup2(out.as_raw_fd(), 2);
+    // SAFETY: plain dup2 on descriptors this process owns.
+    let redirected = unsafe {
+        libc::dup2(null, 0) == 0
+            && libc::dup2(out.as_raw_fd(), 1) == 1
+            && libc::dup2(out.as_raw_fd(), 2) == 2
+    };
+    if !redirected {
+        return report(&out, "cannot redirect the hook's standard input and output");
     }
     std::mem::forget(out);
     // The listener's way out to PID 1 stays at fd 3 until it is sent.
     let first_closed = match notify {
         Some((_, sock)) => {
-            unsafe { libc::dup2(sock, 3) };
+            // SAFETY: plain dup2 of the socket this process holds.
+            if unsafe { libc::dup2(sock, 3) } != 3 {
+                return report(&out_for_errors(), "cannot pass the lending socket on");
+            }
             4u32
         }
         None => 3,
     };
-    // Only stdio crosses into the hook.
-    unsafe { libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32) };
+    // Only stdio crosses into the hook: a descriptor left open would hand it
+    // whatever kiln had open, so a failure stops the job.
+    // SAFETY: close_range on this process's own table.
+    if unsafe { libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32) } != 0 {
+        return report(
+            &out_for_errors(),
+            "close_range failed: the hook would inherit descriptors",
+        );
+    }
     let stderr = unsafe { OwnedFd::from_raw_fd(2) };
     if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
         return report(
@@ -367,6 +381,13 @@ fn send_listener(ctx: &libseccomp::ScmpFilterContext) -> Result<(), String> {
         libc::close(3);
     }
     sent.map(|_| ()).map_err(|e| e.desc().to_string())
+}
+
+/// The job's output, once stdout and stderr point at it (for reports before
+/// `stderr` is taken over below).
+fn out_for_errors() -> std::mem::ManuallyDrop<OwnedFd> {
+    // SAFETY: fd 2 is the job's output pipe from here on; never closed here.
+    std::mem::ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(2) })
 }
 
 /// Child-side failure: one line on the job's output, then a distinctive status.
