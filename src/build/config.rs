@@ -510,6 +510,26 @@ mod tests {
     }
 
     #[test]
+    fn block_device_config_names_the_root_type_over_fs_type() {
+        let mut v = Vars::default();
+        v.set("FS_TYPE", "reiserfs", "t");
+        let named = |t: &str| BlockDeviceConfig {
+            layout: Layout::Mbr,
+            fs_type: Some(t.into()),
+            root_label: None,
+            origin: "DIB_BLOCK_DEVICE_CONFIG (x.yaml)".into(),
+        };
+        assert_eq!(fs_type(&v, Some(&named("btrfs"))).unwrap(), FsType::Btrfs);
+        let e = format!("{:#}", fs_type(&v, Some(&named("zfs"))).unwrap_err());
+        assert!(
+            e.starts_with("DIB_BLOCK_DEVICE_CONFIG (x.yaml): ") && e.contains("zfs"),
+            "{e}"
+        );
+        let e = format!("{:#}", fs_type(&v, None).unwrap_err());
+        assert!(e.starts_with("FS_TYPE: ") && e.contains("reiserfs"), "{e}");
+    }
+
+    #[test]
     fn dib_checksum_values() {
         assert_eq!(checksums(false, None).unwrap(), vec![]);
         assert_eq!(checksums(false, Some("0")).unwrap(), vec![]);
