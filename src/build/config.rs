@@ -2,6 +2,7 @@
 
 use super::mirror;
 use crate::cli::{DiskImageArgs, Vars};
+use crate::disk::{FsType, Layout};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -19,7 +20,8 @@ pub struct Config {
     pub vars: Vars,
     /// Output path without extension.
     pub output: PathBuf,
-    pub formats: Vec<String>,
+    /// `-t`, in the order given; empty for a ramdisk (see [`Config::output_names`]).
+    pub formats: Vec<crate::disk::Format>,
     pub arch: String,
     pub release: String,
     pub mirror: String,
@@ -28,8 +30,11 @@ pub struct Config {
     pub builtin_flavours: PathBuf,
     pub packages: Vec<String>,
     pub image_size: Option<u64>,
-    pub fs_type: String,
+    /// The root filesystem: DIB_BLOCK_DEVICE_CONFIG's, else FS_TYPE/DIB_ROOT_FSTYPE.
+    pub fs_type: FsType,
     pub root_label: String,
+    /// The layout DIB_BLOCK_DEVICE_CONFIG describes, which overrides the flavours'.
+    pub block_device_config: Option<Layout>,
     pub cache_dir: PathBuf,
     /// `--image-cache`/DIB_IMAGE_CACHE as the caller gave it (hooks' DIB_IMAGE_CACHE).
     pub image_cache: Option<PathBuf>,
@@ -72,19 +77,38 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(a: DiskImageArgs, vars: Vars) -> Result<Config> {
+        Config::new(a, vars, Kind::Disk)
+    }
+
+    /// ramdisk-image-create: the ramdisk flavour first, kernel and initramfs out.
+    pub fn from_ramdisk_args(r: crate::cli::RamdiskArgs, vars: Vars) -> Result<Config> {
+        let compression = crate::ramdisk::Compression::parse(&r.compression)?;
+        let mut cfg = Config::new(r.common, vars, Kind::Ramdisk(compression))?;
+        let at = usize::from(cfg.flavours.first().is_some_and(|f| f == "base"));
+        cfg.flavours.insert(at, r.ramdisk_element);
+        Ok(cfg)
+    }
+
+    fn new(a: DiskImageArgs, vars: Vars, kind: Kind) -> Result<Config> {
         let output = a
             .output
             .clone()
             .or_else(|| vars.get("IMAGE_NAME").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("image"));
-        let formats: Vec<String> = a
-            .types
-            .clone()
-            .unwrap_or_else(|| "qcow2".into())
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+        let block_device = block_device_config(&vars)?;
+        // A ramdisk's outputs are fixed: its -t is not read.
+        let formats = match kind {
+            Kind::Disk => a
+                .types
+                .as_deref()
+                .unwrap_or("qcow2")
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(crate::disk::Format::parse)
+                .collect::<Result<Vec<_>>>()?,
+            Kind::Ramdisk(_) => Vec::new(),
+        };
         let arch = normalise_arch(a.arch.as_deref().or(vars.get("ARCH")).unwrap_or("amd64"))?;
         let release = vars.get("DIB_RELEASE").unwrap_or("bookworm").to_string();
         // diskimage-builder's debian-minimal takes its own name for the mirror first.
@@ -145,7 +169,7 @@ impl Config {
             None => None,
         };
         let cfg = Config {
-            kind: Kind::Disk,
+            kind,
             output,
             formats,
             arch,
@@ -156,16 +180,18 @@ impl Config {
             builtin_flavours,
             packages: a.package_list(),
             image_size,
-            fs_type: fs_type(&vars)?,
+            fs_type: fs_type(&vars, block_device.as_ref())?,
             max_online_resize: a.max_online_resize,
             journal_mib,
             extra_size,
             show_usage: vars.get("DIB_SHOW_IMAGE_USAGE").is_some_and(|v| v != "0"),
-            root_label: a
-                .root_label
-                .clone()
+            root_label: block_device
+                .as_ref()
+                .and_then(|b| b.root_label.clone())
+                .or_else(|| a.root_label.clone())
                 .or_else(|| vars.get("DIB_ROOT_LABEL").map(str::to_string))
                 .unwrap_or_else(|| "cloudimg-rootfs".into()),
+            block_device_config: block_device.as_ref().map(|b| b.layout),
             cache_dir,
             image_cache: a
                 .image_cache
@@ -197,15 +223,13 @@ impl Config {
         Ok(cfg)
     }
 
-    /// ramdisk-image-create: the ramdisk flavour first, kernel and initramfs out.
-    pub fn from_ramdisk_args(r: crate::cli::RamdiskArgs, vars: Vars) -> Result<Config> {
-        let compression = crate::ramdisk::Compression::parse(&r.compression)?;
-        let mut cfg = Config::from_args(r.common, vars)?;
-        let at = usize::from(cfg.flavours.first().is_some_and(|f| f == "base"));
-        cfg.flavours.insert(at, r.ramdisk_element);
-        cfg.formats = vec!["kernel".into(), "initramfs".into()];
-        cfg.kind = Kind::Ramdisk(compression);
-        Ok(cfg)
+    /// What each output's name ends in, in writing order: `-t`'s formats, or a
+    /// ramdisk's kernel and initramfs.
+    pub fn output_names(&self) -> Vec<&'static str> {
+        match self.kind {
+            Kind::Disk => self.formats.iter().map(|f| f.as_str()).collect(),
+            Kind::Ramdisk(_) => vec!["kernel", "initramfs"],
+        }
     }
 
     /// NAME.FMT
@@ -358,15 +382,54 @@ fn source_date_epoch(vars: &Vars) -> Result<Option<i64>> {
 }
 
 /// diskimage-builder sets DIB_ROOT_FSTYPE from its block-device config; kiln
-/// takes it as another name for FS_TYPE, and refuses the two disagreeing.
-fn fs_type(vars: &Vars) -> Result<String> {
-    match (vars.get("FS_TYPE"), vars.get("DIB_ROOT_FSTYPE")) {
+/// takes it as another name for FS_TYPE, and refuses the two disagreeing. A
+/// DIB_BLOCK_DEVICE_CONFIG that names the root's type wins over both, as in
+/// diskimage-builder.
+fn fs_type(vars: &Vars, block_device: Option<&BlockDeviceConfig>) -> Result<FsType> {
+    let name = match (vars.get("FS_TYPE"), vars.get("DIB_ROOT_FSTYPE")) {
         (Some(a), Some(b)) if a != b => {
             bail!("FS_TYPE={a:?} and DIB_ROOT_FSTYPE={b:?} disagree: set one root filesystem type")
         }
-        (Some(t), _) | (None, Some(t)) => Ok(t.to_string()),
-        (None, None) => Ok("ext4".to_string()),
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => "ext4",
+    };
+    match block_device.and_then(|b| b.fs_type.as_deref().map(|t| (t, &b.origin))) {
+        Some((t, origin)) => FsType::parse(t).with_context(|| origin.clone()),
+        None => FsType::parse(name).context("FS_TYPE"),
     }
+}
+
+/// diskimage-builder's DIB_BLOCK_DEVICE_CONFIG, read.
+struct BlockDeviceConfig {
+    layout: Layout,
+    fs_type: Option<String>,
+    root_label: Option<String>,
+    /// The variable, and the file the YAML came from if it came from one.
+    origin: String,
+}
+
+/// DIB_BLOCK_DEVICE_CONFIG (YAML text, or file://PATH), for the layouts kiln
+/// builds without a block device; it overrides FS_TYPE and the root label
+/// where it names them, as in diskimage-builder.
+fn block_device_config(vars: &Vars) -> Result<Option<BlockDeviceConfig>> {
+    let Some(value) = vars.get("DIB_BLOCK_DEVICE_CONFIG") else {
+        return Ok(None);
+    };
+    let (text, origin) = match value.strip_prefix("file://") {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading DIB_BLOCK_DEVICE_CONFIG file {path}"))?,
+            format!("DIB_BLOCK_DEVICE_CONFIG ({path})"),
+        ),
+        None => (value.to_string(), "DIB_BLOCK_DEVICE_CONFIG".to_string()),
+    };
+    let l = crate::disk::dib_config::parse(&text, &origin)?;
+    Ok(Some(BlockDeviceConfig {
+        layout: Layout::parse(l.layout)?,
+        fs_type: l.fs_type,
+        root_label: l.root_label,
+        origin,
+    }))
 }
 
 /// A 0/1 switch as diskimage-builder tests it (`-eq 1`): anything else is refused.
@@ -428,13 +491,13 @@ mod tests {
     #[test]
     fn root_fstype_is_another_name_for_fs_type() {
         let mut v = Vars::default();
-        assert_eq!(fs_type(&v).unwrap(), "ext4");
+        assert_eq!(fs_type(&v, None).unwrap(), FsType::Ext4);
         v.set("DIB_ROOT_FSTYPE", "btrfs", "t");
-        assert_eq!(fs_type(&v).unwrap(), "btrfs");
+        assert_eq!(fs_type(&v, None).unwrap(), FsType::Btrfs);
         v.set("FS_TYPE", "btrfs", "t");
-        assert_eq!(fs_type(&v).unwrap(), "btrfs");
+        assert_eq!(fs_type(&v, None).unwrap(), FsType::Btrfs);
         v.set("FS_TYPE", "ext4", "t");
-        let e = fs_type(&v).unwrap_err().to_string();
+        let e = fs_type(&v, None).unwrap_err().to_string();
         assert!(
             e.contains("FS_TYPE") && e.contains("DIB_ROOT_FSTYPE"),
             "{e}"
@@ -444,6 +507,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("DIB_NO_TIMESTAMP"));
+    }
+
+    #[test]
+    fn block_device_config_names_the_root_type_over_fs_type() {
+        let mut v = Vars::default();
+        v.set("FS_TYPE", "reiserfs", "t");
+        let named = |t: &str| BlockDeviceConfig {
+            layout: Layout::Mbr,
+            fs_type: Some(t.into()),
+            root_label: None,
+            origin: "DIB_BLOCK_DEVICE_CONFIG (x.yaml)".into(),
+        };
+        assert_eq!(fs_type(&v, Some(&named("btrfs"))).unwrap(), FsType::Btrfs);
+        let e = format!("{:#}", fs_type(&v, Some(&named("zfs"))).unwrap_err());
+        assert!(
+            e.starts_with("DIB_BLOCK_DEVICE_CONFIG (x.yaml): ") && e.contains("zfs"),
+            "{e}"
+        );
+        let e = format!("{:#}", fs_type(&v, None).unwrap_err());
+        assert!(e.starts_with("FS_TYPE: ") && e.contains("reiserfs"), "{e}");
     }
 
     #[test]

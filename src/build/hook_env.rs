@@ -5,7 +5,6 @@
 use super::outputs;
 use super::plan::Plan;
 use super::workdir::WorkDir;
-use crate::disk::DiskIds;
 use crate::flavour::{Phase, Side};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -51,8 +50,9 @@ pub struct HookEnv {
 
 impl HookEnv {
     /// Also creates DIB_IMAGE_CACHE, as diskimage-builder does before any hook.
-    pub fn new(plan: &Plan, work: &WorkDir, apt_cache: &Path, ids: &DiskIds) -> Result<HookEnv> {
+    pub fn new(plan: &Plan, work: &WorkDir, apt_cache: &Path) -> Result<HookEnv> {
         let c = &plan.config;
+        let ids = &plan.ids;
         let mut env: Vec<(String, String)> = Vec::new();
         let mut set = |k: &str, v: String| {
             env.retain(|(ek, _)| ek != k);
@@ -164,7 +164,7 @@ impl HookEnv {
             ("DIB_IMAGE_CACHE", image_cache.display().to_string()),
             ("DIB_ARGS", c.argv.join(" ")),
             ("_LIB", c.dib_lib.display().to_string()),
-            ("FS_TYPE", c.fs_type.clone()),
+            ("FS_TYPE", c.fs_type.as_str().into()),
             ("TMP_BUILD_DIR", work.path.display().to_string()),
             ("TMP_IMAGE_DIR", work.image().display().to_string()),
             ("TMP_MOUNT_PATH", work.root().display().to_string()),
@@ -173,14 +173,14 @@ impl HookEnv {
             ("KILN_ROOT_UUID", ids.root.clone()),
             (
                 "KILN_ESP_UUID",
-                if plan.layout == "gpt" || plan.layout == "efi" {
+                if plan.layout.has_esp() {
                     ids.esp.clone()
                 } else {
                     String::new()
                 },
             ),
-            ("KILN_ROOT_FSTYPE", c.fs_type.clone()),
-            ("KILN_BLOCK_DEVICE_LAYOUT", plan.layout.clone()),
+            ("KILN_ROOT_FSTYPE", c.fs_type.as_str().into()),
+            ("KILN_BLOCK_DEVICE_LAYOUT", plan.layout.as_str().into()),
             ("KILN_USER_HOME", std::env::var("HOME").unwrap_or_default()),
         ];
         for (k, v) in fixed {

@@ -127,7 +127,7 @@ fn file_sha256(path: &Path) -> Result<String> {
 pub fn inputs(
     c: &Config,
     resolved: &Resolved,
-    layout: &str,
+    layout: crate::disk::Layout,
     cache_key: &str,
     distro: &str,
 ) -> Result<Map<String, Value>> {
@@ -159,15 +159,15 @@ pub fn inputs(
         "distribution": {"name": distro, "release": c.release, "arch": c.arch, "mirror": c.mirror},
         "flavours": flavours,
         "options": {
-            "formats": c.formats,
-            "fs_type": c.fs_type,
+            "formats": c.output_names(),
+            "fs_type": c.fs_type.as_str(),
             "root_label": c.root_label,
             "image_size": c.image_size,
             "packages": c.packages,
             "compress": c.compress,
             "qemu_img_options": c.qemu_img_options,
             "mkfs_options": c.mkfs_options,
-            "layout": layout,
+            "layout": layout.as_str(),
         },
         "variables": vars,
         "base_tree_cache_key": cache_key,
@@ -230,7 +230,7 @@ pub fn build(
     let mut m = inputs(
         c,
         &plan.resolved,
-        &plan.layout,
+        plan.layout,
         &plan.cache_key,
         &plan.distro,
     )?;

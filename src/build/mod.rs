@@ -234,42 +234,100 @@ fn worker(plan: &Plan, work: &WorkDir, broker: Option<&devices::Broker>) -> i32 
     }
 }
 
+/// The build, step by step: each step reads the plan and hands what it made
+/// to the next through [`Build`].
 fn pipeline(
     plan: &Plan,
     work: &WorkDir,
     broker: Option<&devices::Broker>,
     progress: &mut Progress,
 ) -> Result<()> {
-    let c = &plan.config;
-    let root = work.root();
-    for d in [work.hooks(), work.image(), work.home(), work.root()] {
-        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    tree_in_memory(c.tmpfs_min, &root, progress)?;
-    let mut apt = apt_cache::AptCache::open(
-        &c.cache_dir,
-        &apt_cache_dir(c),
-        work,
-        c.vars.get("DIB_APT_KEYRING"),
-        progress,
-    )?;
-    let apt_cache = apt.dir().to_path_buf();
-    let fs = crate::disk::FsType::parse(&c.fs_type)?;
-    let uuids = crate::disk::DiskIds::new(&plan.seed, fs);
-    let env = hook_env::HookEnv::new(plan, work, &apt_cache, &uuids)?;
-    let mut runner = Runner {
-        plan,
-        work,
-        env,
-        apt_cache,
-        image_block_device: None,
-    };
-    runner.stage_hooks()?;
+    let mut b = Build::start(plan, work, broker, progress)?;
+    make_root(plan, &mut b)?;
+    run_install_phases(plan, &mut b)?;
+    lay_out_disk(plan, &mut b)?;
+    block_device(plan, &mut b)?;
+    finish_phases(plan, &mut b)?;
+    normalise(plan, &mut b)?;
+    assemble(plan, &mut b)?;
+    write_outputs(plan, &mut b)
+}
 
-    make_root(plan, &runner, &root, &mut apt, progress)?;
+/// What the pipeline's steps hand one another.
+struct Build<'a> {
+    work: &'a WorkDir,
+    broker: Option<&'a devices::Broker>,
+    progress: &'a mut Progress,
+    runner: Runner<'a>,
+    apt: apt_cache::AptCache,
+    /// The image root, from [`make_root`] on.
+    tree: Option<ImageTree>,
+    /// The disk's plan and its raw image, from [`lay_out_disk`] on, when an
+    /// output needs a disk.
+    disk: Option<(crate::disk::DiskPlan, PathBuf)>,
+}
+
+impl<'a> Build<'a> {
+    /// The build directory, the tree's tmpfs, the package cache, and the hooks
+    /// staged with their environment.
+    fn start(
+        plan: &'a Plan,
+        work: &'a WorkDir,
+        broker: Option<&'a devices::Broker>,
+        progress: &'a mut Progress,
+    ) -> Result<Build<'a>> {
+        let c = &plan.config;
+        for d in [work.hooks(), work.image(), work.home(), work.root()] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        tree_in_memory(c.tmpfs_min, &work.root(), progress)?;
+        let apt = apt_cache::AptCache::open(
+            &c.cache_dir,
+            &apt_cache_dir(c),
+            work,
+            c.vars.get("DIB_APT_KEYRING"),
+            progress,
+        )?;
+        let apt_cache = apt.dir().to_path_buf();
+        let runner = Runner {
+            plan,
+            work,
+            env: hook_env::HookEnv::new(plan, work, &apt_cache)?,
+            apt_cache,
+            image_block_device: None,
+        };
+        runner.stage_hooks()?;
+        Ok(Build {
+            work,
+            broker,
+            progress,
+            runner,
+            apt,
+            tree: None,
+            disk: None,
+        })
+    }
+}
+
+/// [`Build::tree`], for the steps after [`make_root`].
+fn made(tree: &Option<ImageTree>) -> Result<&ImageTree> {
+    tree.as_ref()
+        .context("internal: a step needs the image tree before root.d made it")
+}
+
+/// root.d, or the base-tree cache: the image root the later phases work in.
+fn make_root(plan: &Plan, b: &mut Build) -> Result<()> {
+    let root = b.work.root();
+    base_tree(plan, &b.runner, &root, &mut b.apt, b.progress)?;
     // From here on the tree holds what hooks and packages wrote: see crate::tree.
     let tree = ImageTree::open(&root)?;
     image_root::prepare(&tree)?;
+    b.tree = Some(tree);
+    Ok(())
+}
+
+/// extra-data.d to post-root.d, then first-boot.d's hooks into the image.
+fn run_install_phases(plan: &Plan, b: &mut Build) -> Result<()> {
     for phase in [
         Phase::ExtraData,
         Phase::PreInstall,
@@ -277,94 +335,127 @@ fn pipeline(
         Phase::PostInstall,
         Phase::PostRoot,
     ] {
-        run_phase(&runner, phase, None, progress)?;
+        run_phase(&b.runner, phase, None, b.progress)?;
     }
-    image_root::install_first_boot(&work.hooks(), &tree)?;
-    if c.show_usage {
-        progress.say(&usage::report(&root)?);
+    image_root::install_first_boot(&b.work.hooks(), made(&b.tree)?)?;
+    if plan.config.show_usage {
+        b.progress.say(&usage::report(&b.work.root())?);
     }
+    Ok(())
+}
 
-    let mut disk = if plan.needs_disk {
-        progress.step("block-device", &format!("layout {}", plan.layout));
-        let content = crate::disk::content_size(&root)?;
-        let size = match c.image_size {
-            Some(s) => {
-                crate::disk::check_image_size(s, content, &plan.layout)?;
-                s
-            }
-            // As diskimage-builder: the journal and DIB_IMAGE_EXTRA_SIZE come on top.
-            None => {
-                crate::disk::size_for_content(content, &plan.layout)?
-                    + (c.journal_mib.unwrap_or(0) << 20)
-                    + c.extra_size.unwrap_or(0)
-            }
-        };
-        let d = crate::disk::plan_disk(
-            &plan.layout,
-            fs,
-            size,
-            &c.root_label,
-            c.mkfs_options.clone(),
-            &plan.seed,
-            c.source_date_epoch,
-        )?;
-        let raw = work.image().join("disk.raw");
-        crate::disk::lay_out(&raw, &d)?;
-        runner.image_block_device = Some(raw.clone());
-        Some((d, raw))
-    } else {
-        None
-    };
-    match (broker, &mut disk) {
-        (Some(broker), Some((d, raw))) => {
-            block_device_phase(&mut runner, broker, raw, progress)?;
-            adopt_partitions(d, raw, progress)?;
-        }
-        _ => run_phase(&runner, Phase::BlockDevice, None, progress)?,
+/// The disk planned from the tree's size and its partition table written, for
+/// block-device.d to see.
+fn lay_out_disk(plan: &Plan, b: &mut Build) -> Result<()> {
+    if !plan.needs_disk {
+        return Ok(());
     }
+    let c = &plan.config;
+    b.progress
+        .step("block-device", &format!("layout {}", plan.layout.as_str()));
+    let content = crate::disk::content_size(&b.work.root())?;
+    let size = match c.image_size {
+        Some(s) => {
+            crate::disk::check_image_size(s, content, plan.layout)?;
+            s
+        }
+        // As diskimage-builder: the journal and DIB_IMAGE_EXTRA_SIZE come on top.
+        None => {
+            crate::disk::size_for_content(content, plan.layout)
+                + (c.journal_mib.unwrap_or(0) << 20)
+                + c.extra_size.unwrap_or(0)
+        }
+    };
+    let d = crate::disk::plan_disk(
+        plan.layout,
+        c.fs_type,
+        size,
+        &c.root_label,
+        c.mkfs_options.clone(),
+        &plan.seed,
+        c.source_date_epoch,
+    )?;
+    let raw = b.work.image().join("disk.raw");
+    crate::disk::lay_out(&raw, &d)?;
+    b.runner.image_block_device = Some(raw.clone());
+    b.disk = Some((d, raw));
+    Ok(())
+}
+
+/// block-device.d: with the image on a loop device when a flavour asked for one
+/// (and then kiln's partitions as the hooks left them), else on the file.
+fn block_device(_plan: &Plan, b: &mut Build) -> Result<()> {
+    match (b.broker, &mut b.disk) {
+        (Some(broker), Some((d, raw))) => {
+            block_device_phase(&mut b.runner, broker, raw, b.progress)?;
+            adopt_partitions(d, raw, b.progress)
+        }
+        _ => run_phase(&b.runner, Phase::BlockDevice, None, b.progress),
+    }
+}
+
+/// pre-finalise.d, finalise.d and cleanup.d; then the package cache is settled
+/// and kiln's build-time files leave the tree.
+fn finish_phases(_plan: &Plan, b: &mut Build) -> Result<()> {
     for phase in [Phase::PreFinalise, Phase::Finalise, Phase::Cleanup] {
-        run_phase(&runner, phase, None, progress)?;
+        run_phase(&b.runner, phase, None, b.progress)?;
     }
     // No phase after this one binds the package cache.
-    apt.settle(progress)?;
-    image_root::tidy(&tree)?;
-    if let Some(epoch) = c.source_date_epoch {
-        let n = reproducible::normalise(&tree, epoch)?;
-        progress.step(
-            "reproducible",
-            &format!(
-                "{} times clamped to SOURCE_DATE_EPOCH={epoch}; removed {}",
-                n.clamped,
-                if n.removed.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    n.removed.join(" ")
-                }
-            ),
-        );
-    }
+    b.apt.settle(b.progress)?;
+    image_root::tidy(made(&b.tree)?)
+}
 
-    if let Some((d, raw)) = &disk {
-        check_interrupted()?;
-        progress.step("assemble", "filesystems");
-        crate::disk::build_filesystems(raw, &tree, d)?;
-        if plan.resolved.has("bootloader") {
-            check_interrupted()?;
-            progress.step("assemble", "bootloader");
-            crate::disk::install_bootloader(raw, &tree, d)?;
-        }
-    }
+/// With SOURCE_DATE_EPOCH: the tree made independent of when it was built.
+fn normalise(plan: &Plan, b: &mut Build) -> Result<()> {
+    let Some(epoch) = plan.config.source_date_epoch else {
+        return Ok(());
+    };
+    let n = reproducible::normalise(made(&b.tree)?, epoch)?;
+    b.progress.step(
+        "reproducible",
+        &format!(
+            "{} times clamped to SOURCE_DATE_EPOCH={epoch}; removed {}",
+            n.clamped,
+            if n.removed.is_empty() {
+                "nothing".to_string()
+            } else {
+                n.removed.join(" ")
+            }
+        ),
+    );
+    Ok(())
+}
+
+/// The filesystems filled from the tree into the disk, and the bootloader.
+fn assemble(plan: &Plan, b: &mut Build) -> Result<()> {
+    let Some((d, raw)) = &b.disk else {
+        return Ok(());
+    };
+    let tree = made(&b.tree)?;
     check_interrupted()?;
-    progress.step("outputs", &c.formats.join(","));
+    b.progress.step("assemble", "filesystems");
+    crate::disk::build_filesystems(raw, tree, d)?;
+    if plan.resolved.has("bootloader") {
+        check_interrupted()?;
+        b.progress.step("assemble", "bootloader");
+        crate::disk::install_bootloader(raw, tree, d)?;
+    }
+    Ok(())
+}
+
+/// Every output, its checksums and the manifest, renamed into place together.
+fn write_outputs(plan: &Plan, b: &mut Build) -> Result<()> {
+    check_interrupted()?;
+    b.progress
+        .step("outputs", &plan.config.output_names().join(","));
     outputs::write_all(
         plan,
-        &tree,
-        disk.as_ref().map(|(_, r)| r.as_path()),
-        &work.saved(),
-        &work.outputs,
-        &progress.timings,
-    )?;
-    Ok(())
+        made(&b.tree)?,
+        b.disk.as_ref().map(|(_, r)| r.as_path()),
+        &b.work.saved(),
+        &b.work.outputs,
+        &b.progress.timings,
+    )
 }
 
 /// The tree in a tmpfs when memory allows: unpacking and bootstrapping on a
@@ -504,7 +595,7 @@ fn adopt_partitions(
 
 /// root: from the base-tree cache when every input matches, else the OS
 /// flavour's root.d (which then fills the cache).
-fn make_root(
+fn base_tree(
     plan: &Plan,
     runner: &Runner,
     root: &Path,

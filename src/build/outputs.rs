@@ -3,7 +3,7 @@
 //! place only when all are complete.
 
 use super::config::Config;
-use super::plan::{Plan, TREE_FORMATS};
+use super::plan::Plan;
 use super::staging::Staging;
 use crate::tree::ImageTree;
 use anyhow::{bail, Context, Result};
@@ -65,7 +65,7 @@ fn output_dir(c: &Config) -> &Path {
 /// Every name the build writes: the outputs, then their checksums.
 fn final_names(c: &Config) -> Vec<PathBuf> {
     let mut names = Vec::new();
-    for f in &c.formats {
+    for f in c.output_names() {
         let out = c.output_path(f);
         names.extend(c.checksums.iter().map(|d| with_ext(&out, d.extension())));
         names.push(out);
@@ -95,8 +95,8 @@ pub fn write_all(
         crate::build::saved::copy_plain_tree(&saved, &to)?;
     }
     let temps: Vec<PathBuf> = c
-        .formats
-        .iter()
+        .output_names()
+        .into_iter()
         .map(|f| staging.file_for(&c.output_path(f)))
         .collect();
     if let super::config::Kind::Ramdisk(compression) = c.kind {
@@ -119,14 +119,20 @@ pub fn write_all(
         write_manifest(plan, tree, &temps, staging, timings)?;
         return rename_all(c, staging);
     }
-    for (format, tmp) in c.formats.iter().zip(&temps) {
-        let fmt = crate::disk::Format::parse(format)?;
-        if TREE_FORMATS.contains(&format.as_str()) {
-            crate::disk::tree_archive(tree.path(), fmt, tmp)?;
-        } else {
+    for (&format, tmp) in c.formats.iter().zip(&temps) {
+        if format.is_disk() {
             let raw = raw.context("internal: disk formats requested without an assembled disk")?;
             let reproducible = c.source_date_epoch.map(|e| (&plan.seed, e));
-            crate::disk::convert(raw, fmt, tmp, c.compress, &c.qemu_img_options, reproducible)?;
+            crate::disk::convert(
+                raw,
+                format,
+                tmp,
+                c.compress,
+                &c.qemu_img_options,
+                reproducible,
+            )?;
+        } else {
+            crate::disk::tree_archive(tree.path(), format, tmp)?;
         }
         write_checksums(c, tmp)?;
     }
@@ -164,7 +170,7 @@ fn rename_all(c: &Config, staging: &Staging) -> Result<()> {
         std::fs::rename(&from, dest)
             .with_context(|| format!("renaming {} to {}", from.display(), dest.display()))
     };
-    for format in &c.formats {
+    for format in c.output_names() {
         let dest = c.output_path(format);
         for d in &c.checksums {
             into_place(&with_ext(&dest, d.extension()))?;

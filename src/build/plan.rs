@@ -4,6 +4,7 @@
 use super::config::Config;
 use super::devices::ASK_FILE;
 use super::tools::{self, Tools};
+use crate::disk::{DiskIds, FsType, Layout, Seed};
 use crate::flavour::{self, EnvFile, HookSet, PackageRequest, Phase, Resolved, SearchPath};
 use crate::helper::client::Helper;
 use crate::sandbox::{seccomp::Profile, IdMaps};
@@ -11,10 +12,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-
-pub const FORMATS: [&str; 7] = ["qcow2", "raw", "vhd", "vmdk", "tar", "tgz", "squashfs"];
-/// Formats made from the tree; the rest need an assembled disk.
-pub const TREE_FORMATS: [&str; 3] = ["tar", "tgz", "squashfs"];
 
 pub struct Plan {
     pub config: Config,
@@ -26,8 +23,10 @@ pub struct Plan {
     /// Phase → (install, uninstall) for the packages the bootstrap cannot take.
     pub phase_packages: BTreeMap<Phase, (Vec<String>, Vec<String>)>,
     pub tools: Tools,
-    /// "gpt", "mbr", "efi" or "none" (a bare filesystem).
-    pub layout: String,
+    /// The flavours' (or DIB_BLOCK_DEVICE_CONFIG's) layout, also when no
+    /// output needs a disk.
+    pub layout: Layout,
+    /// Some output is made from an assembled disk (not only from the tree).
     pub needs_disk: bool,
     pub warnings: Vec<String>,
     pub cache_key: String,
@@ -39,29 +38,18 @@ pub struct Plan {
     /// Where flavours were looked for, first wins: hooks get it as ELEMENTS_PATH.
     pub search_dirs: Vec<std::path::PathBuf>,
     /// The seed of the image's identities (docs/architecture.md §12).
-    pub seed: crate::disk::Seed,
+    pub seed: Seed,
+    /// The filesystem identities, from the seed: hooks see them before the
+    /// filesystems exist, and the disk plan uses them.
+    pub ids: DiskIds,
 }
 
 impl Plan {
     pub fn make(mut config: Config) -> Result<Plan> {
-        let dib_layout = dib_block_device_config(&mut config)?;
-        let ramdisk = matches!(config.kind, super::config::Kind::Ramdisk(_));
-        for f in config.formats.iter().filter(|_| !ramdisk) {
-            if !FORMATS.contains(&f.as_str()) {
-                bail!(
-                    "unknown output format `{f}` in -t: kiln writes {}",
-                    FORMATS.join(", ")
-                );
-            }
-        }
-        if !ramdisk
-            && !config
-                .formats
-                .iter()
-                .all(|f| TREE_FORMATS.contains(&f.as_str()))
-        {
-            let fs = crate::disk::FsType::parse(&config.fs_type).context("FS_TYPE")?;
-            ext_options(&mut config, fs)?;
+        // A ramdisk's config has no formats.
+        let needs_disk = config.formats.iter().any(|f| f.is_disk());
+        if needs_disk {
+            ext_options(&mut config)?;
         }
         let search = SearchPath::new(&config.user_flavour_path, config.builtin_flavours.clone());
         let layout_default = format!(
@@ -97,16 +85,11 @@ impl Plan {
         let packages = flavour::collect_packages(&resolved, &target).map_err(|e| anyhow!("{e}"))?;
         let (bootstrap_packages, phase_packages) = split_packages(&packages, &config.packages);
 
-        let layout = match dib_layout {
-            Some(l) => l.to_string(),
+        let layout = match config.block_device_config {
+            Some(l) => l,
             None => layout_of(&resolved, &config)?,
         };
-        let needs_disk = !ramdisk
-            && config
-                .formats
-                .iter()
-                .any(|f| !TREE_FORMATS.contains(&f.as_str()));
-        let tools = Tools::find(&needed_tools(&resolved, &config, &layout, needs_disk)?)?;
+        let tools = Tools::find(&needed_tools(&resolved, &config, layout, needs_disk)?)?;
         let seccomp = match &config.seccomp_profile {
             Some(p) => Profile::from_file(p).map_err(|e| anyhow!("{e}"))?,
             None => Profile::builtin().map_err(|e| anyhow!("{e}"))?,
@@ -124,12 +107,13 @@ impl Plan {
             (Some(s), _) => s.clone(),
             (None, Some(_)) => {
                 let inputs =
-                    super::manifest::inputs(&config, &resolved, &layout, &cache_key, &distro)?;
-                crate::disk::Seed::from_inputs(&super::manifest::seed_digest(&inputs))
+                    super::manifest::inputs(&config, &resolved, layout, &cache_key, &distro)?;
+                Seed::from_inputs(&super::manifest::seed_digest(&inputs))
             }
-            (None, None) => crate::disk::Seed::random()?,
+            (None, None) => Seed::random()?,
         };
         Ok(Plan {
+            ids: DiskIds::new(&seed, config.fs_type),
             seed,
             search_dirs: search.dirs.clone(),
             config,
@@ -206,7 +190,7 @@ impl Plan {
             }
         }
         let mut outs = Vec::new();
-        for f in &c.formats {
+        for f in c.output_names() {
             let out = c.output_path(f).display().to_string();
             outs.extend(
                 c.checksums
@@ -215,7 +199,7 @@ impl Plan {
             );
             outs.push(out);
         }
-        let _ = writeln!(s, "disk layout: {}", self.layout);
+        let _ = writeln!(s, "disk layout: {}", self.layout.as_str());
         let _ = match c.source_date_epoch {
             Some(e) => writeln!(
                 s,
@@ -234,7 +218,7 @@ impl Plan {
             let _ = writeln!(
                 s,
                 "root filesystem: {} (mkfs options: {})",
-                c.fs_type,
+                c.fs_type.as_str(),
                 c.mkfs_options.join(" ")
             );
         }
@@ -264,8 +248,8 @@ impl Plan {
 /// `--max-online-resize` and DIB_JOURNAL_SIZE are mke2fs options: they become
 /// mkfs options for an ext root and are refused for any other, which has no
 /// such setting.
-fn ext_options(config: &mut Config, fs: crate::disk::FsType) -> Result<()> {
-    use crate::disk::FsType;
+fn ext_options(config: &mut Config) -> Result<()> {
+    let fs = config.fs_type;
     let ext = matches!(fs, FsType::Ext2 | FsType::Ext3 | FsType::Ext4);
     if let Some(n) = config.max_online_resize {
         if !ext {
@@ -336,36 +320,7 @@ fn split_packages(reqs: &[PackageRequest], extra: &[String]) -> (Vec<String>, Ph
     (boot, later)
 }
 
-/// diskimage-builder's DIB_BLOCK_DEVICE_CONFIG (YAML text, or file://PATH), for
-/// the layouts kiln builds without a block device; it overrides FS_TYPE and the
-/// root label where it names them, as in diskimage-builder.
-fn dib_block_device_config(config: &mut Config) -> Result<Option<&'static str>> {
-    let Some(value) = config
-        .vars
-        .get("DIB_BLOCK_DEVICE_CONFIG")
-        .map(str::to_string)
-    else {
-        return Ok(None);
-    };
-    let (text, origin) = match value.strip_prefix("file://") {
-        Some(path) => (
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading DIB_BLOCK_DEVICE_CONFIG file {path}"))?,
-            format!("DIB_BLOCK_DEVICE_CONFIG ({path})"),
-        ),
-        None => (value, "DIB_BLOCK_DEVICE_CONFIG".to_string()),
-    };
-    let l = crate::disk::dib_config::parse(&text, &origin)?;
-    if let Some(fs) = l.fs_type {
-        config.fs_type = fs;
-    }
-    if let Some(label) = l.root_label {
-        config.root_label = label;
-    }
-    Ok(Some(l.layout))
-}
-
-fn layout_of(resolved: &Resolved, config: &Config) -> Result<String> {
+fn layout_of(resolved: &Resolved, config: &Config) -> Result<Layout> {
     let layout = match resolved.provider_of("block-device") {
         // Standing in for diskimage-builder's block-device-*: the layout its own
         // block-device-default.yaml describes, as kiln maps it.
@@ -377,26 +332,18 @@ fn layout_of(resolved: &Resolved, config: &Config) -> Result<String> {
                 .unwrap_or_default();
             let text = std::fs::read_to_string(&yaml)
                 .with_context(|| format!("reading {}", yaml.display()))?;
-            crate::disk::dib_config::parse(&text, &yaml.display().to_string())?
-                .layout
-                .to_string()
+            crate::disk::dib_config::parse(&text, &yaml.display().to_string())?.layout
         }
-        Some(f) => f
-            .name
-            .strip_prefix("block-device-")
-            .unwrap_or("gpt")
-            .to_string(),
-        None => "none".to_string(),
+        Some(f) => f.name.strip_prefix("block-device-").unwrap_or("gpt"),
+        None => "none",
     };
     let layout = config
         .vars
         .get("KILN_BLOCK_DEVICE_LAYOUT")
-        .map(str::to_string)
         .unwrap_or(layout);
-    crate::disk::Layout::parse(&layout).with_context(|| {
+    Layout::parse(layout).with_context(|| {
         "block-device layout (KILN_BLOCK_DEVICE_LAYOUT / the block-device flavour)".to_string()
-    })?;
-    Ok(layout)
+    })
 }
 
 /// Host tools: kiln's own, the disk assembly's, plus each flavour's `host-tools`
@@ -404,7 +351,7 @@ fn layout_of(resolved: &Resolved, config: &Config) -> Result<String> {
 fn needed_tools(
     resolved: &Resolved,
     config: &Config,
-    layout: &str,
+    layout: Layout,
     needs_disk: bool,
 ) -> Result<Vec<(&'static str, &'static str)>> {
     let mut t: Vec<(&'static str, &'static str)> = ["bash", "tar", "zstd"]
@@ -449,27 +396,10 @@ fn needed_tools(
     if let super::config::Kind::Ramdisk(c) = config.kind {
         t.extend(c.tool());
     }
-    let formats = match config.kind {
-        super::config::Kind::Ramdisk(_) => Vec::new(),
-        super::config::Kind::Disk => config
-            .formats
-            .iter()
-            .map(|f| crate::disk::Format::parse(f))
-            .collect::<Result<Vec<_>>>()?,
-    };
-    let fs = crate::disk::FsType::parse(&config.fs_type)?;
-    let layout = if needs_disk {
-        crate::disk::Layout::parse(layout)?
-    } else {
-        crate::disk::Layout::None
-    };
-    let disk_formats: Vec<_> = formats
-        .iter()
-        .copied()
-        .filter(|f| needs_disk || !f.is_disk())
-        .collect();
+    let fs = config.fs_type;
+    let layout = if needs_disk { layout } else { Layout::None };
     let fs_tools = if needs_disk { Vec::new() } else { fs.tools() };
-    for h in crate::disk::host_tools(layout, fs, &disk_formats) {
+    for h in crate::disk::host_tools(layout, fs, &config.formats) {
         if !fs_tools.contains(&h) {
             t.push((h.name, h.package));
         }

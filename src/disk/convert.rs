@@ -23,39 +23,31 @@ pub enum Format {
     Squashfs,
 }
 
-const VALID: &str = "qcow2, raw, vhd, vmdk, tar, tgz, squashfs";
-
 impl Format {
+    /// Every format, in the order `-t`'s error lists them.
+    pub const ALL: [Format; 7] = [
+        Format::Qcow2,
+        Format::Raw,
+        Format::Vhd,
+        Format::Vmdk,
+        Format::Tar,
+        Format::Tgz,
+        Format::Squashfs,
+    ];
+
+    /// One name of `-t`: exactly the output file's extension.
     pub fn parse(s: &str) -> Result<Format> {
-        Ok(match s.trim() {
-            "qcow2" => Format::Qcow2,
-            "raw" => Format::Raw,
-            "vhd" | "vpc" => Format::Vhd,
-            "vmdk" => Format::Vmdk,
-            "tar" => Format::Tar,
-            "tgz" | "tar.gz" => Format::Tgz,
-            "squashfs" | "squash" => Format::Squashfs,
-            other => bail!("unknown image type {other:?}: valid types are {VALID}"),
-        })
+        match Format::ALL.into_iter().find(|f| f.as_str() == s) {
+            Some(f) => Ok(f),
+            None => bail!(
+                "unknown output format `{s}` in -t: kiln writes {}",
+                Format::ALL.map(Format::as_str).join(", ")
+            ),
+        }
     }
 
-    /// Parses `-t qcow2,raw`: comma separated, duplicates dropped, order kept.
-    pub fn parse_list(s: &str) -> Result<Vec<Format>> {
-        let mut out = Vec::new();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let f = Format::parse(part)?;
-            if !out.contains(&f) {
-                out.push(f);
-            }
-        }
-        if out.is_empty() {
-            bail!("no image type given: valid types are {VALID}");
-        }
-        Ok(out)
-    }
-
-    /// The output file's extension (`NAME.qcow2`).
-    pub fn extension(self) -> &'static str {
+    /// The name `-t` takes, which is also the output file's extension (`NAME.qcow2`).
+    pub fn as_str(self) -> &'static str {
         match self {
             Format::Qcow2 => "qcow2",
             Format::Raw => "raw",
@@ -123,7 +115,7 @@ pub fn convert(
         Format::Tar | Format::Tgz | Format::Squashfs => {
             bail!(
                 "{} is made from the image tree (tree_archive), not from the disk",
-                format.extension()
+                format.as_str()
             )
         }
     };
@@ -137,7 +129,7 @@ pub fn convert(
         cmd.arg("-o").arg(options);
     }
     cmd.arg(raw).arg(out_tmp);
-    run(&mut cmd).with_context(|| format!("cannot convert the disk to {}", format.extension()))?;
+    run(&mut cmd).with_context(|| format!("cannot convert the disk to {}", format.as_str()))?;
     match (format, reproducible) {
         (Format::Vhd, Some((seed, epoch))) => super::stamps::vhd(out_tmp, seed, epoch),
         (Format::Vmdk, Some((seed, _))) => super::stamps::vmdk(out_tmp, seed),
@@ -202,7 +194,7 @@ pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
                 .args(["-noappend", "-comp", "xz", "-no-progress"]);
             c
         }
-        _ => bail!("{} is a disk format: use convert", format.extension()),
+        _ => bail!("{} is a disk format: use convert", format.as_str()),
     };
     run(&mut cmd).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
@@ -295,19 +287,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn format_lists_parse_and_reject_unknown() {
-        assert_eq!(
-            Format::parse_list("qcow2,raw").unwrap(),
-            vec![Format::Qcow2, Format::Raw]
+    fn formats_parse_by_their_names_only() {
+        for f in Format::ALL {
+            assert_eq!(Format::parse(f.as_str()).unwrap(), f);
+        }
+        let err = Format::parse("vpc").unwrap_err().to_string();
+        assert!(
+            err.contains("`vpc`") && err.contains("qcow2, raw, vhd, vmdk, tar, tgz, squashfs"),
+            "{err}"
         );
-        assert_eq!(
-            Format::parse_list(" tar , qcow2,tar").unwrap(),
-            vec![Format::Tar, Format::Qcow2]
-        );
-        assert_eq!(Format::parse("vhd").unwrap(), Format::Vhd);
-        let err = Format::parse_list("qcow2,iso").unwrap_err().to_string();
-        assert!(err.contains("\"iso\"") && err.contains(VALID), "{err}");
-        assert!(Format::parse_list(" , ").is_err());
         assert!(Format::Vmdk.is_disk() && !Format::Squashfs.is_disk());
     }
 
@@ -413,7 +401,7 @@ mod tests {
         assert!(convert(&raw, Format::Tar, &q, true, "", None).is_err());
 
         for (format, name) in [(Format::Vhd, "vpc"), (Format::Vmdk, "vmdk")] {
-            let out = dir.path().join(format!("disk.{}", format.extension()));
+            let out = dir.path().join(format!("disk.{}", format.as_str()));
             convert(&raw, format, &out, true, "", None).unwrap();
             let v = qemu_img_info(&out);
             assert_eq!(v["format"], name);

@@ -404,7 +404,7 @@ mod tests {
 
         let raw = dir.path().join("root.ext4");
         let plan = crate::disk::plan_disk(
-            "none",
+            crate::disk::Layout::None,
             FsType::Ext4,
             64 * MIB,
             "root",
@@ -425,7 +425,7 @@ mod tests {
 
         let raw = dir.path().join("root.vfat");
         let plan = crate::disk::plan_disk(
-            "none",
+            crate::disk::Layout::None,
             FsType::Vfat,
             64 * MIB,
             "KILN",
@@ -454,7 +454,7 @@ mod tests {
         let (dir, tree) = tree_with_hostname();
         let raw = dir.path().join("disk.raw");
         let plan = crate::disk::plan_disk(
-            "efi",
+            crate::disk::Layout::Efi,
             FsType::Btrfs,
             256 * MIB,
             "root",
@@ -487,7 +487,7 @@ mod tests {
         let (dir, tree) = tree_with_hostname();
         let raw = dir.path().join("disk.raw");
         let plan = crate::disk::plan_disk(
-            "mbr",
+            crate::disk::Layout::Mbr,
             FsType::Ext4,
             64 * MIB,
             "root",

@@ -245,7 +245,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
         let plan = plan_disk(
-            "gpt",
+            crate::disk::Layout::Gpt,
             FsType::Ext4,
             300 << 20,
             "root",
@@ -302,7 +302,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
         let plan = plan_disk(
-            "efi",
+            crate::disk::Layout::Efi,
             FsType::Ext4,
             200 << 20,
             "root",

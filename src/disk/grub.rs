@@ -358,7 +358,7 @@ mod tests {
         let early = scratch.path().join("early.cfg");
         std::fs::write(&early, early_config("0a1b2c3d-0000-4000-8000-000000000000")).unwrap();
         let plan = crate::disk::plan_disk(
-            "gpt",
+            crate::disk::Layout::Gpt,
             crate::disk::FsType::Ext4,
             1 << 30,
             "root",

@@ -69,6 +69,11 @@ impl Layout {
         }
     }
 
+    /// Whether the disk has an EFI system partition.
+    pub fn has_esp(self) -> bool {
+        matches!(self, Layout::Gpt | Layout::Efi)
+    }
+
     pub fn table(self) -> TableKind {
         match self {
             Layout::Gpt | Layout::Efi => TableKind::Gpt,
@@ -197,7 +202,7 @@ impl DiskPlan {
 /// rounded up to a whole MiB. `epoch` (SOURCE_DATE_EPOCH) is the time the
 /// filesystems' own timestamps record.
 pub fn plan_disk(
-    layout: &str,
+    layout: Layout,
     fs_type: FsType,
     size: u64,
     root_label: &str,
@@ -205,7 +210,6 @@ pub fn plan_disk(
     seed: &Seed,
     epoch: Option<i64>,
 ) -> Result<DiskPlan> {
-    let layout = Layout::parse(layout)?;
     fs_type.check_label(root_label)?;
     if fs_type == FsType::Vfat && layout != Layout::None {
         bail!(
@@ -230,7 +234,7 @@ pub fn plan_disk(
 
     let ids = DiskIds::new(seed, fs_type);
     let root_uuid = ids.root;
-    let esp = matches!(layout, Layout::Gpt | Layout::Efi);
+    let esp = layout.has_esp();
     let esp_uuid = if esp { ids.esp } else { String::new() };
     let disk_id = match layout.table() {
         TableKind::Gpt => seed.uuid("disk"),
@@ -350,22 +354,20 @@ pub fn content_size(tree: &Path) -> Result<u64> {
 
 /// The image size to use when `--image-size` is not given: content × 1.25 + 256 MiB
 /// for the root filesystem, rounded up to a MiB, plus the layout's other partitions.
-pub fn size_for_content(content: u64, layout: &str) -> Result<u64> {
-    let layout = Layout::parse(layout)?;
-    Ok(round_up(content + content / 4 + 256 * MIB, MIB) + layout.overhead())
+pub fn size_for_content(content: u64, layout: Layout) -> u64 {
+    round_up(content + content / 4 + 256 * MIB, MIB) + layout.overhead()
 }
 
 /// The default image size for the tree: [`size_for_content`] of its [`content_size`]
 /// with the largest layout's overhead (gpt, 67 MiB), so the size fits whichever layout
 /// the plan uses; the few MiB more for mbr or none end up as free space in the root.
 pub fn size_for_tree(tree: &Path) -> Result<u64> {
-    size_for_content(content_size(tree)?, Layout::Gpt.as_str())
+    Ok(size_for_content(content_size(tree)?, Layout::Gpt))
 }
 
 /// Fails with a clear message when `size` (a user's `--image-size`) cannot hold
 /// `content` bytes: mkfs would otherwise fail half-way with "Could not allocate block".
-pub fn check_image_size(size: u64, content: u64, layout: &str) -> Result<()> {
-    let l = Layout::parse(layout)?;
+pub fn check_image_size(size: u64, content: u64, l: Layout) -> Result<()> {
     // Root filesystem metadata: inode tables (~1.6 %), the journal (up to 64 MiB below
     // 16 GiB), directories' and small files' block rounding are already in `content`.
     let needed = content + content / 10 + 96 * MIB + l.overhead();
@@ -446,7 +448,7 @@ mod tests {
 
     fn plan(layout: &str, size: u64) -> Result<DiskPlan> {
         plan_disk(
-            layout,
+            Layout::parse(layout)?,
             FsType::Ext4,
             size,
             "cloudimg-rootfs",
@@ -538,7 +540,7 @@ mod tests {
             .to_string()
             .contains("gpt, mbr, efi, none"));
         assert!(plan_disk(
-            "gpt",
+            Layout::Gpt,
             FsType::Ext4,
             GIB,
             "a-label-longer-than-16",
@@ -548,7 +550,7 @@ mod tests {
         )
         .is_err());
         assert!(plan_disk(
-            "gpt",
+            Layout::Gpt,
             FsType::Vfat,
             GIB,
             "ROOT",
@@ -558,7 +560,7 @@ mod tests {
         )
         .is_err());
         assert!(plan_disk(
-            "none",
+            Layout::None,
             FsType::Vfat,
             GIB,
             "ROOT",
@@ -571,27 +573,27 @@ mod tests {
 
     #[test]
     fn size_for_content_adds_quarter_and_256m_and_overhead() {
-        assert_eq!(size_for_content(0, "none").unwrap(), 256 * MIB);
+        assert_eq!(size_for_content(0, Layout::None), 256 * MIB);
         assert_eq!(
-            size_for_content(400 * MIB, "gpt").unwrap(),
+            size_for_content(400 * MIB, Layout::Gpt),
             756 * MIB + 67 * MIB
         );
-        assert_eq!(size_for_content(1, "mbr").unwrap(), 257 * MIB + MIB);
+        assert_eq!(size_for_content(1, Layout::Mbr), 257 * MIB + MIB);
     }
 
     #[test]
     fn too_small_size_for_content_says_what_to_use() {
         let content = 1503238553; // 1.4 GiB
-        let err = check_image_size(GIB, content, "gpt")
+        let err = check_image_size(GIB, content, Layout::Gpt)
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
             "image size 1G is too small for 1.4 GiB of content; use --image-size 2G or more"
         );
-        assert!(check_image_size(2 * GIB, content, "gpt").is_ok());
+        assert!(check_image_size(2 * GIB, content, Layout::Gpt).is_ok());
         assert!(
-            check_image_size(size_for_content(content, "gpt").unwrap(), content, "gpt").is_ok()
+            check_image_size(size_for_content(content, Layout::Gpt), content, Layout::Gpt).is_ok()
         );
     }
 

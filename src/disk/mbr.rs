@@ -101,7 +101,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("disk.raw");
         let plan = plan_disk(
-            "mbr",
+            crate::disk::Layout::Mbr,
             FsType::Ext4,
             100 << 20,
             "root",

@@ -56,7 +56,7 @@ pub fn host_tools(layout: Layout, fs_type: FsType, formats: &[Format]) -> Vec<Ho
     if layout.table() != TableKind::None {
         tools.push(host_tool("grub-mkimage", "grub-common"));
     }
-    if matches!(layout, Layout::Gpt | Layout::Efi) {
+    if layout.has_esp() {
         tools.push(host_tool("mkfs.vfat", "dosfstools"));
         tools.push(host_tool("mcopy", "mtools"));
     }
