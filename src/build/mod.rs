@@ -299,12 +299,12 @@ fn pipeline(
     } else {
         None
     };
-    match (broker, &mut disk) {
-        (Some(broker), Some((d, raw))) => {
-            block_device_phase(&mut runner, broker, raw, progress)?;
-            adopt_partitions(d, raw, progress)?;
-        }
+    match (broker, &disk) {
+        (Some(broker), Some((_, raw))) => block_device_phase(&mut runner, broker, raw, progress)?,
         _ => run_phase(&runner, Phase::BlockDevice, None, progress)?,
+    }
+    if let Some((d, raw)) = &mut disk {
+        adopt_partitions(d, raw, progress)?;
     }
     for phase in [Phase::PreFinalise, Phase::Finalise, Phase::Cleanup] {
         run_phase(&runner, phase, None, progress)?;
@@ -449,39 +449,21 @@ fn block_device_phase(
     detached
 }
 
-/// A block-device.d hook may have moved or resized kiln's partitions: kiln fills
-/// them where the table now says they are.
+/// A block-device.d hook may have moved or resized kiln's partitions, on the loop
+/// device or in the file: kiln fills them where the table now says they are
+/// (disk::adopt_table has the policy).
 fn adopt_partitions(
     d: &mut crate::disk::DiskPlan,
     raw: &Path,
     progress: &mut Progress,
 ) -> Result<()> {
-    let table = crate::kernel::partition_table(raw)
-        .context("re-reading the partition table after block-device.d")?;
-    let numbers = d
-        .partitions
-        .iter()
-        .map(|q| q.number.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    for p in &mut d.partitions {
-        let Some(&(_, start, len)) = table.iter().find(|(n, _, _)| *n == p.number) else {
-            bail!(
-                "after block-device.d the image has no partition {} ({:?}) for kiln to fill; a hook that repartitions must keep kiln's partitions (numbers {numbers})",
-                p.number,
-                p.role,
-            );
-        };
-        if (start, len) != (p.start, p.size) {
-            progress.say(&format!(
-                "block-device: partition {} is now at {} MiB, {} MiB long",
-                p.number,
-                start >> 20,
-                len >> 20
-            ));
-            p.start = start;
-            p.size = len;
-        }
+    for m in crate::disk::adopt_table(raw, d)? {
+        progress.say(&format!(
+            "block-device: partition {} is now at {} MiB, {} MiB long",
+            m.number,
+            m.start >> 20,
+            m.size >> 20
+        ));
     }
     Ok(())
 }
