@@ -8,6 +8,7 @@ pub mod disk;
 pub mod flavour;
 pub mod helper;
 pub mod kernel;
+pub mod partition;
 pub mod ramdisk;
 pub mod sandbox;
 pub mod tree;

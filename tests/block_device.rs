@@ -1,7 +1,8 @@
 //! A flavour that asks for a real block device (docs/architecture.md §6): kiln attaches the
 //! image through kiln-helper (setuid, or through sudo), its block-device.d hook
 //! repartitions /dev/loopN with sfdisk and makes a filesystem on a partition,
-//! the result boots; nothing is left attached whatever happens to the build.
+//! the result boots; nothing is left attached whatever happens to the build. Without
+//! a real device, a hook that moves a partition in the disk file is followed the same way.
 
 mod common;
 
@@ -212,6 +213,51 @@ fn a_hook_repartitions_the_real_device_and_the_image_boots() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     g.wait_for("login:", Duration::from_secs(240))
         .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// One policy for both paths (disk::adopt_table): a partition moved in the disk
+/// file, without kiln-helper, is filled where the table now puts it.
+#[test]
+fn a_hook_moves_root_in_the_file_and_kiln_fills_it_there() {
+    let (s, tmp) = scratch_with_tmp("bdev-file-move");
+    let out = s.join("img");
+    let mut args = build_args(out.to_str().unwrap(), &["-t", "raw"]);
+    args.push("move-root");
+    let o = run_ok(&mut build_cmd(&args, &tmp, "/nonexistent/kiln-helper", &[]));
+    let log = String::from_utf8_lossy(&o.stderr);
+    let moved_to: u64 = log
+        .lines()
+        .find_map(|l| l.split("KILN-MOVED-ROOT p3 start=").nth(1))
+        .unwrap_or_else(|| panic!("the hook did not move partition 3:\n{log}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        log.contains(&format!("partition 3 is now at {} MiB", moved_to >> 20)),
+        "kiln did not adopt the moved root partition:\n{log}"
+    );
+    let image = s.join("img.raw");
+    let o = run_ok(std::process::Command::new("sfdisk").arg("-J").arg(&image));
+    let table: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let root = &table["partitiontable"]["partitions"][2];
+    assert_eq!(root["start"].as_u64().unwrap() * 512, moved_to);
+    // The kernel is read from the filesystem at the partition's new offset.
+    let o = run_ok(&mut kiln(
+        "disk-image-get-kernel",
+        &[
+            "-i",
+            image.to_str().unwrap(),
+            "-d",
+            s.path.to_str().unwrap(),
+            "-o",
+            "k",
+            "-x",
+        ],
+    ));
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("partition 3 (\"root\"): ext2/3/4"), "{said}");
+    assert!(s.join("k-vmlinuz").is_file());
+    assert_no_leftovers(&tmp, &s.path, &["img.raw", "k-vmlinuz", "k-initrd"]);
 }
 
 #[test]

@@ -385,13 +385,17 @@ fn lay_out_disk(plan: &Plan, b: &mut Build) -> Result<()> {
 /// block-device.d: with the image on a loop device when a flavour asked for one
 /// (and then kiln's partitions as the hooks left them), else on the file.
 fn block_device(_plan: &Plan, b: &mut Build) -> Result<()> {
-    match (b.broker, &mut b.disk) {
-        (Some(broker), Some((d, raw))) => {
-            block_device_phase(&mut b.runner, broker, raw, b.progress)?;
-            adopt_partitions(d, raw, b.progress)
+    match (b.broker, &b.disk) {
+        (Some(broker), Some((_, raw))) => {
+            block_device_phase(&mut b.runner, broker, raw, b.progress)?
         }
-        _ => run_phase(&b.runner, Phase::BlockDevice, None, b.progress),
+        _ => run_phase(&b.runner, Phase::BlockDevice, None, b.progress)?,
     }
+    // One policy, with or without a loop device: the table a hook left is the truth.
+    if let Some((d, raw)) = &mut b.disk {
+        adopt_partitions(d, raw, b.progress)?;
+    }
+    Ok(())
 }
 
 /// pre-finalise.d, finalise.d and cleanup.d; then the package cache is settled
@@ -556,39 +560,21 @@ fn block_device_phase(
     detached
 }
 
-/// A block-device.d hook may have moved or resized kiln's partitions: kiln fills
-/// them where the table now says they are.
+/// A block-device.d hook may have moved or resized kiln's partitions, on the loop
+/// device or in the file: kiln fills them where the table now says they are
+/// (disk::adopt_table has the policy).
 fn adopt_partitions(
     d: &mut crate::disk::DiskPlan,
     raw: &Path,
     progress: &mut Progress,
 ) -> Result<()> {
-    let table = crate::kernel::partition_table(raw)
-        .context("re-reading the partition table after block-device.d")?;
-    let numbers = d
-        .partitions
-        .iter()
-        .map(|q| q.number.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    for p in &mut d.partitions {
-        let Some(&(_, start, len)) = table.iter().find(|(n, _, _)| *n == p.number) else {
-            bail!(
-                "after block-device.d the image has no partition {} ({:?}) for kiln to fill; a hook that repartitions must keep kiln's partitions (numbers {numbers})",
-                p.number,
-                p.role,
-            );
-        };
-        if (start, len) != (p.start, p.size) {
-            progress.say(&format!(
-                "block-device: partition {} is now at {} MiB, {} MiB long",
-                p.number,
-                start >> 20,
-                len >> 20
-            ));
-            p.start = start;
-            p.size = len;
-        }
+    for m in crate::disk::adopt_table(raw, d)? {
+        progress.say(&format!(
+            "block-device: partition {} is now at {} MiB, {} MiB long",
+            m.number,
+            m.start >> 20,
+            m.size >> 20
+        ));
     }
     Ok(())
 }

@@ -5,7 +5,9 @@
 //! 1. [`plan_disk`] at plan time (sizes from [`size_for_tree`] / [`check_image_size`]
 //!    once the tree exists); the build's hook environment (build::hook_env) names the
 //!    filesystems' UUIDs, chosen before they exist, so fstab and grub.cfg can use them;
-//! 2. [`lay_out`]: the sparse raw file with its partition table, before block-device.d;
+//! 2. [`lay_out`]: the sparse raw file with its partition table (crate::partition
+//!    writes it), before block-device.d; [`adopt_table`] after block-device.d, which
+//!    follows the partitions a hook moved;
 //! 3. [`build_filesystems`]: the ESP from `tree/boot/efi`, the root from the rest,
 //!    each written at its partition's offset;
 //! 4. [`install_bootloader`]: GRUB for BIOS and/or UEFI from the image's own modules;
@@ -21,11 +23,9 @@ pub mod dib_config;
 mod esp;
 mod ext4_ctime;
 mod fs;
-mod gpt;
 mod grub;
 mod ids;
 mod layout;
-mod mbr;
 mod sparse;
 mod stamps;
 mod table;
@@ -44,7 +44,7 @@ pub use layout::{
     check_image_size, content_size, format_human, format_size, parse_image_size, plan_disk,
     size_for_content, size_for_tree, DiskPlan, Layout, PartRole, Partition, TableKind, GIB, MIB,
 };
-pub use table::lay_out;
+pub use table::{adopt_table, lay_out, Moved};
 pub use tool::HostTool;
 
 use tool::tool as host_tool;

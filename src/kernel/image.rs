@@ -9,11 +9,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-pub trait Disk {
-    /// Guest-visible size in bytes.
-    fn size(&self) -> u64;
-    /// Fills `buf` from `offset`; any byte past the end of the image is an error.
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()>;
+/// An image: its guest-visible bytes (size, read_at) and what format holds them.
+pub trait Disk: crate::partition::Disk {
     fn format(&self) -> &'static str;
 }
 
@@ -156,7 +153,7 @@ pub struct Raw {
     size: u64,
 }
 
-impl Disk for Raw {
+impl crate::partition::Disk for Raw {
     fn size(&self) -> u64 {
         self.size
     }
@@ -176,7 +173,9 @@ impl Disk for Raw {
             .read_exact_at(buf, offset)
             .map_err(|e| anyhow::anyhow!("reading the image at byte {offset}: {}", io_reason(&e)))
     }
+}
 
+impl Disk for Raw {
     fn format(&self) -> &'static str {
         "raw"
     }
@@ -209,19 +208,6 @@ impl<'d> Volume<'d> {
         }
         self.disk.read_at(self.start + offset, buf)
     }
-
-    /// Bytes at `offset`, or None where the volume is too small to hold them.
-    pub fn peek(&mut self, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
-        if offset
-            .checked_add(len as u64)
-            .is_none_or(|e| e > self.len || self.start.saturating_add(e) > self.disk.size())
-        {
-            return Ok(None);
-        }
-        let mut buf = vec![0u8; len];
-        self.read_at(offset, &mut buf)?;
-        Ok(Some(buf))
-    }
 }
 
 #[cfg(test)]
@@ -239,7 +225,9 @@ mod tests {
     fn raw_reads_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r");
-        std::fs::write(&p, vec![7u8; 4096]).unwrap();
+        let mut bytes = vec![7u8; 4096];
+        bytes[1024 + 0x38..1024 + 0x3a].copy_from_slice(&[0x53, 0xef]);
+        std::fs::write(&p, bytes).unwrap();
         let mut d = open(&p).unwrap();
         let mut b = [0u8; 16];
         d.read_at(4080, &mut b).unwrap();
@@ -248,6 +236,12 @@ mod tests {
         assert!(e.contains("truncated"), "{e}");
         let mut v = Volume::new(d.as_mut(), 1024, 1024);
         assert!(v.read_at(1020, &mut b).is_err());
-        assert!(v.peek(1020, 16).unwrap().is_none());
+        // A magic past the partition or the image does not match, and is not read.
+        let fs = |d: &mut Box<dyn Disk>, start, len| {
+            crate::partition::filesystem_at(d.as_mut(), start, len).unwrap()
+        };
+        assert_eq!(fs(&mut d, 0, 4096), Some("ext"));
+        assert_eq!(fs(&mut d, 0, 1024 + 0x39), None);
+        assert_eq!(fs(&mut d, 3072, 1 << 20), None);
     }
 }

@@ -15,27 +15,11 @@ mod tests;
 
 pub use select::{version_cmp, Patterns};
 
-/// For kiln-helper, which reads the table of a device it attached.
-pub use image::Disk;
-pub use partitions::table_only as partition_table_only;
-
-/// The partitions of a raw or qcow2 image as (number, start, length) in bytes;
-/// empty for a bare filesystem. For kiln's own re-read after block-device.d.
-pub fn partition_table(path: &std::path::Path) -> Result<Vec<(u32, u64, u64)>> {
-    let mut disk = image::open(path)?;
-    let (_, parts) = partitions::find(disk.as_mut())?;
-    Ok(parts
-        .into_iter()
-        .filter(|p| p.number > 0)
-        .map(|p| (p.number, p.start, p.len))
-        .collect())
-}
-
+use crate::partition::{Kind, Partition};
 use anyhow::{bail, Context, Result};
 use ext4::{Ext4, Inode, S_IFDIR, S_IFLNK, S_IFREG};
 use image::Volume;
 use output::{OutDir, Pending};
-use partitions::{Partition, Table};
 use probe::Fs;
 use std::path::PathBuf;
 
@@ -78,9 +62,9 @@ pub fn get_kernel(opts: &Options) -> Result<Extracted> {
     let (table, parts) = partitions::find(disk.as_mut()).with_context(|| format!("{shown}"))?;
     if opts.verbose {
         let t = match table {
-            Table::Gpt => "a GPT",
-            Table::Mbr => "an MBR",
-            Table::None => "no partition table",
+            Some(Kind::Gpt) => "a GPT",
+            Some(Kind::Mbr) => "an MBR",
+            None => "no partition table",
         };
         eprintln!(
             "{shown}: {} image, {} bytes, {t}, {} filesystem(s) to look at",
@@ -100,8 +84,8 @@ pub fn get_kernel(opts: &Options) -> Result<Extracted> {
         {
             bail!("{shown}: {what} extends past the end of the image ({} bytes): the image is truncated", disk.size());
         }
-        let mut vol = Volume::new(disk.as_mut(), part.start, part.len);
-        let fs = probe::identify(&mut vol).with_context(|| format!("{shown}: {what}"))?;
+        let fs = probe::identify_at(disk.as_mut(), part.start, part.len)
+            .with_context(|| format!("{shown}: {what}"))?;
         if opts.verbose {
             eprintln!("  {what}: {}", fs_name(fs));
         }
@@ -112,6 +96,7 @@ pub fn get_kernel(opts: &Options) -> Result<Extracted> {
                 continue;
             }
         }
+        let vol = Volume::new(disk.as_mut(), part.start, part.len);
         let mut fs = Ext4::open(vol).with_context(|| format!("{shown}: {what}"))?;
         let found =
             find_kernel(&mut fs, &opts.patterns).with_context(|| format!("{shown}: {what}"))?;

@@ -353,7 +353,7 @@ fn backing_name(file: &File, file_size: u64, off: u64, len: u32) -> String {
     "unreadable name".to_string()
 }
 
-impl Disk for Qcow2 {
+impl crate::partition::Disk for Qcow2 {
     fn size(&self) -> u64 {
         self.virtual_size
     }
@@ -379,7 +379,9 @@ impl Disk for Qcow2 {
         }
         Ok(())
     }
+}
 
+impl Disk for Qcow2 {
     fn format(&self) -> &'static str {
         "qcow2"
     }
@@ -388,6 +390,7 @@ impl Disk for Qcow2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partition::Disk as _;
     use std::process::Command;
 
     fn frame(data: &[u8], checksum: bool) -> Vec<u8> {

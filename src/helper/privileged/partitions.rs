@@ -5,7 +5,7 @@
 use super::hardening::Privileged;
 use super::loopdev;
 use crate::helper::protocol::{PartLine, MAX_PARTITIONS};
-use crate::kernel::Disk;
+use crate::partition::Device;
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use std::ffi::{c_int, c_void};
@@ -20,12 +20,12 @@ const SECTOR: u64 = 512;
 /// The table on `dev`, validated: at most MAX_PARTITIONS partitions, each
 /// inside the device, sector-aligned, not overlapping another.
 pub fn read_table(dev: BorrowedFd, size: u64) -> Result<Vec<PartLine>> {
-    let mut disk = FdDisk { fd: dev, size };
-    let found = crate::kernel::partition_table_only(&mut disk)
+    let found = crate::partition::read(&mut Device::new(dev, size))
         .context("the partition table cannot be read")?;
     let mut parts: Vec<PartLine> = found
-        .map(|(_, parts)| {
-            parts
+        .map(|table| {
+            table
+                .partitions
                 .into_iter()
                 .map(|p| PartLine {
                     number: p.number,
@@ -204,45 +204,6 @@ fn blkpg(_: &Privileged, dev: BorrowedFd, op: c_int, part: &PartLine) -> nix::Re
     };
     // SAFETY: arg and data outlive the call.
     unsafe { blkpg_ioctl(dev.as_raw_fd(), &arg) }.map(|_| ())
-}
-
-/// The device read through a descriptor, for the table reader.
-struct FdDisk<'a> {
-    fd: BorrowedFd<'a>,
-    size: u64,
-}
-
-impl Disk for FdDisk<'_> {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > self.size)
-        {
-            bail!("the partition table points past the end of the device (byte {offset})");
-        }
-        let mut done = 0;
-        while done < buf.len() {
-            match nix::sys::uio::pread(self.fd, &mut buf[done..], (offset + done as u64) as i64) {
-                Ok(0) => bail!("the device ended early at byte {}", offset + done as u64),
-                Ok(n) => done += n,
-                Err(Errno::EINTR) => {}
-                Err(e) => bail!(
-                    "reading the device at byte {}: {}",
-                    offset + done as u64,
-                    e.desc()
-                ),
-            }
-        }
-        Ok(())
-    }
-
-    fn format(&self) -> &'static str {
-        "block device"
-    }
 }
 
 #[cfg(test)]
