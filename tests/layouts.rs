@@ -100,7 +100,7 @@ fn console_tail_drops_terminal_escapes() {
     let raw =
         b"\x1b[H\x1b[J\x1b[1;1HGNU GRUB\r\n\x1b[0;32m  OK  \x1b[0m] Reached target\r\nvm login: ";
     assert_eq!(
-        common::qemu::tail_for_tests(raw, 2),
+        kiln::boot::console_tail(raw, 2),
         "  OK  ] Reached target\nvm login: "
     );
 }

@@ -10,6 +10,8 @@ mod qemu;
 mod signals;
 
 pub use args::BootArgs;
+/// The console's last lines without terminal escapes (also the tests' harness).
+pub use console::tail as console_tail;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

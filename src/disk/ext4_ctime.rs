@@ -184,33 +184,12 @@ fn checksum(inode: &mut [u8], seed: u32, ino: u32, extra: usize) {
     }
 }
 
-const CRC32C_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0x82F6_3B78
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
+const CRC32C_TABLE: [u32; 256] = crate::partition::crc32::reflected_table(0x82F6_3B78);
 
 /// CRC-32C (Castagnoli) without the customary pre- and post-inversion, as the
 /// kernel's `crc32c()` that ext4 chains through its checksums.
-fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
-    for b in data {
-        crc = CRC32C_TABLE[((crc ^ u32::from(*b)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    crc
+fn crc32c(crc: u32, data: &[u8]) -> u32 {
+    crate::partition::crc32::update(&CRC32C_TABLE, crc, data)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! the helper's attack surface, so this module imports nothing else of kiln and
 //! does no more than tables need.
 
-mod crc32;
+pub(crate) mod crc32;
 mod device;
 mod gpt;
 mod magic;

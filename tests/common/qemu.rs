@@ -162,7 +162,7 @@ impl Boot {
                 return Ok(self.started.elapsed());
             }
             if out.closed {
-                let log = tail(&out.bytes, 40);
+                let log = kiln::boot::console_tail(&out.bytes, 40);
                 drop(out);
                 let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
                 bail!(
@@ -178,7 +178,7 @@ impl Boot {
                     timeout.as_secs(),
                     self.command,
                     self.stderr_text(),
-                    tail(&out.bytes, 40)
+                    kiln::boot::console_tail(&out.bytes, 40)
                 );
             }
             out = cond
@@ -211,7 +211,7 @@ impl Boot {
 
     fn stderr_text(&self) -> String {
         match self.stderr.0.lock() {
-            Ok(out) => tail(&out.bytes, 60),
+            Ok(out) => kiln::boot::console_tail(&out.bytes, 60),
             Err(_) => String::new(),
         }
     }
@@ -283,38 +283,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         return Some(0);
     }
     haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The last lines of console output, without the terminal escapes GRUB and systemd
-/// draw with, for error messages.
-fn tail(bytes: &[u8], lines: usize) -> String {
-    let text = strip_escapes(&String::from_utf8_lossy(bytes).replace('\r', ""));
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn strip_escapes(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            // Parameters and intermediates, up to the final byte (a letter, @ or ~).
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() || c == '@' || c == '~' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-pub fn tail_for_tests(bytes: &[u8], lines: usize) -> String {
-    tail(bytes, lines)
 }
 
 /// Direct kernel boot, for ramdisks: no disk image of its own (disks come in
