@@ -210,3 +210,21 @@ fn host_dir_stays_inside_the_tree() {
         s.tree.path().join("var/lib/kiln/real")
     );
 }
+
+#[test]
+fn clamping_times_never_touches_what_links_point_at() {
+    let s = setup();
+    symlink(&s.canary, s.root.join("etc/link-to-file")).unwrap();
+    symlink(&s.outside, s.root.join("etc/link-to-dir")).unwrap();
+    std::fs::write(s.root.join("etc/own"), "x").unwrap();
+    let before = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (canary, key) = (before(&s.canary), before(&s.outside.join("secret-dir/key")));
+    let clamped = s.tree.clamp_times(1_000_000_000).unwrap();
+    assert!(clamped >= 4, "{clamped}");
+    assert_eq!(before(&s.canary), canary);
+    assert_eq!(before(&s.outside.join("secret-dir/key")), key);
+    let own = std::fs::symlink_metadata(s.root.join("etc/own")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&own), 1_000_000_000);
+    let link = std::fs::symlink_metadata(s.root.join("etc/link-to-file")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&link), 1_000_000_000);
+}
