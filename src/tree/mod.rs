@@ -28,6 +28,7 @@
 //!
 //! A plain `std::fs` call on `root.join(..)` after the first hook ran is a bug.
 
+pub mod owners;
 mod stage;
 mod times;
 
