@@ -182,6 +182,12 @@ impl HookEnv {
             ("KILN_ROOT_FSTYPE", c.fs_type.as_str().into()),
             ("KILN_BLOCK_DEVICE_LAYOUT", plan.layout.as_str().into()),
             ("KILN_USER_HOME", std::env::var("HOME").unwrap_or_default()),
+            // 1 when the build has no subordinate ids: owners are recorded
+            // (sandbox::owners), and only root's id exists for mount options.
+            (
+                "KILN_RECORDED_OWNERS",
+                if plan.maps.has_range() { "0" } else { "1" }.into(),
+            ),
         ];
         for (k, v) in fixed {
             set(k, v);

@@ -331,6 +331,7 @@ impl Runner<'_> {
             sys_admin: phase == Phase::Root,
             seccomp: Some(&self.plan.seccomp),
             lend,
+            record_owners: !self.plan.maps.has_range(),
         };
         let out = sandbox::run(&job, &mut |l| progress.output(l))?;
         Ok((out.code, out.tail))

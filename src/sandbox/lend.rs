@@ -10,14 +10,14 @@
 //! `kiln-helper rescan`. Nothing here grants more than the caller already holds:
 //! the descriptors are the caller's own, and they die with the hook.
 
+use super::notify::{read_path, read_u64, Answer};
 use libseccomp::{
-    ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpNotifReq, ScmpNotifResp,
-    ScmpNotifRespFlags, ScmpSyscall,
+    ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpNotifReq, ScmpSyscall,
 };
 use nix::errno::Errno;
 use nix::sys::stat::{fstat, SFlag};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 /// `_IO(0x12, 95)` and `_IO(0x12, 105)`.
@@ -29,8 +29,6 @@ const BLKPG: u64 = 0x1269;
 const LOOP_CHANGES: [u64; 9] = [
     0x4C00, 0x4C01, 0x4C02, 0x4C04, 0x4C06, 0x4C07, 0x4C08, 0x4C09, 0x4C0A,
 ];
-/// A path argument longer than this is not one of ours.
-const PATH_MAX: usize = 4096;
 
 /// What a hook borrows.
 pub struct Lend<'a> {
@@ -41,12 +39,9 @@ pub struct Lend<'a> {
     pub partitions: &'a dyn Fn() -> Result<Vec<(u32, OwnedFd)>, String>,
 }
 
-/// The notification filter, loaded in the hook before kiln's own filter: it
-/// only diverts opens and partition-table ioctls; the kernel rules on the rest.
-pub fn filter() -> Result<ScmpFilterContext, libseccomp::error::SeccompError> {
-    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow)?;
-    // Other ABIs are kiln's main filter's business, not this one's.
-    ctx.set_act_badarch(ScmpAction::Allow)?;
+/// Diverts opens and partition-table ioctls to the supervisor; refuses the
+/// loop reconfiguration ioctls outright.
+pub fn add_rules(ctx: &mut ScmpFilterContext) -> Result<(), libseccomp::error::SeccompError> {
     for name in ["open", "openat", "openat2"] {
         ctx.add_rule(ScmpAction::Notify, ScmpSyscall::from_name(name)?)?;
     }
@@ -73,18 +68,7 @@ pub fn filter() -> Result<ScmpFilterContext, libseccomp::error::SeccompError> {
             )],
         )?;
     }
-    Ok(ctx)
-}
-
-enum Answer {
-    /// Not ours: the kernel performs the call as if nothing intercepted it.
-    Continue,
-    Fd {
-        fd: OwnedFd,
-        cloexec: bool,
-    },
-    Value(i64),
-    Error(Errno),
+    Ok(())
 }
 
 struct Calls {
@@ -94,86 +78,31 @@ struct Calls {
     ioctl: i32,
 }
 
-/// PID 1 of the hook: answers notifications until `job` exits; returns its
-/// exit code. `say` reaches the hook's output (rescan failures).
-pub fn supervise(listener: OwnedFd, job: nix::unistd::Pid, lend: &Lend, say: &dyn Fn(&str)) -> i32 {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let nr = |n: &str| ScmpSyscall::from_name(n).map(i32::from).unwrap_or(-1);
-    let calls = Calls {
-        open: nr("open"),
-        openat: nr("openat"),
-        openat2: nr("openat2"),
-        ioctl: nr("ioctl"),
-    };
-    let disk_rdev = fstat(lend.disk.as_raw_fd()).map(|s| s.st_rdev).unwrap_or(0);
-    let mut listening = true;
-    loop {
-        loop {
-            let flags = if listening {
-                Some(WaitPidFlag::WNOHANG)
-            } else {
-                None
-            };
-            match waitpid(None, flags) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == job => return code,
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == job => return 128 + sig as i32,
-                Ok(WaitStatus::StillAlive) => break,
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(_) => return 255,
-            }
-        }
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd. (50 ms: reaping the job is polled too.)
-        match unsafe { libc::poll(&mut pfd, 1, 50) } {
-            0 => continue,
-            n if n < 0 => {
-                if Errno::last() != Errno::EINTR {
-                    listening = false;
-                }
-                continue;
-            }
-            _ => {}
-        }
-        if pfd.revents & libc::POLLIN != 0 {
-            if let Ok(req) = ScmpNotifReq::receive(listener.as_raw_fd()) {
-                let answer = decide(&req, &calls, disk_rdev, lend, say);
-                respond(listener.as_raw_fd(), &req, answer);
-            }
-        } else if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-            // Every process under the filter is gone; only reaping is left.
-            listening = false;
-        }
-    }
+/// The supervisor's lending state for one job.
+pub struct Lending<'a> {
+    lend: &'a Lend<'a>,
+    calls: Calls,
+    disk_rdev: u64,
 }
 
-fn respond(listener: RawFd, req: &ScmpNotifReq, answer: Answer) {
-    let empty = ScmpNotifRespFlags::empty();
-    let _ = match answer {
-        Answer::Continue => ScmpNotifResp::new_continue(req.id, empty).respond(listener),
-        Answer::Value(v) => ScmpNotifResp::new_val(req.id, v, empty).respond(listener),
-        Answer::Error(e) => ScmpNotifResp::new_error(req.id, -(e as i32), empty).respond(listener),
-        Answer::Fd { fd, cloexec } => {
-            let add = libc::seccomp_notif_addfd {
-                id: req.id,
-                flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
-                srcfd: fd.as_raw_fd() as u32,
-                newfd: 0,
-                newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
-            };
-            // SAFETY: a plain ioctl with a fully initialised argument.
-            let r = unsafe { libc::ioctl(listener, libc::SECCOMP_IOCTL_NOTIF_ADDFD, &add) };
-            if r < 0 {
-                // The target died meanwhile, or cannot take another descriptor.
-                let e = Errno::last();
-                let _ = ScmpNotifResp::new_error(req.id, -(e as i32), empty).respond(listener);
-            }
-            Ok(())
+impl<'a> Lending<'a> {
+    pub fn new(lend: &'a Lend<'a>) -> Lending<'a> {
+        let nr = |n: &str| ScmpSyscall::from_name(n).map(i32::from).unwrap_or(-1);
+        Lending {
+            lend,
+            calls: Calls {
+                open: nr("open"),
+                openat: nr("openat"),
+                openat2: nr("openat2"),
+                ioctl: nr("ioctl"),
+            },
+            disk_rdev: fstat(lend.disk.as_raw_fd()).map(|s| s.st_rdev).unwrap_or(0),
         }
-    };
+    }
+
+    pub fn decide(&mut self, req: &ScmpNotifReq, say: &dyn Fn(&str)) -> Answer {
+        decide(req, &self.calls, self.disk_rdev, self.lend, say)
+    }
 }
 
 fn decide(
@@ -357,46 +286,19 @@ fn dup_at_start(disk: BorrowedFd) -> Result<OwnedFd, Errno> {
     Ok(fd)
 }
 
-fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> Option<usize> {
-    use std::os::unix::fs::FileExt;
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
-    mem.read_at(buf, addr).ok()
-}
-
-fn read_u64(pid: u32, addr: u64) -> Option<u64> {
-    let mut b = [0u8; 8];
-    (read_mem(pid, addr, &mut b)? == 8).then(|| u64::from_ne_bytes(b))
-}
-
-/// The NUL-terminated path at `addr` in the hook's memory, read a page-safe
-/// chunk at a time (a string may end just before an unmapped page).
-fn read_path(pid: u32, addr: u64) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut at = addr;
-    while out.len() < PATH_MAX {
-        let room = 256 - (at % 256) as usize;
-        let mut chunk = vec![0u8; room];
-        let n = read_mem(pid, at, &mut chunk)?;
-        if n == 0 {
-            return None;
-        }
-        if let Some(end) = chunk[..n].iter().position(|&b| b == 0) {
-            out.extend_from_slice(&chunk[..end]);
-            return Some(out);
-        }
-        out.extend_from_slice(&chunk[..n]);
-        at += n as u64;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_filter_diverts_opens_and_table_rereads_only() {
-        let pfc = String::from_utf8(export_pfc(&filter().unwrap())).unwrap();
+        let d = super::super::notify::Duties {
+            lend: None,
+            owners: false,
+        };
+        let mut ctx = super::super::notify::filter(&d).unwrap();
+        add_rules(&mut ctx).unwrap();
+        let pfc = super::super::notify::tests::export_pfc(&ctx);
         // SECCOMP_RET_USER_NOTIF
         assert!(pfc.contains("action 0x7fc00000"), "{pfc}");
         for name in ["\"openat\"", "\"openat2\"", "\"open\"", "\"ioctl\""] {
@@ -413,23 +315,6 @@ mod tests {
             pfc.contains("action ALLOW;\n# invalid architecture action\naction ALLOW;"),
             "{pfc}"
         );
-    }
-
-    fn export_pfc(ctx: &ScmpFilterContext) -> Vec<u8> {
-        use std::io::{Read, Seek};
-        let mut f = tempfile::tempfile().unwrap();
-        ctx.export_pfc(&f).unwrap();
-        f.rewind().unwrap();
-        let mut v = Vec::new();
-        f.read_to_end(&mut v).unwrap();
-        v
-    }
-
-    #[test]
-    fn a_path_is_read_across_chunk_boundaries() {
-        let s = format!("{}\0", "x".repeat(700));
-        let got = read_path(std::process::id(), s.as_ptr() as u64).unwrap();
-        assert_eq!(got.len(), 700);
     }
 
     #[test]

@@ -7,6 +7,8 @@ pub mod idmap;
 pub mod lend;
 pub mod mounts;
 pub mod namespace;
+pub mod notify;
+pub mod owners;
 pub mod run;
 pub mod seccomp;
 pub mod signals;

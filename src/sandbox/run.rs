@@ -8,8 +8,9 @@
 //! killing A tears the whole thing down.
 
 use super::caps;
-use super::lend::{self, Lend};
+use super::lend::Lend;
 use super::mounts::{self, Bind, View};
+use super::notify::{self, Duties};
 use super::seccomp::{Filter, Profile};
 use super::signals;
 use super::syscall::Linux;
@@ -39,6 +40,9 @@ pub struct Job<'a> {
     pub seccomp: Option<&'a Profile>,
     /// A real block device the job may open (block-device.d with kiln-helper).
     pub lend: Option<&'a Lend<'a>>,
+    /// Record chown as owners and answer stat with them (built without
+    /// subordinate ids: `sandbox::owners`).
+    pub record_owners: bool,
 }
 
 pub struct Outcome {
@@ -57,14 +61,21 @@ pub fn run(job: &Job, line: &mut dyn FnMut(&str)) -> Result<Outcome> {
         Some(p) => Some(p.compile(&caps::names(&keep)).map_err(|e| anyhow!("{e}"))?),
         None => None,
     };
-    let notify = match job.lend {
-        Some(_) => {
-            Some(lend::filter().map_err(|e| anyhow!("building the device-lending filter: {e}"))?)
-        }
-        None => None,
+    let duties = Duties {
+        lend: job.lend,
+        owners: job.record_owners,
+    };
+    let notify = if duties.any() {
+        Some(
+            notify::filter(&duties)
+                .map_err(|e| anyhow!("building the notification filter: {e}"))?,
+        )
+    } else {
+        None
     };
     let stages = Stages {
         job,
+        duties,
         keep: &keep,
         filter: filter.as_ref(),
         notify: notify.as_ref(),
@@ -171,6 +182,7 @@ fn die_with_parent() {
 /// What the forked stages need, borrowed from `run`.
 struct Stages<'a> {
     job: &'a Job<'a>,
+    duties: Duties<'a>,
     keep: &'a caps::CapsHashSet,
     filter: Option<&'a Filter>,
     notify: Option<&'a libseccomp::ScmpFilterContext>,
@@ -239,13 +251,13 @@ fn job_namespace_init(
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => return report(&out, &format!("fork: {}", e.desc())),
     };
-    if let (Some(lend), Some((ours, theirs))) = (s.job.lend, pair) {
+    if let Some((ours, theirs)) = pair {
         drop(theirs);
         if let Some(listener) = receive_fd(&ours) {
             let say = |m: &str| {
                 let _ = nix::unistd::write(&out, format!("{m}\n").as_bytes());
             };
-            return lend::supervise(listener, c, lend, &say);
+            return notify::supervise(listener, c, &s.duties, &say);
         }
     }
     drop(out);
@@ -338,7 +350,7 @@ fn exec_job(
     }
     if let Some((ctx, _)) = notify {
         if let Err(e) = send_listener(ctx) {
-            return report(&stderr, &format!("loading the device-lending filter: {e}"));
+            return report(&stderr, &format!("loading the notification filter: {e}"));
         }
     }
     if let Some(f) = filter {

@@ -130,11 +130,15 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
-        let e = env();
+        Scratch::owned_by(name, env().user.as_ref())
+    }
+
+    /// A scratch directory `user` owns (None: whoever runs the tests).
+    pub fn owned_by(name: &str, user: Option<&User>) -> Scratch {
         let path = PathBuf::from(format!("/var/tmp/kiln-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
-        if let Some(u) = &e.user {
+        if let Some(u) = user {
             nix::unistd::chown(
                 &path,
                 Some(nix::unistd::Uid::from_raw(u.uid)),
@@ -171,8 +175,45 @@ impl Drop for Scratch {
     }
 }
 
+/// The user `contrib/setup --tests` creates with no subordinate ids.
+pub const SOLO_USER: &str = "kilnsolo";
+
+/// The user without subordinate ids; the tests need to run as root to use it.
+pub fn solo_user() -> User {
+    assert!(
+        nix::unistd::getuid().is_root(),
+        "tests of builds without subordinate ids switch to {SOLO_USER}: run them as root"
+    );
+    let u = nix::unistd::User::from_name(SOLO_USER)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!("user {SOLO_USER} is missing: run `contrib/setup --tests` as root first")
+        });
+    for f in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with(&format!("{SOLO_USER}:"))),
+            "{SOLO_USER} has a range in {f}: these tests need a user without one"
+        );
+    }
+    User {
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+        home: u.dir,
+        name: u.name,
+    }
+}
+
 /// A kiln command, run as the test user with a clean environment.
 pub fn kiln(bin: &str, args: &[&str]) -> Command {
+    kiln_as(env().user.as_ref(), bin, args)
+}
+
+/// A kiln command run as `user` (None: as whoever runs the tests).
+pub fn kiln_as(user: Option<&User>, bin: &str, args: &[&str]) -> Command {
     let e = env();
     let mut cmd = Command::new(e.stage.join("bin").join(bin));
     cmd.args(args);
@@ -183,7 +224,7 @@ pub fn kiln(bin: &str, args: &[&str]) -> Command {
     );
     cmd.env("KILN_BUILTIN_FLAVOURS", e.stage.join("flavours"));
     cmd.stdin(Stdio::null());
-    if let Some(u) = &e.user {
+    if let Some(u) = user {
         cmd.uid(u.uid).gid(u.gid);
         cmd.env("HOME", &u.home)
             .env("USER", &u.name)
