@@ -176,7 +176,6 @@ fn builds_in_podman_with_a_subordinate_range_and_boots() {
 }
 
 #[test]
-#[ignore = "needs issue #14 item 2: with a single mapping the Debian bootstrap cannot chown (tar: Cannot change ownership to uid 0, gid 50)"]
 fn builds_in_podman_without_a_subordinate_range_and_boots() {
     let (s, out, tmp) = dirs("ctr-single");
     let empty = s.join("empty-subid");

@@ -172,7 +172,7 @@ pub fn subid_refusal(maps: &IdMaps) -> Option<String> {
     let err = try_maps(maps).err()?;
     Some(format!(
         "your subordinate range cannot be mapped here, so kiln builds with a single mapping \
-         (only root-owned files): {err:#}.\n  In a container this is a setuid-root newuidmap \
+         and records owners instead of making them real: {err:#}.\n  In a container this is a setuid-root newuidmap \
          (Debian 12's): it opens the map as root, which then needs CAP_SYS_ADMIN over the new \
          namespace, and container runtimes withhold it. Fix (in the image, as root; \
          contrib/container/build-image does it): chmod u-s /usr/bin/newuidmap \

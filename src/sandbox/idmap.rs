@@ -112,10 +112,10 @@ impl IdMaps {
         }
         let user = std::env::var("USER").unwrap_or_else(|_| "$USER".into());
         Some(format!(
-            "no subordinate id range for {user} in /etc/subuid and /etc/subgid: the image can only \
-             hold files owned by root, and package scripts that create system users or drop \
-             privileges (apt's _apt sandbox) will fail.\n  fix (as root): usermod --add-subuids \
-             100000-165535 --add-subgids 100000-165535 {user}"
+            "no subordinate id range for {user} in /etc/subuid and /etc/subgid: kiln records the \
+             owners packages and hooks set instead of making them real (slower; symlinks stay \
+             root's).\n  for real owners (as root): usermod --add-subuids 100000-165535 \
+             --add-subgids 100000-165535 {user}"
         ))
     }
 
