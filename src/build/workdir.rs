@@ -7,6 +7,27 @@ use crate::sandbox::{namespace, IdMaps};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
+/// Owners recorded without subordinate ids live in `user.` attributes
+/// (tree::owners): the scratch filesystem must take them.
+fn can_record_owners(dir: &Path, base: &Path) -> Result<()> {
+    let probe = crate::tree::owners::Owner { uid: 0, gid: 42 };
+    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    if let Err(e) = crate::tree::owners::record(std::os::fd::AsFd::as_fd(&f), probe) {
+        anyhow::bail!(
+            "{} cannot hold extended attributes ({e}), which kiln needs to record owners \
+             without a subordinate id range (tmpfs takes them only from Linux 6.6).\n  fix: \
+             TMPDIR=/var/tmp (or another directory on ext4, xfs or btrfs), or add a subordinate \
+             range (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER)",
+            base.display()
+        );
+    }
+    crate::tree::owners::record(
+        std::os::fd::AsFd::as_fd(&f),
+        crate::tree::owners::Owner::ROOT,
+    )
+    .with_context(|| format!("removing the probe attribute of {}", dir.display()))
+}
+
 /// The directory inside the build directory that holds everything (see `open_inside`).
 const INNER: &str = "w";
 
@@ -35,6 +56,9 @@ impl WorkDir {
         let inner = work.path.join(INNER);
         std::fs::create_dir(&inner).with_context(|| format!("creating {}", inner.display()))?;
         std::fs::set_permissions(&inner, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+        if !maps.has_range() {
+            can_record_owners(&inner, &base)?;
+        }
         Ok(work)
     }
 
