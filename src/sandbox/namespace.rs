@@ -159,7 +159,7 @@ fn become_root(sys: &dyn Syscall, can_setgroups: bool) -> Result<()> {
 
 /// The build's own /proc: tools see only the build's processes, and nothing
 /// mounted in here propagates to the host.
-fn private_proc(sys: &dyn Syscall) -> Result<()> {
+pub(super) fn private_proc(sys: &dyn Syscall) -> Result<()> {
     sys.mount(
         None,
         Path::new("/"),
