@@ -2,7 +2,7 @@
 //! happens (bubblewrap's shape). Runs in a fresh mount namespace, as PID 1 of a
 //! fresh PID namespace, so everything here vanishes when that process exits.
 
-use super::syscall::{join_inside, Syscall};
+use super::syscall::{join_inside, Linux, Syscall};
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 use std::fmt;
@@ -229,31 +229,29 @@ fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
 /// A tmpfs for the build's tree (diskimage-builder builds in memory too): it
 /// lives in the build's mount namespace and vanishes with it.
 pub fn tree_tmpfs(dir: &Path) -> Result<(), MountError> {
-    nix::mount::mount(
-        Some("tmpfs"),
-        dir,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("mode=0755"),
-    )
-    .step(|| format!("mount a tmpfs on {}", dir.display()))
+    Linux
+        .mount(
+            Some(Path::new("tmpfs")),
+            dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )
+        .step(|| format!("mount a tmpfs on {}", dir.display()))
 }
 
 /// `src` seen at `target` too, in the calling mount namespace only.
 pub fn bind_over(src: &Path, target: &Path) -> Result<(), MountError> {
-    nix::mount::mount(
-        Some(src),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .step(|| format!("bind {} onto {}", src.display(), target.display()))
+    Linux
+        .mount(Some(src), target, None, MsFlags::MS_BIND, None)
+        .step(|| format!("bind {} onto {}", src.display(), target.display()))
 }
 
-/// Lets go of a mount made by `tree_tmpfs` or `bind_over`, so its directory can be removed.
+/// Lets go of a mount made by `tree_tmpfs` or `bind_over`, so its directory can
+/// be removed. Best effort: the directory may hold no mount (a build on disk),
+/// and any mount there dies with the build's namespace anyway.
 pub fn release(dir: &Path) {
-    let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+    let _ = Linux.umount_detach(dir);
 }
 
 /// A hook of an earlier phase could plant a symlink where a later mount lands

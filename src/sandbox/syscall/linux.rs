@@ -196,4 +196,8 @@ impl Syscall for Linux {
         )
         .map(drop)
     }
+
+    fn write_file(&self, path: &Path, contents: &str) -> Result<(), Errno> {
+        std::fs::write(path, contents).map_err(io_errno)
+    }
 }

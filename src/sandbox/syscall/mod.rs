@@ -80,6 +80,8 @@ pub trait Syscall {
     ) -> Result<RawFd, libseccomp::error::SeccompError>;
     /// Sends descriptor `fd` over the unix socket `sock` (SCM_RIGHTS).
     fn send_fd(&self, sock: RawFd, fd: RawFd) -> Result<(), Errno>;
+    /// Writes a kernel interface file at once (a child's uid_map, gid_map, setgroups).
+    fn write_file(&self, path: &Path, contents: &str) -> Result<(), Errno>;
 }
 
 pub fn join_inside(root: &Path, inside: &Path) -> PathBuf {

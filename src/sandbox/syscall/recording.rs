@@ -47,6 +47,7 @@ pub enum Call {
     LoadSeccomp,
     LoadNotifyFilter,
     SendFd(RawFd, RawFd),
+    WriteFile(PathBuf, String),
 }
 
 /// What `open_dev_null` and `load_notify_filter` hand out.
@@ -183,5 +184,8 @@ impl Syscall for Recorder {
     }
     fn send_fd(&self, sock: RawFd, fd: RawFd) -> Result<(), Errno> {
         self.log(Call::SendFd(sock, fd))
+    }
+    fn write_file(&self, path: &Path, contents: &str) -> Result<(), Errno> {
+        self.log(Call::WriteFile(path.into(), contents.into()))
     }
 }
