@@ -15,7 +15,6 @@ use anyhow::{bail, Context, Result};
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::waitpid;
 use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -58,7 +57,8 @@ pub fn enter(maps: &IdMaps, worker: impl FnOnce() -> i32) -> Result<i32> {
     drop(go_rd);
     if let Err(e) = maps.apply(child.as_raw()) {
         let _ = kill(child, Signal::SIGKILL);
-        let _ = waitpid(child, None);
+        // Only reaped: the maps' error is what the caller needs to see.
+        wait::until_exit(child, Reap::Child, &mut || {});
         return Err(e);
     }
     nix::unistd::write(&go_wr, b"g").context("starting the namespace")?;
@@ -129,9 +129,9 @@ fn build_namespace_init(
     wait_forwarding(worker_pid, Reap::All) as isize
 }
 
-/// PID 1's set-up once its id maps are written, in this order: ids first (the
-/// mount and hostname calls need the namespace's root), then death with kiln,
-/// then its own /proc.
+/// PID 1's set-up once its id maps are written: root's ids, death with kiln, a
+/// /proc of its own; all before the worker is forked, which inherits the ids and
+/// the mounts.
 fn settle_in(sys: &dyn Syscall, can_setgroups: bool) -> Result<()> {
     become_root(sys, can_setgroups)?;
     // If kiln itself dies (SIGKILL), still unwind through the worker's cleanup.
