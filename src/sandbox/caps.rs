@@ -2,6 +2,7 @@
 //! over kiln's own user namespace only; cutting them limits what a hook can do
 //! even to the image's build environment.
 
+pub use caps::errors::CapsError;
 pub use caps::{CapSet, Capability, CapsHashSet};
 
 /// Docker's default set: what package managers and maintainer scripts need.
@@ -40,7 +41,7 @@ pub fn names(set: &CapsHashSet) -> Vec<String> {
 
 /// Cut the bounding set first (needs CAP_SETPCAP, which we still hold), then the
 /// other sets. As uid 0, execve gives the new program exactly the bounding set.
-pub fn restrict(keep: &CapsHashSet) -> Result<(), caps::errors::CapsError> {
+pub fn restrict(keep: &CapsHashSet) -> Result<(), CapsError> {
     for cap in caps::all() {
         if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap)? {
             caps::drop(None, CapSet::Bounding, cap)?;

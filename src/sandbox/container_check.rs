@@ -5,7 +5,14 @@
 //! kernel's switches: here the switches allow it and something else refuses.
 
 use super::idmap::IdMaps;
+use super::syscall::{Linux, Syscall};
+use super::wait::{self, Reap};
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 
 /// The probe's exit codes.
 const OK: i32 = 0;
@@ -92,74 +99,50 @@ fn probe_namespaces() -> i32 {
     // SAFETY: the child only makes raw system calls and exits with _exit.
     match unsafe { libc::fork() } {
         -1 => FORK_FAILED,
-        0 => unsafe { libc::_exit(probe_child()) },
+        0 => unsafe { libc::_exit(probe_child(&Linux)) },
         pid => wait_code(pid),
     }
 }
 
+/// The probe's own exit code; a signal or a failed wait counts as not knowing.
 fn wait_code(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    loop {
-        // SAFETY: plain waitpid on our own child.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        if r == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return FORK_FAILED;
-        }
-    }
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        FORK_FAILED
+    match wait::until_exit(Pid::from_raw(pid), Reap::Child, &mut || {}) {
+        code @ 0..=127 => code,
+        _ => FORK_FAILED,
     }
 }
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+fn probe_child(sys: &dyn Syscall) -> i32 {
+    let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID;
+    match sys.unshare(flags) {
+        Ok(()) => {}
+        Err(Errno::EPERM | Errno::EACCES) => return UNSHARE_REFUSED,
+        Err(_) => return UNSHARE_FAILED,
+    }
+    // procfs belongs to a PID namespace: mount it from its first process.
+    // SAFETY: the child only makes system calls and exits with _exit.
+    match unsafe { libc::fork() } {
+        -1 => FORK_FAILED,
+        0 => unsafe { libc::_exit(mount_fresh_proc(sys)) },
+        pid => wait_code(pid),
+    }
 }
 
-fn probe_child() -> i32 {
-    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID;
-    // SAFETY: raw system calls in a forked child; no allocation.
-    unsafe {
-        if libc::unshare(flags) != 0 {
-            return if matches!(errno(), libc::EPERM | libc::EACCES) {
-                UNSHARE_REFUSED
-            } else {
-                UNSHARE_FAILED
-            };
-        }
-        // procfs belongs to a PID namespace: mount it from its first process.
-        match libc::fork() {
-            -1 => FORK_FAILED,
-            0 => {
-                let root = c"/".as_ptr();
-                let (proc_, proc_dir) = (c"proc".as_ptr(), c"/proc".as_ptr());
-                let private = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong;
-                if libc::mount(
-                    std::ptr::null(),
-                    root,
-                    std::ptr::null(),
-                    private,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    libc::_exit(PROC_FAILED);
-                }
-                let f = (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong;
-                if libc::mount(proc_, proc_dir, proc_, f, std::ptr::null()) != 0 {
-                    libc::_exit(if errno() == libc::EPERM {
-                        PROC_REFUSED
-                    } else {
-                        PROC_FAILED
-                    });
-                }
-                libc::_exit(OK)
-            }
-            pid => wait_code(pid),
-        }
+/// What `namespace::private_proc` does, with the refusal told apart.
+fn mount_fresh_proc(sys: &dyn Syscall) -> i32 {
+    let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+    if sys
+        .mount(None, Path::new("/"), None, private, None)
+        .is_err()
+    {
+        return PROC_FAILED;
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_ = Some(Path::new("proc"));
+    match sys.mount(proc_, Path::new("/proc"), Some("proc"), flags, None) {
+        Ok(()) => OK,
+        Err(Errno::EPERM) => PROC_REFUSED,
+        Err(_) => PROC_FAILED,
     }
 }
 
@@ -194,7 +177,7 @@ fn try_maps(maps: &IdMaps) -> anyhow::Result<()> {
     if pid == 0 {
         drop(ready_rd);
         drop(done_wr);
-        unsafe { libc::_exit(hold_namespace(&ready_wr, &done_rd)) }
+        unsafe { libc::_exit(hold_namespace(&Linux, &ready_wr, &done_rd)) }
     }
     drop(ready_wr);
     drop(done_rd);
@@ -210,13 +193,13 @@ fn try_maps(maps: &IdMaps) -> anyhow::Result<()> {
     result
 }
 
-fn hold_namespace(ready: &OwnedFd, done: &OwnedFd) -> i32 {
+fn hold_namespace(sys: &dyn Syscall, ready: &OwnedFd, done: &OwnedFd) -> i32 {
+    if sys.unshare(CloneFlags::CLONE_NEWUSER).is_err() {
+        return 1;
+    }
     let mut b = [0u8; 1];
-    // SAFETY: raw system calls in a forked child.
+    // SAFETY: plain reads and writes on this process's pipe ends.
     unsafe {
-        if libc::unshare(libc::CLONE_NEWUSER) != 0 {
-            return 1;
-        }
         libc::write(ready.as_raw_fd(), b"r".as_ptr().cast(), 1);
         // Until the parent has written the maps (EOF when it drops its end).
         libc::read(done.as_raw_fd(), b.as_mut_ptr().cast(), 1);
@@ -227,6 +210,7 @@ fn hold_namespace(ready: &OwnedFd, done: &OwnedFd) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::syscall::{Call, Recorder};
 
     #[test]
     fn covered_proc_paths_come_from_mountinfo() {
@@ -244,6 +228,27 @@ mod tests {
         ] {
             assert!(m.contains(fix), "{m}");
         }
+    }
+
+    #[test]
+    fn the_probe_mounts_the_proc_the_build_mounts_and_tells_refusal_apart() {
+        let probe = Recorder::default();
+        assert_eq!(mount_fresh_proc(&probe), OK);
+        let build = Recorder::default();
+        super::super::namespace::private_proc(&build).unwrap();
+        assert_eq!(probe.calls(), build.calls());
+
+        let is_proc = |c: &Call| matches!(c, Call::Mount { fstype: Some(f), .. } if f == "proc");
+        let refused = Recorder::failing(is_proc, Errno::EPERM);
+        assert_eq!(mount_fresh_proc(&refused), PROC_REFUSED);
+        let failed = Recorder::failing(is_proc, Errno::ENODEV);
+        assert_eq!(mount_fresh_proc(&failed), PROC_FAILED);
+        let not_private = Recorder::failing(
+            |c| matches!(c, Call::Mount { fstype: None, .. }),
+            Errno::EPERM,
+        );
+        assert_eq!(mount_fresh_proc(&not_private), PROC_FAILED);
+        assert_eq!(not_private.calls().len(), 1);
     }
 
     #[test]

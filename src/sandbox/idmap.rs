@@ -4,8 +4,9 @@
 //! packages that chown to system users (`_apt`, `messagebus`) get real, distinct
 //! owners in the finished image.
 
+use super::syscall::{Linux, Syscall};
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One line of a uid_map/gid_map: `inside outside count`.
@@ -126,16 +127,24 @@ impl IdMaps {
             run_helper("newgidmap", pid, &self.gid)?;
             return Ok(());
         }
-        let proc = format!("/proc/{pid}");
-        if nix::unistd::getuid().as_raw() != 0 {
+        self.write_directly(&Linux, pid, nix::unistd::getuid().is_root())
+    }
+
+    /// The maps written to the child's /proc files by the caller itself.
+    fn write_directly(&self, sys: &dyn Syscall, pid: i32, caller_is_root: bool) -> Result<()> {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let write = |file: &str, text: &str| {
+            let path = proc.join(file);
+            sys.write_file(&path, text)
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("writing {}", path.display()))
+        };
+        if !caller_is_root {
             // An unprivileged single mapping requires giving up setgroups first.
-            std::fs::write(format!("{proc}/setgroups"), "deny")
-                .with_context(|| format!("writing {proc}/setgroups"))?;
+            write("setgroups", "deny")?;
         }
-        std::fs::write(format!("{proc}/uid_map"), render(&self.uid))
-            .with_context(|| format!("writing {proc}/uid_map"))?;
-        std::fs::write(format!("{proc}/gid_map"), render(&self.gid))
-            .with_context(|| format!("writing {proc}/gid_map"))?;
+        write("uid_map", &render(&self.uid))?;
+        write("gid_map", &render(&self.gid))?;
         Ok(())
     }
 }
@@ -205,6 +214,7 @@ fn parse_range(text: &str, user: &str, uid: u32) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::syscall::{Call, Recorder};
 
     #[test]
     fn subid_file_matches_name_or_uid() {
@@ -230,5 +240,56 @@ mod tests {
             },
         ];
         assert_eq!(render(&m), "0 1000 1\n1 100000 65535\n");
+    }
+
+    fn single(outside: u32) -> IdMaps {
+        let one = vec![Extent {
+            inside: 0,
+            outside,
+            count: 1,
+        }];
+        IdMaps {
+            uid: one.clone(),
+            gid: one,
+            helpers: false,
+        }
+    }
+
+    #[test]
+    fn an_unprivileged_caller_denies_setgroups_before_writing_the_maps() {
+        let rec = Recorder::default();
+        single(1000).write_directly(&rec, 42, false).unwrap();
+        let write = |f: &str, t: &str| Call::WriteFile(format!("/proc/42/{f}").into(), t.into());
+        assert_eq!(
+            rec.calls(),
+            [
+                write("setgroups", "deny"),
+                write("uid_map", "0 1000 1\n"),
+                write("gid_map", "0 1000 1\n"),
+            ]
+        );
+        let rec = Recorder::default();
+        single(0).write_directly(&rec, 42, true).unwrap();
+        assert_eq!(
+            rec.calls(),
+            [write("uid_map", "0 0 1\n"), write("gid_map", "0 0 1\n")]
+        );
+    }
+
+    #[test]
+    fn a_refused_map_names_the_file() {
+        let rec = Recorder::failing(
+            |c| matches!(c, Call::WriteFile(p, _) if p.ends_with("uid_map")),
+            nix::errno::Errno::EPERM,
+        );
+        let err = single(1000).write_directly(&rec, 42, false).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "writing /proc/42/uid_map: {}",
+                std::io::Error::from_raw_os_error(libc::EPERM)
+            )
+        );
+        assert_eq!(rec.calls().len(), 2);
     }
 }

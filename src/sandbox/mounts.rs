@@ -2,7 +2,7 @@
 //! happens (bubblewrap's shape). Runs in a fresh mount namespace, as PID 1 of a
 //! fresh PID namespace, so everything here vanishes when that process exits.
 
-use super::syscall::{join_inside, Syscall};
+use super::syscall::{join_inside, Linux, Syscall};
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 use std::fmt;
@@ -229,31 +229,29 @@ fn mount_dev(sys: &dyn Syscall, dev: &Path) -> Result<(), MountError> {
 /// A tmpfs for the build's tree (diskimage-builder builds in memory too): it
 /// lives in the build's mount namespace and vanishes with it.
 pub fn tree_tmpfs(dir: &Path) -> Result<(), MountError> {
-    nix::mount::mount(
-        Some("tmpfs"),
-        dir,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("mode=0755"),
-    )
-    .step(|| format!("mount a tmpfs on {}", dir.display()))
+    Linux
+        .mount(
+            Some(Path::new("tmpfs")),
+            dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )
+        .step(|| format!("mount a tmpfs on {}", dir.display()))
 }
 
 /// `src` seen at `target` too, in the calling mount namespace only.
 pub fn bind_over(src: &Path, target: &Path) -> Result<(), MountError> {
-    nix::mount::mount(
-        Some(src),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .step(|| format!("bind {} onto {}", src.display(), target.display()))
+    Linux
+        .mount(Some(src), target, None, MsFlags::MS_BIND, None)
+        .step(|| format!("bind {} onto {}", src.display(), target.display()))
 }
 
-/// Lets go of a mount made by `tree_tmpfs` or `bind_over`, so its directory can be removed.
+/// Lets go of a mount made by `tree_tmpfs` or `bind_over`, so its directory can
+/// be removed. Best effort: the directory may hold no mount (a build on disk),
+/// and any mount there dies with the build's namespace anyway.
 pub fn release(dir: &Path) {
-    let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+    let _ = Linux.umount_detach(dir);
 }
 
 /// A hook of an earlier phase could plant a symlink where a later mount lands
@@ -314,7 +312,20 @@ fn bind(sys: &dyn Syscall, src: &Path, target: &Path, writable: bool) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::syscall::Recorder;
+    use crate::sandbox::syscall::{Call, Recorder};
+
+    fn mount_of(c: &Call) -> Option<(Option<&Path>, &Path, Option<&str>, MsFlags)> {
+        match c {
+            Call::Mount {
+                src,
+                target,
+                fstype,
+                flags,
+                ..
+            } => Some((src.as_deref(), target, fstype.as_deref(), *flags)),
+            _ => None,
+        }
+    }
 
     #[test]
     fn image_view_pivots_after_every_mount_and_detaches_the_old_root() {
@@ -325,50 +336,81 @@ mod tests {
             writable: false,
         }];
         set_up(&rec, &View::Image("/b/root".into()), &binds).unwrap();
-        let calls = rec.calls.borrow();
-        assert!(
-            calls[0].starts_with("mount  / -") && calls[0].contains("MS_REC | MS_PRIVATE"),
-            "{}",
-            calls[0]
+        let calls = rec.calls();
+        assert_eq!(
+            mount_of(&calls[0]),
+            Some((
+                None,
+                Path::new("/"),
+                None,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE
+            ))
         );
         let pivot = calls
             .iter()
-            .position(|c| c.starts_with("pivot_root"))
+            .position(|c| matches!(c, Call::PivotRoot(..)))
             .unwrap();
-        assert!(calls[..pivot]
+        assert_eq!(calls[pivot], Call::PivotRoot(".".into(), ".".into()));
+        let before = &calls[..pivot];
+        let has = |want: Call| before.contains(&want);
+        let mounted = |target: &str| {
+            before
+                .iter()
+                .filter_map(mount_of)
+                .any(|(_, t, _, _)| t == Path::new(target))
+        };
+        assert!(before.iter().filter_map(mount_of).any(|m| m
+            == (
+                Some(Path::new("proc")),
+                Path::new("/b/root/proc"),
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+            )));
+        assert!(has(Call::MakeReadonly("/b/root/sys".into())));
+        assert!(has(Call::MakeReadonly("/b/root/proc/sysrq-trigger".into())));
+        assert!(before
             .iter()
-            .any(|c| c.contains("/b/root/proc proc")));
-        assert!(calls[..pivot].iter().any(|c| c == "readonly /b/root/sys"));
-        assert!(calls[..pivot]
-            .iter()
-            .any(|c| c == "readonly /b/root/proc/sysrq-trigger"));
-        assert!(calls[..pivot]
-            .iter()
-            .any(|c| c.starts_with("mount /dev/null /b/root/proc/keys ")));
-        assert!(calls[..pivot]
-            .iter()
-            .any(|c| c.contains("/b/root/tmp/in_target.d")));
-        assert!(calls[..pivot]
-            .iter()
-            .any(|c| c == "readonly /b/root/tmp/in_target.d"));
-        assert!(calls[..pivot]
-            .iter()
-            .any(|c| c == "nosuid,nodev /b/root/tmp/in_target.d"));
-        assert_eq!(calls[pivot + 1], "umount .");
-        assert!(!calls.iter().any(|c| c.contains("/dev/sda")));
+            .filter_map(mount_of)
+            .any(|(src, t, _, _)| src == Some(Path::new("/dev/null"))
+                && t == Path::new("/b/root/proc/keys")));
+        assert!(mounted("/b/root/tmp/in_target.d"));
+        assert!(has(Call::MakeReadonly("/b/root/tmp/in_target.d".into())));
+        assert!(has(Call::MakeNosuidNodev("/b/root/tmp/in_target.d".into())));
+        assert_eq!(calls[pivot + 1], Call::UmountDetach(".".into()));
+        assert_eq!(calls[pivot + 2], Call::Chdir("/".into()));
         let binds_from_dev: Vec<_> = calls
             .iter()
-            .filter(|c| c.starts_with("mount /dev/") && !c.contains("/proc/"))
+            .filter_map(mount_of)
+            .filter_map(|(src, t, _, _)| Some((src?, t)))
+            .filter(|(src, t)| src.starts_with("/dev") && !t.starts_with("/b/root/proc"))
             .collect();
         assert_eq!(binds_from_dev.len(), DEV_NODES.len());
+        assert!(binds_from_dev
+            .iter()
+            .all(|(src, _)| DEV_NODES.iter().any(|n| *src == Path::new("/dev").join(n))));
     }
 
     #[test]
     fn host_view_mounts_a_fresh_proc_and_never_pivots() {
         let rec = Recorder::default();
         set_up(&rec, &View::Host, &[]).unwrap();
-        let calls = rec.calls.borrow();
-        assert!(calls.iter().any(|c| c.starts_with("mount proc /proc proc")));
-        assert!(!calls.iter().any(|c| c.starts_with("pivot_root")));
+        let calls = rec.calls();
+        assert!(calls
+            .iter()
+            .filter_map(mount_of)
+            .any(|(src, t, fs, _)| src == Some(Path::new("proc"))
+                && t == Path::new("/proc")
+                && fs == Some("proc")));
+        assert!(!calls.iter().any(|c| matches!(c, Call::PivotRoot(..))));
+    }
+
+    #[test]
+    fn a_refused_mount_names_its_step_and_stops_the_sequence() {
+        let rec = Recorder::failing(|c| matches!(c, Call::MakeReadonly(_)), Errno::EPERM);
+        let err = set_up(&rec, &View::Image("/b/root".into()), &[]).unwrap_err();
+        assert_eq!(err.errno, Errno::EPERM);
+        assert!(err.step.contains("read-only"), "{}", err.step);
+        assert!(matches!(rec.calls().last(), Some(Call::MakeReadonly(_))));
+        assert!(!rec.calls().iter().any(|c| matches!(c, Call::PivotRoot(..))));
     }
 }

@@ -13,21 +13,21 @@ use super::mounts::{self, Bind, View};
 use super::notify::{self, Duties};
 use super::seccomp::{Filter, Profile};
 use super::signals;
-use super::syscall::Linux;
+use super::syscall::{Linux, Syscall};
 use super::wait::{self, Reap};
 use anyhow::{anyhow, Context, Result};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
+    recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
 use nix::unistd::{fork, ForkResult, Pid};
 use std::collections::VecDeque;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 pub struct Job<'a> {
     pub argv: Vec<String>,
@@ -174,9 +174,17 @@ fn wait_code(pid: Pid) -> i32 {
     })
 }
 
-fn die_with_parent() {
-    // SAFETY: plain prctl.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+fn die_with_parent(sys: &dyn Syscall) -> Result<(), String> {
+    sys.set_parent_death_signal(Signal::SIGKILL)
+        .map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {}", e.desc()))
+}
+
+/// The first stage's calls: it dies with the worker, then leaves for the job's
+/// own mount, PID and IPC namespaces (its next child is their PID 1).
+fn unshare_job_namespaces(sys: &dyn Syscall) -> Result<(), String> {
+    die_with_parent(sys)?;
+    sys.unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC)
+        .map_err(|e| format!("unshare(mount, pid, ipc): {}", e.desc()))
 }
 
 /// What the forked stages need, borrowed from `run`.
@@ -197,11 +205,8 @@ fn enter_job_namespaces(
     out: OwnedFd,
 ) -> i32 {
     signals::reset_defaults();
-    die_with_parent();
-    if let Err(e) =
-        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC)
-    {
-        return report(&out, &format!("unshare(mount, pid, ipc): {}", e.desc()));
+    if let Err(e) = unshare_job_namespaces(&Linux) {
+        return report(&out, &e);
     }
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
@@ -225,7 +230,9 @@ fn job_namespace_init(
     cwd: &CString,
     out: OwnedFd,
 ) -> i32 {
-    die_with_parent();
+    if let Err(e) = die_with_parent(&Linux) {
+        return report(&out, &e);
+    }
     if let Err(e) = mounts::set_up(&Linux, &s.job.view, &s.job.binds) {
         return report(&out, &e.to_string());
     }
@@ -295,68 +302,23 @@ fn exec_job(
     cwd: &CString,
     out: OwnedFd,
 ) -> i32 {
-    // A new session: no controlling terminal, so no TIOCSTI into the caller's.
-    let _ = nix::unistd::setsid();
-    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
-    if null < 0 {
-        return report(&out, "cannot open /dev/null");
-    }
-    // SAFETY: plain dup2 on descriptors this process owns.
-    let redirected = unsafe {
-        libc::dup2(null, 0) == 0
-            && libc::dup2(out.as_raw_fd(), 1) == 1
-            && libc::dup2(out.as_raw_fd(), 2) == 2
+    let steps = PreExec {
+        out: out.as_raw_fd(),
+        lending: notify.map(|(_, sock)| sock),
+        cwd: Path::new(OsStr::from_bytes(cwd.to_bytes())),
+        keep,
+        notify: notify.map(|(ctx, _)| ctx),
+        filter,
     };
-    if !redirected {
-        return report(&out, "cannot redirect the hook's standard input and output");
-    }
-    std::mem::forget(out);
-    // The listener's way out to PID 1 stays at fd 3 until it is sent.
-    let first_closed = match notify {
-        Some((_, sock)) => {
-            // SAFETY: plain dup2 of the socket this process holds.
-            if unsafe { libc::dup2(sock, 3) } != 3 {
-                return report(&out_for_errors(), "cannot pass the lending socket on");
-            }
-            4u32
-        }
-        None => 3,
-    };
-    // Only stdio crosses into the hook: a descriptor left open would hand it
-    // whatever kiln had open, so a failure stops the job.
-    // SAFETY: close_range on this process's own table.
-    if unsafe { libc::syscall(libc::SYS_close_range, first_closed, u32::MAX, 0u32) } != 0 {
-        return report(
-            &out_for_errors(),
-            "close_range failed: the hook would inherit descriptors",
-        );
-    }
-    let stderr = unsafe { OwnedFd::from_raw_fd(2) };
-    if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
-        return report(
-            &stderr,
-            &format!(
-                "chdir {}: {}",
-                cwd.to_string_lossy(),
-                nix::errno::Errno::last().desc()
-            ),
-        );
-    }
-    if let Err(e) = caps::restrict(keep) {
-        return report(&stderr, &format!("dropping capabilities: {e}"));
-    }
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return report(&stderr, "prctl(PR_SET_NO_NEW_PRIVS) failed");
-    }
-    if let Some((ctx, _)) = notify {
-        if let Err(e) = send_listener(ctx) {
-            return report(&stderr, &format!("loading the notification filter: {e}"));
-        }
-    }
-    if let Some(f) = filter {
-        if let Err(e) = f.load() {
-            return report(&stderr, &format!("loading the seccomp filter: {e}"));
-        }
+    // Standard output and error take the descriptor over and close_range closes
+    // its own number: it must never be closed again here.
+    let out = std::mem::ManuallyDrop::new(out);
+    if let Err(e) = prepare_exec(&Linux, &steps) {
+        return if e.stdio_redirected {
+            report(&out_for_errors(), &e.message)
+        } else {
+            report(&out, &e.message)
+        };
     }
     let mut argp: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argp.push(std::ptr::null());
@@ -365,7 +327,7 @@ fn exec_job(
     unsafe { libc::execve(argp[0], argp.as_ptr(), envpp.as_ptr()) };
     let err = nix::errno::Errno::last();
     report(
-        &stderr,
+        &out_for_errors(),
         &format!("cannot run {}: {}", argv[0].to_string_lossy(), err.desc()),
     );
     if err == nix::errno::Errno::ENOENT {
@@ -375,24 +337,89 @@ fn exec_job(
     }
 }
 
-/// Loads the notification filter and hands its listener to PID 1 (fd 3).
-fn send_listener(ctx: &libseccomp::ScmpFilterContext) -> Result<(), String> {
-    ctx.load().map_err(|e| e.to_string())?;
-    let listener = ctx.get_notify_fd().map_err(|e| e.to_string())?;
-    let fds = [listener];
-    let iov = [std::io::IoSlice::new(b"l")];
-    let sent = sendmsg::<()>(
-        3,
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    );
-    unsafe {
-        libc::close(listener);
-        libc::close(3);
+/// What the job's last process needs for its calls before `exec`.
+struct PreExec<'a> {
+    /// The job's output pipe, which becomes its stdout and stderr.
+    out: RawFd,
+    /// PID 1's end of the notification socket (lending, owner recording), passed on at fd 3.
+    lending: Option<RawFd>,
+    cwd: &'a Path,
+    keep: &'a caps::CapsHashSet,
+    notify: Option<&'a libseccomp::ScmpFilterContext>,
+    filter: Option<&'a Filter>,
+}
+
+/// A refused call before `exec`, and whether the job's output is already at
+/// fd 2 (the report goes there) or still only at its own descriptor.
+#[derive(Debug)]
+struct Refused {
+    message: String,
+    stdio_redirected: bool,
+}
+
+/// The job's last process, from fork to `exec`, in the order that matters: a new
+/// session, stdio and nothing else, the working directory, capabilities cut,
+/// then no_new_privs, which loading a seccomp filter requires; the filters come
+/// last so that none of these calls is filtered.
+fn prepare_exec(sys: &dyn Syscall, p: &PreExec) -> Result<(), Refused> {
+    let before = |message: String| Refused {
+        message,
+        stdio_redirected: false,
+    };
+    let after = |message: String| Refused {
+        message,
+        stdio_redirected: true,
+    };
+    // A new session: no controlling terminal, so no TIOCSTI into the caller's.
+    sys.setsid()
+        .map_err(|e| before(format!("setsid: {}", e.desc())))?;
+    let null = sys
+        .open_dev_null()
+        .map_err(|_| before("cannot open /dev/null".into()))?;
+    let redirected =
+        sys.dup2(null, 0).is_ok() && sys.dup2(p.out, 1).is_ok() && sys.dup2(p.out, 2).is_ok();
+    if !redirected {
+        return Err(before(
+            "cannot redirect the hook's standard input and output".into(),
+        ));
     }
-    sent.map(|_| ()).map_err(|e| e.desc().to_string())
+    // The listener's way out to PID 1 stays at fd 3 until it is sent.
+    let first_closed = match p.lending {
+        Some(sock) => {
+            sys.dup2(sock, 3)
+                .map_err(|_| after("cannot pass the lending socket on".into()))?;
+            4
+        }
+        None => 3,
+    };
+    // Only stdio crosses into the hook: a descriptor left open would hand it
+    // whatever kiln had open, so a failure stops the job.
+    sys.close_range(first_closed)
+        .map_err(|_| after("close_range failed: the hook would inherit descriptors".into()))?;
+    sys.chdir(p.cwd)
+        .map_err(|e| after(format!("chdir {}: {}", p.cwd.display(), e.desc())))?;
+    sys.restrict_capabilities(p.keep)
+        .map_err(|e| after(format!("dropping capabilities: {e}")))?;
+    sys.set_no_new_privs()
+        .map_err(|_| after("prctl(PR_SET_NO_NEW_PRIVS) failed".into()))?;
+    if let Some(ctx) = p.notify {
+        send_listener(sys, ctx)
+            .map_err(|e| after(format!("loading the notification filter: {e}")))?;
+    }
+    if let Some(f) = p.filter {
+        sys.load_seccomp(f)
+            .map_err(|e| after(format!("loading the seccomp filter: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Loads the notification filter and hands its listener to PID 1 (fd 3).
+fn send_listener(sys: &dyn Syscall, ctx: &libseccomp::ScmpFilterContext) -> Result<(), String> {
+    let listener = sys.load_notify_filter(ctx).map_err(|e| e.to_string())?;
+    let sent = sys.send_fd(3, listener);
+    sys.close(listener);
+    sys.close(3);
+    sent.map_err(|e| e.desc().to_string())
 }
 
 /// The job's output, once stdout and stderr point at it (for reports before
@@ -407,4 +434,158 @@ fn report(out: &OwnedFd, msg: &str) -> i32 {
     let text = format!("kiln sandbox: {msg}\n");
     let _ = nix::unistd::write(out, text.as_bytes());
     125
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::seccomp::Profile;
+    use crate::sandbox::syscall::{Call, Recorder};
+    use nix::errno::Errno;
+
+    const OUT: RawFd = 7;
+    const LENDING: RawFd = 9;
+    const NULL: RawFd = 40;
+    const LISTENER: RawFd = 41;
+
+    fn stdio() -> Vec<Call> {
+        vec![
+            Call::Setsid,
+            Call::OpenDevNull,
+            Call::Dup2(NULL, 0),
+            Call::Dup2(OUT, 1),
+            Call::Dup2(OUT, 2),
+        ]
+    }
+
+    fn with(
+        keep: &caps::CapsHashSet,
+        notify: Option<&libseccomp::ScmpFilterContext>,
+        filter: Option<&Filter>,
+        f: impl FnOnce(&PreExec),
+    ) {
+        f(&PreExec {
+            out: OUT,
+            lending: notify.map(|_| LENDING),
+            cwd: Path::new("/tmp/in_target.d"),
+            keep,
+            notify,
+            filter,
+        })
+    }
+
+    #[test]
+    fn the_first_stage_dies_with_the_worker_then_unshares() {
+        let rec = Recorder::default();
+        unshare_job_namespaces(&rec).unwrap();
+        assert_eq!(
+            rec.calls(),
+            [
+                Call::ParentDeathSignal(Signal::SIGKILL),
+                Call::Unshare(
+                    CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC
+                ),
+            ]
+        );
+        let rec = Recorder::failing(|c| matches!(c, Call::Unshare(_)), Errno::EPERM);
+        assert_eq!(
+            unshare_job_namespaces(&rec).unwrap_err(),
+            format!("unshare(mount, pid, ipc): {}", Errno::EPERM.desc())
+        );
+    }
+
+    #[test]
+    fn a_job_gets_stdio_only_and_no_new_privs_before_its_seccomp_filter() {
+        let keep = caps::kept(false);
+        let filter = Profile::builtin()
+            .unwrap()
+            .compile(&caps::names(&keep))
+            .unwrap();
+        let rec = Recorder::default();
+        with(&keep, None, Some(&filter), |p| {
+            prepare_exec(&rec, p).unwrap()
+        });
+        let mut want = stdio();
+        want.extend([
+            Call::CloseRange(3),
+            Call::Chdir("/tmp/in_target.d".into()),
+            Call::RestrictCapabilities(keep.clone()),
+            Call::NoNewPrivs,
+            Call::LoadSeccomp,
+        ]);
+        assert_eq!(rec.calls(), want);
+    }
+
+    #[test]
+    fn a_lending_job_keeps_fd_3_until_its_listener_is_sent() {
+        let keep = caps::kept(true);
+        let notify = libseccomp::ScmpFilterContext::new(libseccomp::ScmpAction::Allow).unwrap();
+        let rec = Recorder::default();
+        with(&keep, Some(&notify), None, |p| {
+            prepare_exec(&rec, p).unwrap()
+        });
+        let mut want = stdio();
+        want.extend([
+            Call::Dup2(LENDING, 3),
+            Call::CloseRange(4),
+            Call::Chdir("/tmp/in_target.d".into()),
+            Call::RestrictCapabilities(keep.clone()),
+            Call::NoNewPrivs,
+            Call::LoadNotifyFilter,
+            Call::SendFd(3, LISTENER),
+            Call::Close(LISTENER),
+            Call::Close(3),
+        ]);
+        assert_eq!(rec.calls(), want);
+    }
+
+    #[test]
+    fn a_refused_call_stops_the_job_before_exec_and_says_where_to_report() {
+        let keep = caps::kept(false);
+        let rec = Recorder::failing(|c| *c == Call::Dup2(OUT, 2), Errno::EBADF);
+        with(&keep, None, None, |p| {
+            let e = prepare_exec(&rec, p).unwrap_err();
+            assert_eq!(
+                e.message,
+                "cannot redirect the hook's standard input and output"
+            );
+            assert!(!e.stdio_redirected);
+        });
+        assert_eq!(rec.calls(), stdio());
+
+        let rec = Recorder::failing(|c| matches!(c, Call::CloseRange(_)), Errno::EINVAL);
+        with(&keep, None, None, |p| {
+            let e = prepare_exec(&rec, p).unwrap_err();
+            assert!(e.message.starts_with("close_range failed"), "{}", e.message);
+            assert!(e.stdio_redirected);
+        });
+        assert_eq!(rec.calls().last(), Some(&Call::CloseRange(3)));
+
+        let rec = Recorder::failing(|c| matches!(c, Call::Chdir(_)), Errno::ENOENT);
+        with(&keep, None, None, |p| {
+            let e = prepare_exec(&rec, p).unwrap_err();
+            assert_eq!(
+                e.message,
+                format!("chdir /tmp/in_target.d: {}", Errno::ENOENT.desc())
+            );
+        });
+        assert!(!rec.calls().contains(&Call::NoNewPrivs));
+
+        let rec = Recorder::failing(|c| *c == Call::NoNewPrivs, Errno::EINVAL);
+        with(&keep, None, None, |p| {
+            let e = prepare_exec(&rec, p).unwrap_err();
+            assert_eq!(e.message, "prctl(PR_SET_NO_NEW_PRIVS) failed");
+        });
+    }
+
+    #[test]
+    fn a_listener_that_cannot_be_sent_is_still_closed_and_reported() {
+        let notify = libseccomp::ScmpFilterContext::new(libseccomp::ScmpAction::Allow).unwrap();
+        let rec = Recorder::failing(|c| matches!(c, Call::SendFd(..)), Errno::EPIPE);
+        assert_eq!(
+            send_listener(&rec, &notify).unwrap_err(),
+            Errno::EPIPE.desc()
+        );
+        assert_eq!(rec.calls()[2..], [Call::Close(LISTENER), Call::Close(3)]);
+    }
 }
