@@ -280,7 +280,12 @@ impl<'a> Build<'a> {
         for d in [work.hooks(), work.image(), work.home(), work.root()] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
-        tree_in_memory(c.tmpfs_min, &work.root(), progress)?;
+        tree_in_memory(
+            c.tmpfs_min,
+            &work.root(),
+            !plan.maps.has_range(),
+            progress,
+        )?;
         let apt = apt_cache::AptCache::open(
             &c.cache_dir,
             &apt_cache_dir(c),
@@ -464,7 +469,14 @@ fn write_outputs(plan: &Plan, b: &mut Build) -> Result<()> {
 
 /// The tree in a tmpfs when memory allows: unpacking and bootstrapping on a
 /// disk filesystem costs seconds of page-cache and journal work per build.
-fn tree_in_memory(min: Option<u64>, root: &Path, progress: &mut Progress) -> Result<()> {
+/// Recording owners (no subordinate ids) needs `user.` attributes, which tmpfs
+/// holds only from Linux 6.6: on older kernels the tree goes on disk.
+fn tree_in_memory(
+    min: Option<u64>,
+    root: &Path,
+    records_owners: bool,
+    progress: &mut Progress,
+) -> Result<()> {
     let Some(min) = min else { return Ok(()) };
     let available = mem_available().unwrap_or(0);
     if available < min {
@@ -476,7 +488,24 @@ fn tree_in_memory(min: Option<u64>, root: &Path, progress: &mut Progress) -> Res
         return Ok(());
     }
     crate::sandbox::mounts::tree_tmpfs(root)
-        .map_err(|e| anyhow::anyhow!("{e} (--no-tmpfs builds on disk)"))
+        .map_err(|e| anyhow::anyhow!("{e} (--no-tmpfs builds on disk)"))?;
+    if records_owners && !holds_owner_records(root) {
+        crate::sandbox::mounts::release(root);
+        progress.say(
+            "tree on disk: this kernel's tmpfs holds no user.* attributes (Linux 6.6 and later \
+             do), and recording owners without subordinate ids needs them",
+        );
+    }
+    Ok(())
+}
+
+fn holds_owner_records(dir: &Path) -> bool {
+    use crate::tree::owners::{record, Owner};
+    let Ok(f) = std::fs::File::open(dir) else {
+        return false;
+    };
+    let fd = std::os::fd::AsFd::as_fd(&f);
+    record(fd, Owner { uid: 0, gid: 42 }).is_ok() && record(fd, Owner::ROOT).is_ok()
 }
 
 fn mem_available() -> Option<u64> {
