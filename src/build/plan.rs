@@ -102,7 +102,15 @@ impl Plan {
             warnings.push(refused);
             maps = IdMaps::single_for_caller();
         }
-        let cache_key = cache_key(&config, &distro, &hooks, &env_files, &bootstrap_packages)?;
+        warnings.extend(btrfs_owners_warning(&config, needs_disk, &maps));
+        let cache_key = cache_key(
+            &config,
+            &distro,
+            &hooks,
+            &env_files,
+            &bootstrap_packages,
+            maps.has_range(),
+        )?;
         let seed = match (&config.seed, config.source_date_epoch) {
             (Some(s), _) => s.clone(),
             (None, Some(_)) => {
@@ -412,13 +420,30 @@ fn needed_tools(
     Ok(t)
 }
 
+/// Without a subordinate range every file of the tree belongs to root, and the
+/// owners hooks chose are recorded beside (tree::owners); mkfs.btrfs --rootdir
+/// copies the tree's owners and nothing can edit them afterwards.
+fn btrfs_owners_warning(config: &Config, needs_disk: bool, maps: &IdMaps) -> Option<String> {
+    (needs_disk && config.fs_type == FsType::Btrfs && !maps.has_range()).then(|| {
+        "the btrfs root filesystem will have every file owned by root: without a subordinate \
+         id range kiln records the owners packages ask for and writes them into ext2/3/4, tar, \
+         tgz and squashfs outputs, but mkfs.btrfs --rootdir can only copy the tree's owners. \
+         Add a subordinate range (see the warning above) or use an ext4 root (FS_TYPE=ext4)."
+            .to_string()
+    })
+}
+
 /// Everything that made the base tree: a change to any of it is a miss.
+/// `has_range` too: with a range the tree's files carry their owners, without
+/// one they all belong to root and carry the recorded owner in an attribute;
+/// neither tree is right for the other kind of build.
 fn cache_key(
     config: &Config,
     distro: &str,
     hooks: &HookSet,
     env_files: &[EnvFile],
     packages: &[String],
+    has_range: bool,
 ) -> Result<String> {
     let mut h = Sha256::new();
     let mut field = |name: &str, value: &[u8]| {
@@ -432,6 +457,15 @@ fn cache_key(
     field("arch", config.arch.as_bytes());
     field("mirror", config.mirror.as_bytes());
     field("packages", packages.join("\n").as_bytes());
+    field(
+        "owners",
+        if has_range {
+            "subordinate ids"
+        } else {
+            "recorded"
+        }
+        .as_bytes(),
+    );
     let mut texts = Vec::new();
     for hook in hooks.phase(Phase::Root) {
         let body = std::fs::read(&hook.path)
