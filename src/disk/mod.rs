@@ -106,3 +106,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod owner_tests;
