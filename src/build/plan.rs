@@ -506,7 +506,38 @@ fn mentions(text: &[u8], name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::mentions;
+    use super::*;
+
+    #[test]
+    fn the_cache_key_tells_a_range_build_from_a_single_id_build() {
+        use clap::Parser;
+        let args =
+            crate::cli::DiskImageArgs::try_parse_from(["disk-image-create", "-o", "x", "debian"])
+                .unwrap();
+        let c = Config::from_args(args, crate::cli::Vars::default()).unwrap();
+        let key = |range| cache_key(&c, "debian", &HookSet::default(), &[], &[], range).unwrap();
+        assert_eq!(key(true), key(true));
+        assert_ne!(key(true), key(false));
+    }
+
+    #[test]
+    fn a_btrfs_root_without_a_range_is_warned_about() {
+        use clap::Parser;
+        let args =
+            crate::cli::DiskImageArgs::try_parse_from(["disk-image-create", "-o", "x", "debian"])
+                .unwrap();
+        let mut c = Config::from_args(args, crate::cli::Vars::default()).unwrap();
+        let single = IdMaps::single_for_caller();
+        assert_eq!(btrfs_owners_warning(&c, true, &single), None);
+        c.fs_type = FsType::Btrfs;
+        let w = btrfs_owners_warning(&c, true, &single).unwrap();
+        assert!(
+            w.contains("owned by root") && w.contains("subordinate"),
+            "{w}"
+        );
+        // A tar of the tree gets its owners: only the btrfs disk cannot.
+        assert_eq!(btrfs_owners_warning(&c, false, &single), None);
+    }
 
     #[test]
     fn a_variable_is_mentioned_only_as_a_whole_name() {

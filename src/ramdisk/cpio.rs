@@ -586,6 +586,56 @@ mod tests {
     }
 
     #[test]
+    fn recorded_owners_replace_the_files_own() {
+        use crate::tree::owners::{Owner, RecordedFile};
+        let src = sample();
+        let file = |uid, gid| RecordedFile {
+            owner: Owner { uid, gid },
+            perm: 0o755,
+        };
+        let owners = Recorded::from_files([
+            (PathBuf::from("bin/tool"), file(0, 42)),
+            (PathBuf::from("a/deep"), file(100, 101)),
+            (PathBuf::from("linked"), file(7, 8)),
+            (PathBuf::from("a/linked2"), file(7, 8)),
+        ]);
+        let mut bytes = Vec::new();
+        write_tree(
+            src.path(),
+            &[],
+            &Options {
+                source_date_epoch: Some(1_000_000),
+                owners: Some(owners),
+            },
+            &mut bytes,
+        )
+        .unwrap();
+        let listing = cpio(
+            &["-itv", "--numeric-uid-gid", "--quiet"],
+            &bytes,
+            src.path(),
+        );
+        let ids = |name: &str| {
+            let l = listing
+                .lines()
+                .find(|l| l.ends_with(&format!(" {name}")))
+                .unwrap_or_else(|| panic!("{name} not in\n{listing}"));
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{}:{}", f[2], f[3])
+        };
+        assert_eq!(ids("bin/tool"), "0:42", "{listing}");
+        assert_eq!(ids("a/deep"), "100:101", "{listing}");
+        assert_eq!(ids("linked"), "7:8", "{listing}");
+        assert_eq!(ids("a/linked2"), "7:8", "{listing}");
+        let me = format!(
+            "{}:{}",
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw()
+        );
+        assert_eq!(ids("empty"), me, "{listing}");
+    }
+
+    #[test]
     fn hard_links_carry_data_once_on_the_last_name() {
         let src = sample();
         let bytes = archive(src.path(), &[], None);
