@@ -363,7 +363,8 @@ fn dead_pid() -> u32 {
 const STRAY_OWNER_HOOK: &str = r#"#!/bin/bash
 set -eu
 echo stray > /etc/kiln-stray
-perl -e 'syscall(188, "/etc/kiln-stray", "user.kiln.owner", "1:2", 3, 0) == 0 or die "setxattr: $!\n"'
+perl -e 'my ($p, $n, $v) = ("/etc/kiln-stray", "user.kiln.owner", "1:2");
+syscall(188, $p, $n, $v, length $v, 0) == 0 or die "setxattr: $!\n"'
 "#;
 
 #[test]
