@@ -409,3 +409,36 @@ fn names_a_script_cannot_hold_are_refused_naming_the_file() {
     let e = build_filesystems(&raw, &ImageTree::open(&t).unwrap(), &plan, Some(&rec)).unwrap_err();
     assert!(format!("{e:#}").contains("etc/bad"), "{e:#}");
 }
+
+#[test]
+fn the_same_tree_and_owners_give_the_same_ext4_bytes() {
+    let seed = crate::disk::Seed::from_inputs(b"owners");
+    let image = || {
+        let (dir, t) = tree();
+        let tree = ImageTree::open(&t).unwrap();
+        let rec = Recorded::read(&tree).unwrap();
+        owners::strip(&tree).unwrap();
+        let raw = dir.path().join("root.ext4");
+        let plan = crate::disk::plan_disk(
+            crate::disk::Layout::None,
+            super::FsType::Ext4,
+            64 * MIB,
+            "root",
+            vec![],
+            &seed,
+            Some(EPOCH),
+        )
+        .unwrap();
+        crate::disk::lay_out(&raw, &plan).unwrap();
+        build_filesystems(&raw, &tree, &plan, Some(&rec)).unwrap();
+        let owner = output(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg("stat /etc/shadow")
+                .arg(&raw),
+        );
+        assert!(owner.contains("Group:    42"), "{owner}");
+        std::fs::read(&raw).unwrap()
+    };
+    assert!(image() == image());
+}
