@@ -133,7 +133,7 @@ fn pax_records(mut body: &[u8]) -> Result<Vec<(&[u8], &[u8])>> {
         let n: usize = std::str::from_utf8(&body[..space])
             .ok()
             .and_then(|s| s.parse().ok())
-            .filter(|&n| n > space + 1 && n <= body.len())
+            .filter(|&n| n > space + 1 && n <= body.len() && body[n - 1] == b'\n')
             .context("bad pax record length")?;
         let record = &body[space + 1..n - 1];
         let eq = record
@@ -227,10 +227,60 @@ mod tests {
 
     #[test]
     fn pax_records_are_split() {
-        let body = b"20 path=./etc/shadow\n12 size=42\n\0\0";
+        let body = b"21 path=./etc/shadow\n11 size=42\n\0\0";
         let r = pax_records(body).unwrap();
         assert_eq!(r[0], (&b"path"[..], &b"./etc/shadow"[..]));
         assert_eq!(r[1], (&b"size"[..], &b"42"[..]));
         assert!(pax_records(b"99 path=x\n").is_err());
+    }
+
+    /// GNU (`L` long names) and ustar (`prefix/name`) archives, not only the pax
+    /// ones kiln's tar writes.
+    #[test]
+    fn gnu_and_ustar_names_find_their_owners() {
+        use crate::tree::owners::{Owner, RecordedFile};
+        use std::path::PathBuf;
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t");
+        let deep = format!("{}/{}", "p".repeat(70), "q".repeat(40));
+        std::fs::create_dir_all(t.join(&deep)).unwrap();
+        std::fs::write(t.join(&deep).join("f"), b"x").unwrap();
+        std::fs::hard_link(t.join(&deep).join("f"), t.join("g")).unwrap();
+        let o = Owner { uid: 12, gid: 34 };
+        let rec = Recorded::from_files([PathBuf::from(&deep).join("f"), PathBuf::from("g")].map(
+            |p| {
+                (
+                    p,
+                    RecordedFile {
+                        owner: o,
+                        perm: 0o644,
+                    },
+                )
+            },
+        ));
+        for format in ["gnu", "ustar"] {
+            let tar = dir.path().join(format!("{format}.tar"));
+            let st = Command::new("tar")
+                .args(["--numeric-owner", "--sort=name", "-C"])
+                .arg(&t)
+                .arg(format!("--format={format}"))
+                .arg("-cf")
+                .arg(&tar)
+                .arg(".")
+                .status()
+                .unwrap();
+            assert!(st.success());
+            assert_eq!(apply(&tar, &rec).unwrap(), 2, "{format}");
+            let out = Command::new("tar")
+                .args(["--numeric-owner", "-tvf"])
+                .arg(&tar)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{format}");
+            let listing = String::from_utf8_lossy(&out.stdout);
+            let with_owner = listing.lines().filter(|l| l.contains(" 12/34 ")).count();
+            assert_eq!(with_owner, 2, "{format}:\n{listing}");
+        }
     }
 }
