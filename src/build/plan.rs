@@ -247,6 +247,12 @@ impl Plan {
                 );
             }
         }
+        if !self.maps.has_range() {
+            let _ = writeln!(
+                s,
+                "owners: no subordinate ids, so the owners hooks set are recorded by kiln and written into each output"
+            );
+        }
         let _ = writeln!(s, "outputs: {}", outs.join(" "));
         let _ = writeln!(s, "base-tree cache key: {}", &self.cache_key[..16]);
         s
