@@ -234,6 +234,13 @@ pub fn tree_archive(
                     .arg(format!("^{}$", XATTR.to_string_lossy().replace('.', "\\.")));
             }
             let pseudo = with_suffix(out, ".kiln-pseudo");
+            if let Some(root) = owners.and_then(|o| o.get(Path::new(""))) {
+                // A pseudo definition cannot modify the root directory.
+                c.arg("-root-uid")
+                    .arg(root.uid.to_string())
+                    .arg("-root-gid")
+                    .arg(root.gid.to_string());
+            }
             if let Some(owners) = owners {
                 let mut f = create_output(&pseudo, 0o600)?;
                 f.write_all(squashfs_pseudo(owners)?.as_bytes())
@@ -279,10 +286,13 @@ fn squashfs_pseudo(owners: &Recorded) -> Result<String> {
         };
         if p.contains(['\n', '"', '\\']) {
             bail!(
-                "the image's /{p:?} has a recorded owner but its name holds a newline, a quote or a backslash, which mksquashfs pseudo definitions cannot name: rename it"
+                "the image's {:?} has a recorded owner but its name holds a newline, a quote or a backslash, which mksquashfs pseudo definitions cannot name: rename it",
+                format!("/{p}")
             );
         }
-        let p = if p.is_empty() { "/" } else { p };
+        if p.is_empty() {
+            continue;
+        }
         let _ = writeln!(
             text,
             "\"{p}\" m {:o} {} {}",

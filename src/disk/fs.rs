@@ -288,7 +288,8 @@ fn debugfs_script(owners: &Recorded) -> Result<String> {
         };
         if p.contains(['"', '\n']) {
             bail!(
-                "the image's /{p:?} has a recorded owner but its name holds a quote or a newline, which a debugfs script cannot name: rename it"
+                "the image's {:?} has a recorded owner but its name holds a quote or a newline, which a debugfs script cannot name: rename it",
+                format!("/{p}")
             );
         }
         for (field, id) in [("uid", f.owner.uid), ("gid", f.owner.gid)] {

@@ -27,6 +27,8 @@ const BIG: Owner = Owner {
     gid: 3_000_001,
 };
 const IN_ESP: Owner = Owner { uid: 5, gid: 5 };
+/// The tree's own root directory.
+const TOP: Owner = Owner { uid: 0, gid: 3 };
 
 fn long_dir() -> String {
     format!("{}/{}", "d".repeat(60), "e".repeat(60))
@@ -40,7 +42,8 @@ fn record(path: &Path, owner: Owner) {
 /// etc/shadow (0640, 0:42), var/lib/d (a directory, 100:101), usr/bin/a and
 /// its hard link usr/bin/b (7:8), a file under a path longer than tar's 100
 /// bytes (1000:1001), opt/big (3000000:3000001), a symlink, an unrecorded
-/// file, and boot/efi/EFI/x (the ESP's content, 5:5). Times clamped to EPOCH.
+/// file, boot/efi/EFI/x (the ESP's content, 5:5), and the root itself (0:3).
+/// Times clamped to EPOCH.
 fn tree() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
     let t = dir.path().join("tree");
@@ -71,6 +74,7 @@ fn tree() -> (tempfile::TempDir, PathBuf) {
     record(&long.join("file"), LONG);
     record(&t.join("opt/big"), BIG);
     record(&t.join("boot/efi/EFI/x"), IN_ESP);
+    record(&t, TOP);
     ImageTree::open(&t).unwrap().clamp_times(EPOCH).unwrap();
     (dir, t)
 }
@@ -109,7 +113,8 @@ fn the_tree_reads_every_recorded_owner_and_strip_removes_them() {
         rec.len(),
         started.elapsed()
     );
-    assert_eq!(rec.len(), 7, "{rec:?}");
+    assert_eq!(rec.len(), 8, "{rec:?}");
+    assert_eq!(rec.get(Path::new("/")), Some(TOP));
     assert_eq!(rec.get(Path::new("etc/shadow")), Some(SHADOW));
     assert_eq!(rec.get(Path::new("/var/lib/d/")), Some(DIR));
     // The attribute is on the inode: both names of the hard link carry it.
@@ -126,8 +131,8 @@ fn the_tree_reads_every_recorded_owner_and_strip_removes_them() {
         rec.under(Path::new("boot/efi")).get(Path::new("EFI/x")),
         Some(IN_ESP)
     );
-    // Six inodes carried it (a and b are one).
-    assert_eq!(owners::strip(&tree).unwrap(), 6);
+    // Seven inodes carried it (a and b are one).
+    assert_eq!(owners::strip(&tree).unwrap(), 7);
     assert!(Recorded::read(&tree).unwrap().is_empty());
     assert_eq!(owners::strip(&tree).unwrap(), 0);
 }
@@ -193,6 +198,7 @@ fn tar_and_tgz_carry_the_recorded_owners_and_never_the_attribute() {
         ids(LONG)
     );
     assert_eq!(owner_in(&listing, "./opt/big"), ids(BIG));
+    assert_eq!(owner_in(&listing, " ./"), ids(TOP));
     let me = format!(
         "{}/{}",
         nix::unistd::getuid().as_raw(),
@@ -273,6 +279,12 @@ fn squashfs_carries_the_recorded_owners_and_modes() {
     );
     assert!(line("opt/big").contains(" 3000000/3000001 "), "{listing}");
     assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("drwxr-xr-x 0/3 ") && l.ends_with(" squashfs-root")),
+        "{listing}"
+    );
+    assert!(
         listing.lines().any(
             |l| l.starts_with("lrwxrwxrwx ") && l.ends_with("squashfs-root/link -> etc/shadow")
         ),
@@ -351,6 +363,7 @@ fn ext4_root_carries_the_recorded_owners_and_stays_clean() {
         ("1000".into(), "1001".into())
     );
     assert_eq!(owner_of("/opt/big"), ("3000000".into(), "3000001".into()));
+    assert_eq!(owner_of("/"), ("0".into(), "3".into()));
     // The ESP's file is not in the root filesystem and did not stop debugfs.
     assert!(!output(
         Command::new("debugfs")
