@@ -356,3 +356,105 @@ fn dead_pid() -> u32 {
     c.wait().unwrap();
     pid
 }
+
+/// A finalise.d hook that sets kiln's owner attribute itself (perl's syscall:
+/// setxattr is 188 on x86_64), as a stray one in a build with a subordinate
+/// range, where it means nothing.
+const STRAY_OWNER_HOOK: &str = r#"#!/bin/bash
+set -eu
+echo stray > /etc/kiln-stray
+perl -e 'my ($p, $n, $v) = ("/etc/kiln-stray", "user.kiln.owner", "1:2");
+syscall(188, $p, $n, $v, length $v, 0) == 0 or die "setxattr: $!\n"'
+"#;
+
+#[test]
+fn tar_and_squashfs_keep_the_trees_owners_and_never_kilns_owner_attribute() {
+    let (s, tmp) = scratch_with_tmp("owners");
+    let flavours = s.flavour(
+        "stray-owner",
+        &[
+            (
+                "README.md",
+                "test flavour: a stray user.kiln.owner\n",
+                false,
+            ),
+            ("finalise.d/50-stray-owner", STRAY_OWNER_HOOK, true),
+        ],
+    );
+    let out = s.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    chown_to_user(&out);
+    let img = out.join("img");
+    let mut args = vec![
+        "-t",
+        "tar,squashfs",
+        "--no-tmpfs",
+        "-o",
+        img.to_str().unwrap(),
+    ];
+    args.extend(IMAGE_FLAVOURS);
+    args.push("stray-owner");
+    let mut cmd = kiln("disk-image-create", &args);
+    cmd.env("ELEMENTS_PATH", test_flavours_path(&[&flavours]))
+        .env("TMPDIR", &tmp);
+    let o = run_ok(&mut cmd);
+    let log = output_text(&o);
+    assert!(
+        log.contains("owners: removed user.kiln.owner from 1 files"),
+        "{log}"
+    );
+
+    let tar = out.join("img.tar");
+    let listing = |args: &[&str]| {
+        let o = Command::new("tar").args(args).arg(&tar).output().unwrap();
+        assert!(o.status.success(), "{}", output_text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let plain = listing(&["--numeric-owner", "-tvf"]);
+    assert!(
+        plain
+            .lines()
+            .any(|l| l.starts_with("-rw-r----- 0/42 ") && l.ends_with(" ./etc/shadow")),
+        "{plain}"
+    );
+    assert!(plain.contains("./etc/kiln-stray"), "{plain}");
+    let with_xattrs = listing(&["--xattrs", "--xattrs-include=*", "-tvvf"]);
+    assert!(!with_xattrs.contains("user.kiln"), "{with_xattrs}");
+
+    let sq = out.join("img.squashfs");
+    let o = Command::new("unsquashfs")
+        .arg("-lln")
+        .arg(&sq)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let sq_listing = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        sq_listing
+            .lines()
+            .any(|l| l.starts_with("-rw-r----- 0/42 ") && l.ends_with("/etc/shadow")),
+        "{sq_listing}"
+    );
+    let x = s.join("x");
+    let o = Command::new("unsquashfs")
+        .arg("-d")
+        .arg(&x)
+        .arg("-no-progress")
+        .arg(&sq)
+        .arg("etc/kiln-stray")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", output_text(&o));
+    let stray = x.join("etc/kiln-stray");
+    assert_eq!(std::fs::read(&stray).unwrap(), b"stray\n");
+    let mut names = vec![0u8; 4096];
+    let path = std::ffi::CString::new(stray.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path and buffer.
+    let n = unsafe { libc::llistxattr(path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(n >= 0, "{}", std::io::Error::last_os_error());
+    assert!(
+        !names[..n as usize].windows(9).any(|w| w == b"user.kiln"),
+        "{:?}",
+        String::from_utf8_lossy(&names[..n as usize])
+    );
+}

@@ -23,6 +23,7 @@ pub mod workdir;
 use crate::cli::{DiskImageArgs, Vars};
 use crate::flavour::Phase;
 use crate::sandbox::{lend::Lend, namespace, signals, Interrupted};
+use crate::tree::owners::Recorded;
 use crate::tree::ImageTree;
 use anyhow::{bail, Context, Result};
 use cache::{Lookup, TreeCache};
@@ -248,6 +249,7 @@ fn pipeline(
     lay_out_disk(plan, &mut b)?;
     block_device(plan, &mut b)?;
     finish_phases(plan, &mut b)?;
+    record_owners(plan, &mut b)?;
     normalise(plan, &mut b)?;
     assemble(plan, &mut b)?;
     write_outputs(plan, &mut b)
@@ -265,6 +267,9 @@ struct Build<'a> {
     /// The disk's plan and its raw image, from [`lay_out_disk`] on, when an
     /// output needs a disk.
     disk: Option<(crate::disk::DiskPlan, PathBuf)>,
+    /// The owners hooks chose, from [`record_owners`] on, in a build without
+    /// subordinate ids (docs/architecture.md §4).
+    owners: Option<Recorded>,
 }
 
 impl<'a> Build<'a> {
@@ -280,12 +285,7 @@ impl<'a> Build<'a> {
         for d in [work.hooks(), work.image(), work.home(), work.root()] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
-        tree_in_memory(
-            c.tmpfs_min,
-            &work.root(),
-            !plan.maps.has_range(),
-            progress,
-        )?;
+        tree_in_memory(c.tmpfs_min, &work.root(), !plan.maps.has_range(), progress)?;
         let apt = apt_cache::AptCache::open(
             &c.cache_dir,
             &apt_cache_dir(c),
@@ -310,6 +310,7 @@ impl<'a> Build<'a> {
             apt,
             tree: None,
             disk: None,
+            owners: None,
         })
     }
 }
@@ -414,6 +415,29 @@ fn finish_phases(_plan: &Plan, b: &mut Build) -> Result<()> {
     image_root::tidy(made(&b.tree)?)
 }
 
+/// No hook runs from here on: the owners recorded on the tree's files (a build
+/// without subordinate ids) are read for the writers, and the attribute that
+/// held them leaves the tree so that no output copies it.
+fn record_owners(plan: &Plan, b: &mut Build) -> Result<()> {
+    let tree = made(&b.tree)?;
+    if !plan.maps.has_range() {
+        let owners = Recorded::read(tree)?;
+        b.progress.step(
+            "owners",
+            &format!("{} files with a recorded owner", owners.len()),
+        );
+        b.owners = Some(owners);
+    }
+    let stray = crate::tree::owners::strip(tree)?;
+    if plan.maps.has_range() && stray > 0 {
+        b.progress.say(&format!(
+            "owners: removed {} from {stray} files (a build with subordinate ids gives files their owners directly)",
+            crate::tree::owners::XATTR.to_string_lossy()
+        ));
+    }
+    Ok(())
+}
+
 /// With SOURCE_DATE_EPOCH: the tree made independent of when it was built.
 fn normalise(plan: &Plan, b: &mut Build) -> Result<()> {
     let Some(epoch) = plan.config.source_date_epoch else {
@@ -443,7 +467,7 @@ fn assemble(plan: &Plan, b: &mut Build) -> Result<()> {
     let tree = made(&b.tree)?;
     check_interrupted()?;
     b.progress.step("assemble", "filesystems");
-    crate::disk::build_filesystems(raw, tree, d)?;
+    crate::disk::build_filesystems(raw, tree, d, b.owners.as_ref())?;
     if plan.resolved.has("bootloader") {
         check_interrupted()?;
         b.progress.step("assemble", "bootloader");
@@ -461,6 +485,7 @@ fn write_outputs(plan: &Plan, b: &mut Build) -> Result<()> {
         plan,
         made(&b.tree)?,
         b.disk.as_ref().map(|(_, r)| r.as_path()),
+        b.owners.as_ref(),
         &b.work.saved(),
         &b.work.outputs,
         &b.progress.timings,

@@ -5,6 +5,7 @@
 use super::config::Config;
 use super::plan::Plan;
 use super::staging::Staging;
+use crate::tree::owners::Recorded;
 use crate::tree::ImageTree;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::MetadataExt;
@@ -84,6 +85,7 @@ pub fn write_all(
     plan: &Plan,
     tree: &ImageTree,
     raw: Option<&Path>,
+    owners: Option<&Recorded>,
     saved: &Path,
     staging: &Staging,
     timings: &[(String, std::time::Duration)],
@@ -103,6 +105,7 @@ pub fn write_all(
         let opts = crate::ramdisk::RamdiskOptions {
             compression,
             source_date_epoch: c.source_date_epoch.map(|e| e as u64),
+            owners: owners.cloned(),
         };
         let a = crate::ramdisk::assemble(tree, &temps[0], &temps[1], &opts)?;
         eprintln!(
@@ -132,7 +135,7 @@ pub fn write_all(
                 reproducible,
             )?;
         } else {
-            crate::disk::tree_archive(tree.path(), format, tmp)?;
+            crate::disk::tree_archive(tree.path(), format, tmp, owners)?;
         }
         write_checksums(c, tmp)?;
     }

@@ -102,7 +102,15 @@ impl Plan {
             warnings.push(refused);
             maps = IdMaps::single_for_caller();
         }
-        let cache_key = cache_key(&config, &distro, &hooks, &env_files, &bootstrap_packages)?;
+        warnings.extend(btrfs_owners_warning(&config, needs_disk, &maps));
+        let cache_key = cache_key(
+            &config,
+            &distro,
+            &hooks,
+            &env_files,
+            &bootstrap_packages,
+            maps.has_range(),
+        )?;
         let seed = match (&config.seed, config.source_date_epoch) {
             (Some(s), _) => s.clone(),
             (None, Some(_)) => {
@@ -238,6 +246,12 @@ impl Plan {
                     "block device: a plain file (no flavour asks for a real one)"
                 );
             }
+        }
+        if !self.maps.has_range() {
+            let _ = writeln!(
+                s,
+                "owners: no subordinate ids, so the owners hooks set are recorded by kiln and written into each output"
+            );
         }
         let _ = writeln!(s, "outputs: {}", outs.join(" "));
         let _ = writeln!(s, "base-tree cache key: {}", &self.cache_key[..16]);
@@ -412,13 +426,30 @@ fn needed_tools(
     Ok(t)
 }
 
+/// Without a subordinate range every file of the tree belongs to root, and the
+/// owners hooks chose are recorded beside (tree::owners); mkfs.btrfs --rootdir
+/// copies the tree's owners and nothing can edit them afterwards.
+fn btrfs_owners_warning(config: &Config, needs_disk: bool, maps: &IdMaps) -> Option<String> {
+    (needs_disk && config.fs_type == FsType::Btrfs && !maps.has_range()).then(|| {
+        "the btrfs root filesystem will have every file owned by root: without a subordinate \
+         id range kiln records the owners packages ask for and writes them into ext2/3/4, tar, \
+         tgz and squashfs outputs, but mkfs.btrfs --rootdir can only copy the tree's owners. \
+         Add a subordinate range (see the warning above) or use an ext4 root (FS_TYPE=ext4)."
+            .to_string()
+    })
+}
+
 /// Everything that made the base tree: a change to any of it is a miss.
+/// `has_range` too: with a range the tree's files carry their owners, without
+/// one they all belong to root and carry the recorded owner in an attribute;
+/// neither tree is right for the other kind of build.
 fn cache_key(
     config: &Config,
     distro: &str,
     hooks: &HookSet,
     env_files: &[EnvFile],
     packages: &[String],
+    has_range: bool,
 ) -> Result<String> {
     let mut h = Sha256::new();
     let mut field = |name: &str, value: &[u8]| {
@@ -432,6 +463,15 @@ fn cache_key(
     field("arch", config.arch.as_bytes());
     field("mirror", config.mirror.as_bytes());
     field("packages", packages.join("\n").as_bytes());
+    field(
+        "owners",
+        if has_range {
+            "subordinate ids"
+        } else {
+            "recorded"
+        }
+        .as_bytes(),
+    );
     let mut texts = Vec::new();
     for hook in hooks.phase(Phase::Root) {
         let body = std::fs::read(&hook.path)
@@ -472,7 +512,38 @@ fn mentions(text: &[u8], name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::mentions;
+    use super::*;
+
+    #[test]
+    fn the_cache_key_tells_a_range_build_from_a_single_id_build() {
+        use clap::Parser;
+        let args =
+            crate::cli::DiskImageArgs::try_parse_from(["disk-image-create", "-o", "x", "debian"])
+                .unwrap();
+        let c = Config::from_args(args, crate::cli::Vars::default()).unwrap();
+        let key = |range| cache_key(&c, "debian", &HookSet::default(), &[], &[], range).unwrap();
+        assert_eq!(key(true), key(true));
+        assert_ne!(key(true), key(false));
+    }
+
+    #[test]
+    fn a_btrfs_root_without_a_range_is_warned_about() {
+        use clap::Parser;
+        let args =
+            crate::cli::DiskImageArgs::try_parse_from(["disk-image-create", "-o", "x", "debian"])
+                .unwrap();
+        let mut c = Config::from_args(args, crate::cli::Vars::default()).unwrap();
+        let single = IdMaps::single_for_caller();
+        assert_eq!(btrfs_owners_warning(&c, true, &single), None);
+        c.fs_type = FsType::Btrfs;
+        let w = btrfs_owners_warning(&c, true, &single).unwrap();
+        assert!(
+            w.contains("owned by root") && w.contains("subordinate"),
+            "{w}"
+        );
+        // A tar of the tree gets its owners: only the btrfs disk cannot.
+        assert_eq!(btrfs_owners_warning(&c, false, &single), None);
+    }
 
     #[test]
     fn a_variable_is_mentioned_only_as_a_whole_name() {

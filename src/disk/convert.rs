@@ -3,8 +3,10 @@
 use super::ids::Seed;
 use super::sparse;
 use super::tool::{run, tool, HostTool};
+use crate::tree::owners::{Recorded, XATTR};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -164,8 +166,19 @@ fn merge_options(defaults: &[&str], user: &str) -> String {
 /// Archives the tree: tar (numeric owners, all xattrs so file capabilities survive,
 /// sorted by name so the archive does not depend on the filesystem's directory
 /// order, which differs between tmpfs and disk), gzip'd tar, or squashfs.
-pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
-    let mut cmd = match format {
+///
+/// `owners` (a build without subordinate ids) gives each file its recorded
+/// owner: written into the tar headers afterwards (tar_owners), or handed to
+/// mksquashfs as pseudo definitions. The attribute that records them is never
+/// archived.
+pub fn tree_archive(
+    tree: &Path,
+    format: Format,
+    out: &Path,
+    owners: Option<&Recorded>,
+) -> Result<()> {
+    let owners = owners.filter(|o| !o.is_empty());
+    match format {
         Format::Tar | Format::Tgz => {
             let mut c = Command::new("tar");
             c.args([
@@ -173,31 +186,138 @@ pub fn tree_archive(tree: &Path, format: Format, out: &Path) -> Result<()> {
                 "--sort=name",
                 "--xattrs",
                 "--xattrs-include=*",
-                "-C",
             ])
+            .arg(format!("--xattrs-exclude={}", XATTR.to_string_lossy()))
+            .arg("-C")
             .arg(tree)
             // The pax headers xattrs need would otherwise carry tar's process id
             // and each file's atime and ctime: the same tree would never give the
             // same bytes.
             .arg("--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime");
+            let Some(owners) = owners else {
+                if format == Format::Tgz {
+                    // gzip -n: no name or time in gzip's own header.
+                    c.args(["--use-compress-program", "gzip -n"]);
+                }
+                c.arg("-cf").arg(out).arg(".");
+                return run(&mut c)
+                    .map(drop)
+                    .with_context(|| format!("cannot write {}", out.display()));
+            };
+            // The headers are edited in place, so a tgz's tar is written whole first.
+            let tar = match format {
+                Format::Tgz => with_suffix(out, ".kiln-tar"),
+                _ => out.to_path_buf(),
+            };
+            c.arg("-cf").arg(&tar).arg(".");
+            let written = run(&mut c)
+                .with_context(|| format!("cannot write {}", out.display()))
+                .and_then(|_| super::tar_owners::apply(&tar, owners))
+                .and_then(|_| match format {
+                    Format::Tgz => gzip(&tar, out),
+                    _ => Ok(()),
+                });
             if format == Format::Tgz {
-                // gzip -n: no name or time in gzip's own header.
-                c.args(["--use-compress-program", "gzip -n"]);
+                let _ = std::fs::remove_file(&tar);
             }
-            c.arg("-cf").arg(out).arg(".");
-            c
+            written
         }
         Format::Squashfs => {
             let mut c = Command::new("mksquashfs");
             c.arg(tree)
                 .arg(out)
                 .args(["-noappend", "-comp", "xz", "-no-progress"]);
-            c
+            if mksquashfs_excludes_xattrs() {
+                // From squashfs-tools 4.6; for older ones the build strips the
+                // attribute from the tree (tree::owners::strip).
+                c.arg("-xattrs-exclude")
+                    .arg(format!("^{}$", XATTR.to_string_lossy().replace('.', "\\.")));
+            }
+            let pseudo = with_suffix(out, ".kiln-pseudo");
+            if let Some(root) = owners.and_then(|o| o.get(Path::new(""))) {
+                // A pseudo definition cannot modify the root directory.
+                c.arg("-root-uid")
+                    .arg(root.uid.to_string())
+                    .arg("-root-gid")
+                    .arg(root.gid.to_string());
+            }
+            if let Some(owners) = owners {
+                let mut f = create_output(&pseudo, 0o600)?;
+                f.write_all(squashfs_pseudo(owners)?.as_bytes())
+                    .with_context(|| format!("cannot write {}", pseudo.display()))?;
+                c.arg("-pf").arg(&pseudo);
+            }
+            let made = run(&mut c).with_context(|| format!("cannot write {}", out.display()));
+            if owners.is_some() {
+                let _ = std::fs::remove_file(&pseudo);
+            }
+            made.map(drop)
         }
         _ => bail!("{} is a disk format: use convert", format.as_str()),
-    };
-    run(&mut cmd).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+}
+
+/// `gzip -n` (no name or time in gzip's own header) of `tar` into a new `out`.
+fn gzip(tar: &Path, out: &Path) -> Result<()> {
+    let dst = create_output(out, 0o666)?;
+    let src = File::open(tar).with_context(|| format!("cannot open {}", tar.display()))?;
+    let mut cmd = Command::new("gzip");
+    cmd.args(["-n", "-c"]).stdin(src).stdout(dst);
+    let line = super::tool::command_line(&cmd);
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {line}"))?;
+    if !status.success() {
+        bail!("{line} < {} failed ({status})", tar.display());
+    }
     Ok(())
+}
+
+/// One mksquashfs pseudo definition per recorded file: `"PATH" m MODE UID GID`
+/// ("modify": the file itself comes from the tree). The mode is the file's own.
+fn squashfs_pseudo(owners: &Recorded) -> Result<String> {
+    let mut text = String::new();
+    for (path, f) in owners.iter() {
+        let Some(p) = path.to_str() else {
+            bail!(
+                "the image's /{} has a recorded owner but its name is not UTF-8, which mksquashfs pseudo definitions cannot name: rename it",
+                path.display()
+            );
+        };
+        if p.contains(['\n', '"', '\\']) {
+            bail!(
+                "the image's {:?} has a recorded owner but its name holds a newline, a quote or a backslash, which mksquashfs pseudo definitions cannot name: rename it",
+                format!("/{p}")
+            );
+        }
+        if p.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            text,
+            "\"{p}\" m {:o} {} {}",
+            f.perm, f.owner.uid, f.owner.gid
+        );
+    }
+    Ok(text)
+}
+
+/// mksquashfs -xattrs-exclude exists (squashfs-tools 4.6 and later).
+fn mksquashfs_excludes_xattrs() -> bool {
+    Command::new("mksquashfs")
+        .arg("-help")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).contains("-xattrs-exclude")
+                || String::from_utf8_lossy(&o.stderr).contains("-xattrs-exclude")
+        })
+        .unwrap_or(false)
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
 }
 
 /// A checksum file kiln can write beside an output.
@@ -417,7 +537,7 @@ mod tests {
         std::fs::create_dir_all(tree.join("etc")).unwrap();
         std::fs::write(tree.join("etc/hostname"), b"kiln\n").unwrap();
         let tar = dir.path().join("t.tar");
-        tree_archive(&tree, Format::Tar, &tar).unwrap();
+        tree_archive(&tree, Format::Tar, &tar, None).unwrap();
         let list = Command::new("tar")
             .args(["-tvf"])
             .arg(&tar)
@@ -425,13 +545,13 @@ mod tests {
             .unwrap();
         assert!(String::from_utf8_lossy(&list.stdout).contains("./etc/hostname"));
         let tgz = dir.path().join("t.tgz");
-        tree_archive(&tree, Format::Tgz, &tgz).unwrap();
+        tree_archive(&tree, Format::Tgz, &tgz, None).unwrap();
         assert_eq!(&std::fs::read(&tgz).unwrap()[..2], &[0x1f, 0x8b]);
         if which::which("mksquashfs").is_ok() {
             let sq = dir.path().join("t.squashfs");
-            tree_archive(&tree, Format::Squashfs, &sq).unwrap();
+            tree_archive(&tree, Format::Squashfs, &sq, None).unwrap();
             assert_eq!(&std::fs::read(&sq).unwrap()[..4], b"hsqs");
         }
-        assert!(tree_archive(&tree, Format::Qcow2, &tar).is_err());
+        assert!(tree_archive(&tree, Format::Qcow2, &tar, None).is_err());
     }
 }

@@ -8,6 +8,7 @@ use super::layout::{DiskPlan, Partition, MIB};
 use super::sparse;
 use super::table;
 use super::tool::{run, tool, HostTool, ScratchDir};
+use crate::tree::owners::Recorded;
 use crate::tree::{ImageTree, Kind};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
@@ -96,7 +97,10 @@ impl FsType {
     /// Host tools that building this root filesystem runs.
     pub fn tools(self) -> Vec<HostTool> {
         match self {
-            FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => vec![tool("mke2fs", "e2fsprogs")],
+            // debugfs sets the owners a build without subordinate ids recorded.
+            FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => {
+                vec![tool("mke2fs", "e2fsprogs"), tool("debugfs", "e2fsprogs")]
+            }
             FsType::Btrfs => vec![tool("mkfs.btrfs", "btrfs-progs")],
             FsType::Vfat => vec![tool("mkfs.vfat", "dosfstools"), tool("mcopy", "mtools")],
         }
@@ -107,10 +111,27 @@ impl FsType {
 /// the rest of the tree, each at its partition's offset in `raw`. /boot/efi ends up as
 /// an empty mount point in the root filesystem. mcopy follows symlinks, so the ESP is
 /// filled from a copy the tree made of itself (links resolved inside the image).
-pub fn build_filesystems(raw: &Path, tree: &ImageTree, plan: &DiskPlan) -> Result<()> {
+///
+/// `owners` (a build without subordinate ids) gives the root filesystem's files
+/// their recorded owners; FAT has none.
+pub fn build_filesystems(
+    raw: &Path,
+    tree: &ImageTree,
+    plan: &DiskPlan,
+    owners: Option<&Recorded>,
+) -> Result<()> {
     table::check(raw, plan)?;
     let root = plan.root()?;
     if let Some(p) = plan.partition(super::layout::PartRole::Esp) {
+        // The ESP's files are not in the root filesystem, only its mount point.
+        let esp_dir = Path::new(ESP_DIR);
+        let owners = owners.map(|o| {
+            Recorded::from_files(
+                o.iter()
+                    .filter(|(p, _)| !p.starts_with(esp_dir) || *p == esp_dir)
+                    .map(|(p, f)| (p.to_path_buf(), *f)),
+            )
+        });
         let scratch = ScratchDir::beside(raw, "esp")?;
         let content = scratch.path().join("efi");
         if tree.is_dir(Path::new(ESP_DIR)) {
@@ -118,9 +139,9 @@ pub fn build_filesystems(raw: &Path, tree: &ImageTree, plan: &DiskPlan) -> Resul
         }
         esp::make(raw, p, &plan.esp_uuid, &content, plan.epoch).context("cannot build the ESP")?;
         let _hidden = EmptyMountPoint::hide(tree, Path::new(ESP_DIR))?;
-        make_root(raw, tree, root, plan)
+        make_root(raw, tree, root, plan, owners.as_ref())
     } else {
-        make_root(raw, tree, root, plan)
+        make_root(raw, tree, root, plan, owners)
     }
     .with_context(|| format!("cannot build the {} root filesystem", plan.fs_type.as_str()))
 }
@@ -128,7 +149,13 @@ pub fn build_filesystems(raw: &Path, tree: &ImageTree, plan: &DiskPlan) -> Resul
 /// The ESP's mount point inside the image.
 const ESP_DIR: &str = "boot/efi";
 
-fn make_root(raw: &Path, tree: &ImageTree, part: &Partition, plan: &DiskPlan) -> Result<()> {
+fn make_root(
+    raw: &Path,
+    tree: &ImageTree,
+    part: &Partition,
+    plan: &DiskPlan,
+    owners: Option<&Recorded>,
+) -> Result<()> {
     if let Some(epoch) = plan.epoch {
         // mke2fs records access times, and kiln's own reads since the tree was
         // clamped (staging the ESP's files) moved some.
@@ -136,7 +163,7 @@ fn make_root(raw: &Path, tree: &ImageTree, part: &Partition, plan: &DiskPlan) ->
     }
     // mke2fs -d and mkfs.btrfs --rootdir walk the tree without following symlinks.
     match plan.fs_type {
-        FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => mke2fs(raw, tree.path(), part, plan),
+        FsType::Ext4 | FsType::Ext3 | FsType::Ext2 => mke2fs(raw, tree.path(), part, plan, owners),
         FsType::Btrfs => btrfs(raw, tree.path(), part, plan),
         FsType::Vfat => {
             esp::format(
@@ -156,7 +183,13 @@ fn make_root(raw: &Path, tree: &ImageTree, part: &Partition, plan: &DiskPlan) ->
     }
 }
 
-fn mke2fs(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Result<()> {
+fn mke2fs(
+    raw: &Path,
+    tree: &Path,
+    part: &Partition,
+    plan: &DiskPlan,
+    owners: Option<&Recorded>,
+) -> Result<()> {
     // mke2fs keeps only the last -E, so the user's extended options join our offset.
     let (user_extended, rest) = split_option(&plan.mkfs_options, "-E");
     let mut extended = format!("offset={}", part.start);
@@ -199,10 +232,71 @@ fn mke2fs(raw: &Path, tree: &Path, part: &Partition, plan: &DiskPlan) -> Result<
         .arg(raw)
         .arg(format!("{}k", part.size / 1024));
     run(&mut cmd)?;
+    if let Some(owners) = owners.filter(|o| !o.is_empty()) {
+        set_ext_owners(raw, part.start, owners, plan.epoch)?;
+    }
     if let Some(epoch) = plan.epoch {
         super::ext4_ctime::clamp_ctimes(raw, part.start, epoch)?;
     }
     Ok(())
+}
+
+/// mke2fs -d copies the tree's owners, which are all root in a build without
+/// subordinate ids: debugfs then sets each recorded owner in the new
+/// filesystem (at `offset` in `raw`).
+fn set_ext_owners(raw: &Path, offset: u64, owners: &Recorded, epoch: Option<i64>) -> Result<()> {
+    let scratch = ScratchDir::beside(raw, "owners")?;
+    let script = scratch.path().join("debugfs");
+    std::fs::write(&script, debugfs_script(owners)?)
+        .with_context(|| format!("cannot write {}", script.display()))?;
+    let mut image = raw.as_os_str().to_owned();
+    image.push(format!("?offset={offset}"));
+    let mut cmd = Command::new("debugfs");
+    if let Some(epoch) = epoch {
+        // The superblock's write time, as mke2fs got it.
+        cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string());
+    }
+    cmd.arg("-w").arg("-f").arg(&script).arg(image);
+    let out = run(&mut cmd)?;
+    // debugfs exits 0 when a command of its script fails: its complaints are
+    // on stderr, after its version banner.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .collect();
+    if !errors.is_empty() {
+        bail!(
+            "setting the recorded owners with {} failed:\n{}",
+            super::tool::command_line(&cmd),
+            errors.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// `set_inode_field "/PATH" uid N` and `gid N` per recorded file.
+fn debugfs_script(owners: &Recorded) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for (path, f) in owners.iter() {
+        let Some(p) = path.to_str() else {
+            bail!(
+                "the image's /{} has a recorded owner but its name is not UTF-8, which a debugfs script cannot name: rename it",
+                path.display()
+            );
+        };
+        if p.contains(['"', '\n']) {
+            bail!(
+                "the image's {:?} has a recorded owner but its name holds a quote or a newline, which a debugfs script cannot name: rename it",
+                format!("/{p}")
+            );
+        }
+        for (field, id) in [("uid", f.owner.uid), ("gid", f.owner.gid)] {
+            let _ = writeln!(text, "set_inode_field \"/{p}\" {field} {id}");
+        }
+    }
+    Ok(text)
 }
 
 /// orphan_file exists from e2fsprogs 1.47.0; naming an unknown feature is an error.
@@ -422,7 +516,7 @@ mod tests {
         )
         .unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
-        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
+        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan, None).unwrap();
         crate::disk::install_bootloader(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
         let out = Command::new("dumpe2fs")
             .arg("-h")
@@ -443,7 +537,7 @@ mod tests {
         )
         .unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
-        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
+        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan, None).unwrap();
         let out = Command::new("mtype")
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
@@ -472,7 +566,7 @@ mod tests {
         )
         .unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
-        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
+        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan, None).unwrap();
         let root = plan.root().unwrap();
         let file = File::open(&raw).unwrap();
         let mut magic = [0u8; 8];
@@ -505,7 +599,7 @@ mod tests {
         )
         .unwrap();
         crate::disk::lay_out(&raw, &plan).unwrap();
-        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan).unwrap();
+        build_filesystems(&raw, &ImageTree::open(&tree).unwrap(), &plan, None).unwrap();
         let out = Command::new("dumpe2fs")
             .arg("-h")
             .arg(format!("{}?offset={}", raw.display(), MIB))

@@ -29,6 +29,7 @@ mod layout;
 mod sparse;
 mod stamps;
 mod table;
+mod tar_owners;
 mod tool;
 
 /// The EFI system partition's filesystem label (DIB_BOOT_LABEL can only repeat it).
@@ -86,11 +87,18 @@ mod tests {
         };
         assert_eq!(
             names(Layout::Gpt, FsType::Ext4, &[Format::Qcow2, Format::Vmdk]),
-            vec!["mke2fs", "grub-mkimage", "mkfs.vfat", "mcopy", "qemu-img"]
+            vec![
+                "mke2fs",
+                "debugfs",
+                "grub-mkimage",
+                "mkfs.vfat",
+                "mcopy",
+                "qemu-img"
+            ]
         );
         assert_eq!(
             names(Layout::None, FsType::Ext4, &[Format::Raw]),
-            vec!["mke2fs"]
+            vec!["mke2fs", "debugfs"]
         );
         assert_eq!(
             names(Layout::Mbr, FsType::Btrfs, &[Format::Tgz]),
@@ -98,3 +106,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod owner_tests;

@@ -23,7 +23,7 @@ pub const fn tool(name: &'static str, package: &'static str) -> HostTool {
 
 pub(crate) fn package_of(program: &str) -> &'static str {
     match program {
-        "mke2fs" | "mkfs.ext4" | "mkfs.ext3" | "mkfs.ext2" => "e2fsprogs",
+        "mke2fs" | "debugfs" | "mkfs.ext4" | "mkfs.ext3" | "mkfs.ext2" => "e2fsprogs",
         "mkfs.btrfs" => "btrfs-progs",
         "mkfs.vfat" => "dosfstools",
         "mcopy" | "mmd" => "mtools",

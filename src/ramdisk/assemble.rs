@@ -7,6 +7,7 @@
 
 use super::compress::{compress_into, Compression};
 use super::cpio::{self, Extra, ExtraKind};
+use crate::tree::owners::Recorded;
 use crate::tree::ImageTree;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::PermissionsExt;
@@ -20,6 +21,8 @@ pub struct RamdiskOptions {
     pub compression: Compression,
     /// Clamp every timestamp in the archive to this (reproducible builds).
     pub source_date_epoch: Option<u64>,
+    /// The tree's recorded owners (a build without subordinate ids).
+    pub owners: Option<Recorded>,
 }
 
 /// What was written, for the build's log.
@@ -127,6 +130,10 @@ pub fn assemble(
     let out = crate::disk::create_output(initramfs_out, 0o644)?;
     let cpio_opts = cpio::Options {
         source_date_epoch: opts.source_date_epoch,
+        owners: opts
+            .owners
+            .as_ref()
+            .map(|o| o.under(&Path::new(STAGING).join("root"))),
     };
     let extras = synthetic_entries();
     let summary = compress_into(opts.compression, out, |w| {
@@ -177,6 +184,7 @@ mod tests {
         let opts = RamdiskOptions {
             compression: Compression::Gzip,
             source_date_epoch: Some(1),
+            owners: None,
         };
         let a = assemble(&ImageTree::open(tree.path()).unwrap(), &k, &i, &opts).unwrap();
         assert_eq!(a.kernel_version, "6.1.0-1-test");
@@ -229,6 +237,7 @@ mod tests {
         let opts = RamdiskOptions {
             compression,
             source_date_epoch: Some(1_700_000_000),
+            owners: None,
         };
         let t = std::time::Instant::now();
         let a = assemble(

@@ -13,6 +13,7 @@
 //! in the tree, chiefly `/dev/console`: the kernel opens it for PID 1's stdio
 //! before `/init` can mount devtmpfs.
 
+use crate::tree::owners::Recorded;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::Metadata;
@@ -34,6 +35,9 @@ const S_IFBLK: u32 = libc::S_IFBLK;
 pub struct Options {
     /// Later modification times are written as this one (reproducible builds).
     pub source_date_epoch: Option<u64>,
+    /// Owners recorded for the tree's files, by path relative to the archive's
+    /// root; the others keep the owner the file has.
+    pub owners: Option<Recorded>,
 }
 
 /// An entry that is not in the tree. A path present in the tree keeps the tree's entry.
@@ -323,8 +327,14 @@ fn write_entries<W: Write>(entries: &[Entry], opts: &Options, out: W) -> Result<
                 put_header(&mut w, &h, &e.name)?;
             }
             Source::Tree { path, meta } => {
-                h.uid = meta.uid();
-                h.gid = meta.gid();
+                let recorded = opts
+                    .owners
+                    .as_ref()
+                    .and_then(|o| o.get(Path::new(std::ffi::OsStr::from_bytes(&e.name))));
+                (h.uid, h.gid) = match recorded {
+                    Some(o) => (o.uid, o.gid),
+                    None => (meta.uid(), meta.gid()),
+                };
                 h.mtime = clamp_mtime(meta.mtime(), opts.source_date_epoch);
                 let kind = meta.mode() & S_IFMT;
                 if kind == S_IFCHR || kind == S_IFBLK {
@@ -431,6 +441,7 @@ mod tests {
             extras,
             &Options {
                 source_date_epoch: epoch,
+                owners: None,
             },
             &mut v,
         )
@@ -572,6 +583,56 @@ mod tests {
                 .any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("sym -> bin/tool")),
             "{verbose}"
         );
+    }
+
+    #[test]
+    fn recorded_owners_replace_the_files_own() {
+        use crate::tree::owners::{Owner, RecordedFile};
+        let src = sample();
+        let file = |uid, gid| RecordedFile {
+            owner: Owner { uid, gid },
+            perm: 0o755,
+        };
+        let owners = Recorded::from_files([
+            (PathBuf::from("bin/tool"), file(0, 42)),
+            (PathBuf::from("a/deep"), file(100, 101)),
+            (PathBuf::from("linked"), file(7, 8)),
+            (PathBuf::from("a/linked2"), file(7, 8)),
+        ]);
+        let mut bytes = Vec::new();
+        write_tree(
+            src.path(),
+            &[],
+            &Options {
+                source_date_epoch: Some(1_000_000),
+                owners: Some(owners),
+            },
+            &mut bytes,
+        )
+        .unwrap();
+        let listing = cpio(
+            &["-itv", "--numeric-uid-gid", "--quiet"],
+            &bytes,
+            src.path(),
+        );
+        let ids = |name: &str| {
+            let l = listing
+                .lines()
+                .find(|l| l.ends_with(&format!(" {name}")))
+                .unwrap_or_else(|| panic!("{name} not in\n{listing}"));
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{}:{}", f[2], f[3])
+        };
+        assert_eq!(ids("bin/tool"), "0:42", "{listing}");
+        assert_eq!(ids("a/deep"), "100:101", "{listing}");
+        assert_eq!(ids("linked"), "7:8", "{listing}");
+        assert_eq!(ids("a/linked2"), "7:8", "{listing}");
+        let me = format!(
+            "{}:{}",
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw()
+        );
+        assert_eq!(ids("empty"), me, "{listing}");
     }
 
     #[test]

@@ -13,9 +13,16 @@
 //! special file keeps root as its owner (the supervisor says so when asked for
 //! another).
 
-use std::ffi::CStr;
+use super::ImageTree;
+use anyhow::{Context, Result};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+use std::collections::BTreeMap;
+use std::ffi::{CStr, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 
 /// The attribute's name. Never copied into an output: writers exclude it.
 pub const XATTR: &CStr = c"user.kiln.owner";
@@ -117,6 +124,187 @@ pub fn record(fd: BorrowedFd, owner: Owner) -> io::Result<()> {
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A file's recorded owner, with the permission bits writers that set owner
+/// and mode together (mksquashfs pseudo definitions) need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordedFile {
+    pub owner: Owner,
+    /// Permission bits only (`0o7777`).
+    pub perm: u32,
+}
+
+/// Every owner recorded in a tree, by tree-relative path (no leading `/`; the
+/// tree's own root is the empty path). A file with several names (hard links)
+/// appears under each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    files: BTreeMap<PathBuf, RecordedFile>,
+}
+
+impl Recorded {
+    /// Reads the attribute from every regular file and directory of `tree`,
+    /// never leaving it: directories are entered with `O_NOFOLLOW`, and symlinks
+    /// and special files are skipped (they cannot carry `user.` attributes).
+    pub fn read(tree: &ImageTree) -> Result<Recorded> {
+        let mut files = BTreeMap::new();
+        visit(tree, &mut |rel, fd, perm| {
+            let found = recorded(fd).with_context(|| {
+                format!(
+                    "the owner recorded on the image's /{}: kiln writes this attribute itself, and a hook that writes it must write UID:GID",
+                    rel.display()
+                )
+            })?;
+            if let Some(owner) = found {
+                files.insert(rel.to_path_buf(), RecordedFile { owner, perm });
+            }
+            Ok(())
+        })?;
+        Ok(Recorded { files })
+    }
+
+    /// A map made directly, for writers' tests.
+    pub fn from_files(files: impl IntoIterator<Item = (PathBuf, RecordedFile)>) -> Recorded {
+        Recorded {
+            files: files.into_iter().map(|(p, f)| (key(&p), f)).collect(),
+        }
+    }
+
+    /// The owner recorded for `rel` (`etc/shadow`, `/etc/shadow`, `./etc/` all
+    /// name the same file); `None` means root.
+    pub fn get(&self, rel: &Path) -> Option<Owner> {
+        self.files.get(&key(rel)).map(|f| f.owner)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Sorted by path.
+    pub fn iter(&self) -> impl Iterator<Item = (&Path, &RecordedFile)> {
+        self.files.iter().map(|(p, f)| (p.as_path(), f))
+    }
+
+    /// The entries below `dir`, relative to it (for a writer that archives a
+    /// subtree, as the ramdisk's cpio does).
+    pub fn under(&self, dir: &Path) -> Recorded {
+        let dir = key(dir);
+        Recorded {
+            files: self
+                .files
+                .iter()
+                .filter_map(|(p, f)| Some((p.strip_prefix(&dir).ok()?.to_path_buf(), *f)))
+                .collect(),
+        }
+    }
+}
+
+/// The map's key: the normal components only.
+fn key(rel: &Path) -> PathBuf {
+    rel.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
+}
+
+/// Removes the attribute from every regular file and directory of `tree`,
+/// whatever its value; returns how many carried it. Run once the owners were
+/// read (or when they mean nothing: a build with a subordinate range, where a
+/// hook may still have set one), so that no output can copy it: mksquashfs
+/// before 4.6 cannot exclude one attribute, and mke2fs -d copies them all.
+pub fn strip(tree: &ImageTree) -> Result<u64> {
+    let mut removed = 0;
+    visit(tree, &mut |rel, fd, _| {
+        // SAFETY: a valid descriptor and a NUL-terminated name.
+        if unsafe { libc::fremovexattr(fd.as_raw_fd(), XATTR.as_ptr()) } == 0 {
+            removed += 1;
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(()),
+            _ => Err(e).with_context(|| {
+                format!(
+                    "removing {} from the image's /{}",
+                    XATTR.to_string_lossy(),
+                    rel.display()
+                )
+            }),
+        }
+    })?;
+    Ok(removed)
+}
+
+/// Calls `f` with every regular file and directory of the tree (the root
+/// first, as the empty path), open read-only, and its permission bits.
+fn visit(tree: &ImageTree, f: &mut dyn FnMut(&Path, BorrowedFd, u32) -> Result<()>) -> Result<()> {
+    let root = tree
+        .resolve(
+            Path::new(""),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .context("opening the image tree to read its recorded owners")?;
+    let st = nix::sys::stat::fstat(root.as_raw_fd()).context("stat of the image's /")?;
+    f(Path::new(""), root.as_fd(), st.st_mode & 0o7777)?;
+    let mut rel = PathBuf::new();
+    walk(&root, &mut rel, f)
+}
+
+fn walk(
+    dir: &OwnedFd,
+    rel: &mut PathBuf,
+    f: &mut dyn FnMut(&Path, BorrowedFd, u32) -> Result<()>,
+) -> Result<()> {
+    let shown = || format!("the image's /{}", rel.display());
+    let listing = nix::dir::Dir::from_fd(nix::unistd::dup(dir.as_raw_fd())?)
+        .with_context(|| format!("reading {}", shown()))?;
+    let mut names = Vec::new();
+    for e in listing {
+        let e = e.with_context(|| format!("reading {}", shown()))?;
+        let name = OsStr::from_bytes(e.file_name().to_bytes()).to_os_string();
+        if super::is_plain_name(&name) {
+            names.push(name);
+        }
+    }
+    for name in names {
+        rel.push(&name);
+        let st = nix::sys::stat::fstatat(
+            Some(dir.as_raw_fd()),
+            name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .with_context(|| format!("stat of the image's /{}", rel.display()))?;
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        let flags = if kind == SFlag::S_IFDIR {
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY
+        } else if kind == SFlag::S_IFREG {
+            // Non-blocking: were it swapped for a FIFO, the open does not wait.
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY
+        } else {
+            rel.pop();
+            continue;
+        };
+        let fd = nix::fcntl::openat(
+            Some(dir.as_raw_fd()),
+            name.as_os_str(),
+            flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening the image's /{}", rel.display()))?;
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        f(rel, fd.as_fd(), st.st_mode & 0o7777)?;
+        if kind == SFlag::S_IFDIR {
+            walk(&fd, rel, f)?;
+        }
+        rel.pop();
     }
     Ok(())
 }
