@@ -32,6 +32,11 @@ fn listing(tar: &Path) -> BTreeMap<String, String> {
             .split(" link to ")
             .next()
             .unwrap();
+        // Directories are listed with a trailing slash.
+        let name = match name.trim_end_matches('/') {
+            "." | "" => "./",
+            n => n,
+        };
         out.insert(name.to_string(), format!("{} {}", f[0], f[1]));
     }
     out
