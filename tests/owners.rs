@@ -165,17 +165,43 @@ fn without_subordinate_ids_the_tar_lists_the_owners_of_a_range_build_and_the_dis
     );
 }
 
+/// The `OWNERS-PROBE name value` lines of the owners-probe flavour's hook.
+fn probe_values(log: &str) -> BTreeMap<String, String> {
+    log.lines()
+        .filter_map(|l| l.split_once("OWNERS-PROBE "))
+        .filter_map(|(_, rest)| rest.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[test]
 fn hooks_without_subordinate_ids_see_the_owners_they_set() {
     let solo = solo_user();
     let scratch = Scratch::owned_by("owners-probe", Some(&solo));
     let (out, log) = build(Some(&solo), &scratch, "probe", "tar", &["owners-probe"]);
-    let seen: BTreeMap<&str, String> = log
-        .lines()
-        .filter_map(|l| l.split_once("OWNERS-PROBE "))
-        .filter_map(|(_, rest)| rest.split_once(' '))
-        .map(|(k, v)| (k, v.to_string()))
-        .collect();
+    let seen = probe_values(&log);
+    // The same hook in a build with a subordinate range: the same answers,
+    // but for the symlink.
+    let range_scratch = Scratch::new("owners-probe-range");
+    let (_, range_log) = build(
+        env().user.as_ref(),
+        &range_scratch,
+        "probe",
+        "tar",
+        &["owners-probe"],
+    );
+    let mut with_range = probe_values(&range_log);
+    assert_eq!(
+        with_range.remove("link").as_deref(),
+        Some("3:3"),
+        "{range_log}"
+    );
+    let mut recorded = seen.clone();
+    recorded.remove("link");
+    assert_eq!(
+        recorded, with_range,
+        "without a range:\n{log}\nwith one:\n{range_log}"
+    );
     // What a build with a subordinate range shows, check by check.
     let expected = [
         ("chown", "42:42"),
