@@ -514,7 +514,7 @@ fn tree_in_memory(
     }
     crate::sandbox::mounts::tree_tmpfs(root)
         .map_err(|e| anyhow::anyhow!("{e} (--no-tmpfs builds on disk)"))?;
-    if records_owners && !holds_owner_records(root) {
+    if records_owners && crate::tree::owners::can_record_in(root).is_err() {
         crate::sandbox::mounts::release(root);
         progress.say(
             "tree on disk: this kernel's tmpfs holds no user.* attributes (Linux 6.6 and later \
@@ -522,15 +522,6 @@ fn tree_in_memory(
         );
     }
     Ok(())
-}
-
-fn holds_owner_records(dir: &Path) -> bool {
-    use crate::tree::owners::{record, Owner};
-    let Ok(f) = std::fs::File::open(dir) else {
-        return false;
-    };
-    let fd = std::os::fd::AsFd::as_fd(&f);
-    record(fd, Owner { uid: 0, gid: 42 }).is_ok() && record(fd, Owner::ROOT).is_ok()
 }
 
 fn mem_available() -> Option<u64> {

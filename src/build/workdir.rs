@@ -10,22 +10,15 @@ use std::path::{Path, PathBuf};
 /// Owners recorded without subordinate ids live in `user.` attributes
 /// (tree::owners): the scratch filesystem must take them.
 fn can_record_owners(dir: &Path, base: &Path) -> Result<()> {
-    let probe = crate::tree::owners::Owner { uid: 0, gid: 42 };
-    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-    if let Err(e) = crate::tree::owners::record(std::os::fd::AsFd::as_fd(&f), probe) {
-        anyhow::bail!(
+    crate::tree::owners::can_record_in(dir).map_err(|e| {
+        anyhow::anyhow!(
             "{} cannot hold extended attributes ({e}), which kiln needs to record owners \
              without a subordinate id range (tmpfs takes them only from Linux 6.6).\n  fix: \
              TMPDIR=/var/tmp (or another directory on ext4, xfs or btrfs), or add a subordinate \
              range (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER)",
             base.display()
-        );
-    }
-    crate::tree::owners::record(
-        std::os::fd::AsFd::as_fd(&f),
-        crate::tree::owners::Owner::ROOT,
-    )
-    .with_context(|| format!("removing the probe attribute of {}", dir.display()))
+        )
+    })
 }
 
 /// The directory inside the build directory that holds everything (see `open_inside`).

@@ -128,6 +128,14 @@ pub fn record(fd: BorrowedFd, owner: Owner) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the filesystem of `dir` (a directory kiln made, not one in an image
+/// tree) takes the attribute: tmpfs does only from Linux 6.6. Leaves none behind.
+pub fn can_record_in(dir: &std::path::Path) -> io::Result<()> {
+    let f = std::fs::File::open(dir)?;
+    record(f.as_fd(), Owner { uid: 0, gid: 42 })?;
+    record(f.as_fd(), Owner::ROOT)
+}
+
 /// A file's recorded owner, with the permission bits writers that set owner
 /// and mode together (mksquashfs pseudo definitions) need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -365,6 +373,15 @@ mod tests {
         assert_eq!(recorded(f.as_fd()).unwrap(), None);
         // Removing an absent attribute is not an error: chown to root twice.
         record(f.as_fd(), Owner::ROOT).unwrap();
+    }
+
+    #[test]
+    fn the_probe_leaves_no_attribute_behind() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        can_record_in(dir.path()).unwrap();
+        let f = std::fs::File::open(dir.path()).unwrap();
+        assert_eq!(recorded(f.as_fd()).unwrap(), None);
+        assert!(can_record_in(&dir.path().join("absent")).is_err());
     }
 
     #[test]
