@@ -22,3 +22,19 @@ pub fn missing(what: &str) -> bool {
     eprintln!("{what} is missing: this check is skipped (under CI it fails)");
     false
 }
+
+/// `e2fsck -fn` finds nothing to fix in the filesystem `image` names (a file,
+/// or `FILE?offset=N`).
+pub fn assert_e2fsck_clean(image: impl AsRef<std::ffi::OsStr>) {
+    let fsck = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}

@@ -237,17 +237,7 @@ mod tests {
         let alone = t.path().join("fs.raw");
         let bytes = std::fs::read(&image).unwrap();
         std::fs::write(&alone, &bytes[offset as usize..]).unwrap();
-        let fsck = Command::new("e2fsck")
-            .arg("-fn")
-            .arg(&alone)
-            .output()
-            .unwrap();
-        assert!(
-            fsck.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&fsck.stdout),
-            String::from_utf8_lossy(&fsck.stderr)
-        );
+        crate::test_tools::assert_e2fsck_clean(&alone);
         let stat = Command::new("debugfs")
             .args(["-R", "stat /etc/sub/f7"])
             .arg(&alone)

@@ -379,17 +379,7 @@ fn ext4_root_carries_the_recorded_owners_and_stays_clean() {
             .arg(&image),
     );
     assert!(!ea.contains("kiln"), "{ea}");
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    crate::test_tools::assert_e2fsck_clean(&image);
 }
 
 #[test]
